@@ -1,0 +1,55 @@
+"""cnnlens: open up convolutional networks.
+
+Decision explanation (:func:`explain`), model behaviour (filters, activations, the
+factorization lens, feature visualization), dataset-scale analysis (feature store, nearest
+neighbours, embeddings, maximally activating patches) and faithfulness metrics, for any
+``torch.nn.Module``.
+"""
+
+from __future__ import annotations
+
+from .attribution.api import METHODS, Explanation, explain
+from .attribution.cam import cam_model
+from .behaviour import Factorization, activations, factorize, filters, visualize
+from .dataset import FeatureStore, embed, extract_features, pixel_nearest, top_patches
+from .errors import InputError, ModelLoadError
+from .evaluate import deletion_insertion, pointing_game, randomization_test
+from .images import load_image, sample_image, sample_images
+from .layers import LayerInfo, ReceptiveField, layers, receptive_field
+from .models import LoadedModel, load_model
+from .targets import DetectionTarget, SegmentationTarget
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "DetectionTarget",
+    "Explanation",
+    "Factorization",
+    "FeatureStore",
+    "InputError",
+    "LayerInfo",
+    "LoadedModel",
+    "ModelLoadError",
+    "ReceptiveField",
+    "SegmentationTarget",
+    "activations",
+    "cam_model",
+    "deletion_insertion",
+    "embed",
+    "explain",
+    "extract_features",
+    "factorize",
+    "filters",
+    "layers",
+    "load_image",
+    "load_model",
+    "pixel_nearest",
+    "pointing_game",
+    "randomization_test",
+    "receptive_field",
+    "sample_image",
+    "sample_images",
+    "top_patches",
+    "visualize",
+]

@@ -1,0 +1,218 @@
+"""The one hook engine: every feature that needs activations, gradients or modified
+rectifier backward passes goes through here.
+
+Two parts, each a context manager that undoes everything it did in ``finally``:
+
+* :class:`Recorder` records the output of chosen modules at every call (a module called
+  several times, like the shared ``relu`` of torchvision's ResNet blocks, gives several
+  records). The recorded tensor is the module's own output; downstream layers receive a
+  clone, so a later in-place op (``ReLU(inplace=True)``) cannot overwrite what was recorded
+  and the gradient with respect to the record is the gradient with respect to the layer
+  output.
+* :class:`RectifierMode` intercepts every rectifier call made during the forward pass —
+  ``nn.ReLU`` (in place or not, shared or not), ``F.relu``, ``torch.relu``, ``Tensor.relu_``,
+  ``nn.ReLU6``/``F.relu6`` and ``F.hardtanh`` with a lower bound of 0 — and routes it
+  through an autograd function whose backward is given by a :class:`RectifierRule`. It is a
+  ``TorchFunctionMode``: nothing is attached to the user's model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "Recorder",
+    "RectifierMode",
+    "RectifierRule",
+    "count_hooks",
+    "eval_mode",
+    "frozen_parameters",
+]
+
+
+class Recorder:
+    """Record outputs of ``modules`` on every call while the context is open.
+
+    ``records[module]`` is a list with one tensor per call, in call order. With
+    ``detach=True`` (activations only, no gradients needed) the records are detached clones.
+    """
+
+    def __init__(self, modules: Iterable[nn.Module], *, detach: bool = False) -> None:
+        self.modules: list[nn.Module] = list(modules)
+        self.detach = detach
+        self.records: dict[nn.Module, list[Tensor]] = {m: [] for m in self.modules}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"cannot record {type(module).__name__}: its output is "
+                f"{type(output).__name__}, not a tensor"
+            )
+        if self.detach:
+            self.records[module].append(output.detach().clone())
+            return None
+        self.records[module].append(output)
+        # Downstream code gets a copy so in-place ops cannot alter the record.
+        return output.clone()
+
+    def __enter__(self) -> Recorder:
+        try:
+            for module in self.modules:
+                self._handles.append(module.register_forward_hook(self._hook))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def last(self, module: nn.Module) -> Tensor:
+        """The record of the module's most recent call."""
+        calls = self.records[module]
+        if not calls:
+            raise RuntimeError(f"{type(module).__name__} was not called during the forward pass")
+        return calls[-1]
+
+    def clear(self) -> None:
+        for calls in self.records.values():
+            calls.clear()
+
+
+class RectifierRule:
+    """How gradients pass backwards through a rectifier y = clip(x, 0, upper).
+
+    ``backward(x, grad_out)`` returns the gradient for ``x``; ``x`` is the rectifier's input.
+    The default is the true gradient. ``upper`` is the upper clip (ReLU6) or ``None``; the
+    rule sees the gradient already multiplied by the upper clip's mask, which autograd
+    would apply for a plain ReLU6 (the upper bound is not treated as a rectifier).
+    """
+
+    def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
+        return grad_out * (x > 0).to(grad_out.dtype)
+
+
+class _Rectify(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, upper: float | None, rule: RectifierRule) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.upper = upper
+        ctx.rule = rule
+        return x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        if ctx.upper is not None:
+            grad_out = grad_out * (x < ctx.upper).to(grad_out.dtype)
+        return ctx.rule.backward(x, grad_out), None, None
+
+
+def _relu_args(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Tensor, float | None] | None:
+    """If ``func(*args, **kwargs)`` is a rectifier call, its input and upper clip."""
+    if func in _RELU_FUNCS:
+        return args[0], None
+    if func in _RELU6_FUNCS:
+        return args[0], 6.0
+    if func in _HARDTANH_FUNCS:
+        names = ("input", "min_val", "max_val")
+        bound = dict(zip(names, args, strict=False))
+        bound.update({k: v for k, v in kwargs.items() if k in names})
+        if float(bound.get("min_val", -1.0)) == 0.0:
+            return bound["input"], float(bound.get("max_val", 1.0))
+    return None
+
+
+_RELU_FUNCS: frozenset[Callable[..., Any]] = frozenset(
+    {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
+)
+_RELU6_FUNCS: frozenset[Callable[..., Any]] = frozenset({F.relu6})
+_HARDTANH_FUNCS: frozenset[Callable[..., Any]] = frozenset({F.hardtanh, F.hardtanh_})
+
+
+class RectifierMode(TorchFunctionMode):
+    """Route every rectifier call inside the context through ``rule``'s backward pass.
+
+    In-place rectifiers (``inplace=True``, ``relu_``) are computed out of place: the
+    returned tensor is a new one. Library code uses the returned value (torchvision does),
+    and an in-place write would break the saved input the rule needs.
+    """
+
+    def __init__(self, rule: RectifierRule) -> None:
+        super().__init__()
+        self.rule = rule
+        self.calls = 0
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Iterable[type],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        matched = _relu_args(func, tuple(args), kwargs)
+        if matched is not None:
+            x, upper = matched
+            self.calls += 1
+            return _Rectify.apply(x, upper, self.rule)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own flag afterwards."""
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        yield module
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+@contextlib.contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
+    """Turn off ``requires_grad`` on every parameter so no parameter gradient is computed or
+    accumulated; each flag is restored afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield module
+    finally:
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
+
+
+def count_hooks(module: nn.Module) -> int:
+    """Total number of hooks registered on ``module`` and its submodules (for leak checks)."""
+    total = 0
+    for m in module.modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+            "_load_state_dict_pre_hooks",
+        ):
+            total += len(getattr(m, attr, {}))
+    for p in module.parameters():
+        total += len(p._backward_hooks or {})
+    return total

@@ -1,0 +1,55 @@
+"""Resolving the user's ``model`` and ``layer`` arguments."""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
+
+__all__ = ["as_module", "layer_name", "resolve_layer"]
+
+
+def as_module(model: nn.Module | LoadedModel) -> nn.Module:
+    """The ``nn.Module`` behind a plain module or a :class:`LoadedModel`."""
+    if isinstance(model, nn.Module):
+        return model
+    module = getattr(model, "module", None)
+    if isinstance(module, nn.Module):
+        return module
+    raise InputError(f"expected a torch.nn.Module or a LoadedModel, got {type(model).__name__}")
+
+
+def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
+    """A submodule of ``model`` given as a module or as its dotted name from ``named_modules()``.
+
+    An unknown name raises :class:`InputError` listing the closest names.
+    """
+    if isinstance(layer, nn.Module):
+        if not any(m is layer for m in model.modules()):
+            raise InputError(f"layer {type(layer).__name__} is not a submodule of the model")
+        return layer
+    if not isinstance(layer, str):
+        raise InputError(f"layer must be a module or a dotted name, got {type(layer).__name__}")
+    named = dict(model.named_modules())
+    if layer in named and layer != "":
+        return named[layer]
+    names = [n for n in named if n]
+    close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+    if not close:
+        close = [n for n in names if layer in n][:5]
+    hint = f"; closest: {', '.join(close)}" if close else "; see `cnnlens layers` for the names"
+    raise InputError(f"unknown layer {layer!r}{hint}")
+
+
+def layer_name(model: nn.Module, layer: nn.Module) -> str:
+    """The dotted name of ``layer`` inside ``model``."""
+    for name, module in model.named_modules():
+        if module is layer:
+            return name
+    raise InputError(f"layer {type(layer).__name__} is not a submodule of the model")

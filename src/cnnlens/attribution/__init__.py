@@ -1,0 +1,1 @@
+"""Decision explanation methods behind `explain()`."""

@@ -1,0 +1,203 @@
+"""``explain()``: one verb for every decision-explanation method."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._hooks import eval_mode, frozen_parameters
+from .._modules import as_module, layer_name, resolve_layer
+from .._trace import default_feature_layer
+from ..errors import InputError
+from ..targets import Target, TargetSpec, resolve_target
+
+__all__ = ["METHODS", "Explanation", "MethodSpec", "explain"]
+
+
+class MethodFn(Protocol):
+    def __call__(
+        self,
+        module: nn.Module,
+        inputs: Tensor,
+        target: Target,
+        layer: nn.Module | None,
+        **options: Any,
+    ) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How ``explain`` runs one method.
+
+    ``kind``: ``"input"`` (attribution (B, C, H, W) in input space, signed),
+    ``"occlusion"`` (mean score drop, (B, C|1, H, W)), ``"cam"`` (signed (B, h, w) at a
+    layer), ``"gradcam"`` (non-negative (B, h, w) at a layer).
+    """
+
+    fn: MethodFn
+    kind: str
+    uses_layer: bool = False
+    options: frozenset[str] = frozenset()
+    summary: str = ""
+
+
+class _MethodNames:
+    """The method names as constants (``METHODS.GRADCAM == "gradcam"``); iterable."""
+
+    SALIENCY = "saliency"
+    SMOOTHGRAD = "smoothgrad"
+    DECONVNET = "deconvnet"
+    GUIDED_BACKPROP = "guided_backprop"
+    OCCLUSION = "occlusion"
+    CAM = "cam"
+    GRADCAM = "gradcam"
+    GUIDED_GRADCAM = "guided_gradcam"
+    DEEPLIFT = "deeplift"
+    LRP = "lrp"
+    INPUT_X_GRADIENT = "input_x_gradient"
+    INTEGRATED_GRADIENTS = "integrated_gradients"
+    GRADCAM_PP = "gradcam_pp"
+    LAYERCAM = "layercam"
+    SCORECAM = "scorecam"
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(sorted(registry()))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in registry()
+
+    def __len__(self) -> int:
+        return len(registry())
+
+    def __repr__(self) -> str:
+        return f"METHODS{self._names()}"
+
+
+METHODS = _MethodNames()
+
+
+def registry() -> dict[str, MethodSpec]:
+    """Every method, from the modules that implement them."""
+    from . import cam, deeplift, gradient, lrp, occlusion
+
+    methods: dict[str, MethodSpec] = {}
+    for module in (gradient, cam, occlusion, deeplift, lrp):
+        methods.update(module.METHODS)
+    return methods
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The result of :func:`explain`. ``attribution`` is the raw tensor (see the contract
+    for each method's shape and meaning); :meth:`heatmap` gives a [0, 1] map at input size."""
+
+    method: str
+    targets: Tensor | None
+    attribution: Tensor
+    kind: str
+    input_size: tuple[int, int]
+    layer: str | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def signed(self) -> bool:
+        """Whether negative values carry meaning (shown with a diverging colormap)."""
+        return self.kind in ("input", "occlusion", "cam")
+
+    def heatmap(self) -> Tensor:
+        """(B, H, W) in [0, 1] at input resolution, per item scaled by its maximum."""
+        a = self.attribution.detach()
+        if self.kind == "input":
+            maps = a.abs().amax(dim=1)
+        elif self.kind == "occlusion":
+            maps = a.mean(dim=1).clamp(min=0)
+        else:
+            maps = a if self.kind == "gradcam" else a - a.flatten(1).amin(dim=1).view(-1, 1, 1)
+            if maps.shape[-2:] != self.input_size:
+                maps = F.interpolate(
+                    maps.unsqueeze(1).float(),
+                    size=self.input_size,
+                    mode="bilinear",
+                    align_corners=False,
+                ).squeeze(1)
+            maps = maps.clamp(min=0)
+        peak = maps.flatten(1).amax(dim=1).view(-1, 1, 1)
+        return (maps / torch.where(peak > 0, peak, torch.ones_like(peak))).float()
+
+
+def method_spec(method: str) -> MethodSpec:
+    methods = registry()
+    if method not in methods:
+        close = difflib.get_close_matches(str(method), list(methods), n=3)
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else f"; one of {', '.join(sorted(methods))}"
+        )
+        raise InputError(f"unknown method {method!r}{hint}")
+    return methods[method]
+
+
+def check_inputs(inputs: object) -> Tensor:
+    if not isinstance(inputs, Tensor):
+        raise InputError(f"inputs must be a tensor (B, C, H, W), got {type(inputs).__name__}")
+    if inputs.dim() != 4:
+        raise InputError(f"inputs must be 4-D (B, C, H, W), got shape {tuple(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise InputError(f"inputs must be floating point, got {inputs.dtype}")
+    if inputs.shape[0] == 0:
+        raise InputError("inputs is an empty batch")
+    return inputs
+
+
+def explain(
+    model: Any,
+    inputs: Tensor,
+    method: str,
+    *,
+    target: TargetSpec = None,
+    layer: nn.Module | str | None = None,
+    **options: Any,
+) -> Explanation:
+    """Explain the model's score for each item of ``inputs`` with ``method``.
+
+    The model is run in eval mode with parameter gradients off; both are restored
+    afterwards, and no hook is left behind, also when an error is raised.
+    """
+    module = as_module(model)
+    inputs = check_inputs(inputs)
+    spec = method_spec(method)
+    unknown = set(options) - spec.options
+    if unknown:
+        raise InputError(
+            f"method {method!r} takes no option {', '.join(sorted(unknown))}"
+            + (f"; options: {', '.join(sorted(spec.options))}" if spec.options else "")
+        )
+    resolved = resolve_target(target, inputs.shape[0])
+    layer_module: nn.Module | None = None
+    if spec.uses_layer:
+        layer_module = (
+            default_feature_layer(module, inputs) if layer is None else resolve_layer(module, layer)
+        )
+    elif layer is not None:
+        raise InputError(f"method {method!r} works on the input and takes no layer")
+    inputs = inputs.detach()
+    with eval_mode(module), frozen_parameters(module):
+        attribution = spec.fn(module, inputs, resolved, layer_module, **options)
+    return Explanation(
+        method=method,
+        targets=None if resolved.is_callable else resolved.classes,
+        attribution=attribution.detach(),
+        kind=spec.kind,
+        input_size=(int(inputs.shape[-2]), int(inputs.shape[-1])),
+        layer=None if layer_module is None else layer_name(module, layer_module),
+    )

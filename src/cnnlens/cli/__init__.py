@@ -1,0 +1,70 @@
+"""The ``cnnlens`` command: a thin shell over the API.
+
+Each command lives in a module of this package with ``register(subparsers)``; the module
+list below is the whole registry. Exit codes: 0 success, 2 bad usage or bad input (one
+line on stderr), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from ..errors import InputError
+
+__all__ = ["main"]
+
+_COMMAND_MODULES = (
+    "_models",
+    "_explain",
+    "_behaviour",
+    "_visualize",
+    "_dataset",
+    "_evaluate",
+    "_report",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line and exit code 2, as for any other usage error.
+        self.exit(2, f"cnnlens: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cnnlens", description="Open up convolutional networks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.run(args)
+    except InputError as exc:
+        print(f"cnnlens: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnnlens: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("CNNLENS_DEBUG"):
+            raise
+        print(
+            f"cnnlens: failed: {type(exc).__name__}: {exc} (set CNNLENS_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Colormaps, overlays, diverging maps and labelled grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+__all__ = [
+    "add_caption",
+    "colormap",
+    "diverging",
+    "grid",
+    "overlay",
+    "save_png",
+    "tensor_to_image",
+    "upsample",
+]
+
+
+def _as_2d(values: Tensor) -> np.ndarray:
+    array = values.detach().float().cpu()
+    while array.dim() > 2:
+        if array.shape[0] != 1:
+            raise ValueError(f"expected a single map (H, W), got shape {tuple(values.shape)}")
+        array = array[0]
+    return array.numpy()
+
+
+def upsample(values: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of a map (H, W) or maps (B, H, W) to ``size``."""
+    squeeze = values.dim() == 2
+    maps = values.unsqueeze(0) if squeeze else values
+    out = F.interpolate(maps.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+    return out[0] if squeeze else out
+
+
+def colormap(
+    values: Tensor, cmap: str = "inferno", *, vmin: float | None = None, vmax: float | None = None
+) -> Image.Image:
+    """A map (H, W) to an RGB picture; scaled to [vmin, vmax] (default: the map's range)."""
+    array = _as_2d(values)
+    lo = float(array.min()) if vmin is None else vmin
+    hi = float(array.max()) if vmax is None else vmax
+    scaled = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+    rgba = colormaps[cmap](np.clip(scaled, 0.0, 1.0))
+    return Image.fromarray((rgba[..., :3] * 255).astype(np.uint8), "RGB")
+
+
+def diverging(values: Tensor, cmap: str = "bwr", *, limit: float | None = None) -> Image.Image:
+    """A signed map (H, W) with zero in the middle of the colormap (white), symmetric range.
+
+    ``limit`` defaults to the 99.5th percentile of |values| so single outliers don't wash
+    out the map."""
+    array = _as_2d(values)
+    if limit is None:
+        limit = float(np.percentile(np.abs(array), 99.5)) or float(np.abs(array).max()) or 1.0
+    return colormap(torch.from_numpy(array), cmap, vmin=-limit, vmax=limit)
+
+
+def overlay(
+    image: Image.Image, heat: Tensor, *, cmap: str = "jet", alpha: float = 0.5
+) -> Image.Image:
+    """A heatmap (h, w) in [0, 1] upsampled onto ``image``; more opaque where it is high."""
+    base = image.convert("RGB")
+    values = torch.as_tensor(_as_2d(heat))
+    if tuple(values.shape) != (base.height, base.width):
+        values = upsample(values, (base.height, base.width))
+    values = values.clamp(0, 1)
+    colors = np.asarray(colormap(values, cmap, vmin=0.0, vmax=1.0), dtype=np.float32)
+    weight = (alpha * values.numpy())[..., None]
+    pixels = np.asarray(base, dtype=np.float32)
+    mixed = pixels * (1 - weight) + colors * weight
+    return Image.fromarray(mixed.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def tensor_to_image(pixels: Tensor) -> Image.Image:
+    """(3, H, W) or (1, H, W) or (H, W) values in [0, 1] to a picture."""
+    array = pixels.detach().float().cpu().clamp(0, 1)
+    if array.dim() == 2:
+        array = array.unsqueeze(0)
+    if array.shape[0] == 1:
+        array = array.expand(3, -1, -1)
+    return Image.fromarray((array.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), "RGB")
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def add_caption(image: Image.Image, text: str, *, size: int = 14) -> Image.Image:
+    """The picture with ``text`` in a white band above it (lines split on newlines)."""
+    font = _font(size)
+    lines = text.split("\n")
+    band = (size + 4) * len(lines) + 4
+    out = Image.new("RGB", (image.width, image.height + band), "white")
+    out.paste(image.convert("RGB"), (0, band))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((3, 2 + i * (size + 4)), line, fill="black", font=font)
+    return out
+
+
+def grid(
+    images: Sequence[Image.Image],
+    *,
+    columns: int | None = None,
+    captions: Sequence[str] | None = None,
+    pad: int = 4,
+    tile: tuple[int, int] | None = None,
+    background: str = "white",
+) -> Image.Image:
+    """Pictures in a grid, row by row, each optionally captioned and resized to ``tile`` (W, H)."""
+    if not images:
+        raise ValueError("grid needs at least one image")
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"{len(captions)} captions for {len(images)} images")
+    cells = [
+        im.convert("RGB")
+        if tile is None
+        else im.convert("RGB").resize(
+            tile, Image.Resampling.NEAREST if min(im.size) < 64 else Image.Resampling.BILINEAR
+        )
+        for im in images
+    ]
+    if captions is not None:
+        cells = [add_caption(c, t) for c, t in zip(cells, captions, strict=True)]
+    columns = columns or min(len(cells), 8)
+    rows = (len(cells) + columns - 1) // columns
+    width = max(c.width for c in cells)
+    height = max(c.height for c in cells)
+    out = Image.new("RGB", (columns * (width + pad) + pad, rows * (height + pad) + pad), background)
+    for i, cell in enumerate(cells):
+        r, c = divmod(i, columns)
+        out.paste(cell, (pad + c * (width + pad), pad + r * (height + pad)))
+    return out
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write ``image`` as PNG, creating parent folders."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, format="PNG")
+    return target

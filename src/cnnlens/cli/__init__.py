@@ -19,7 +19,9 @@ __all__ = ["main"]
 
 _COMMAND_MODULES = (
     "_models",
+    "_layers",
     "_explain",
+    "_cam",
     "_behaviour",
     "_visualize",
     "_dataset",

@@ -1,13 +1,179 @@
-"""(being written)"""
+"""Commands ``filters``, ``activations`` and ``factorize``."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+import torch
+from PIL import Image
+
+from .._modules import layer_name, resolve_layer
+from ..behaviour import activations, factorize, filters
+from ..behaviour._inspect import check_channels, first_convolution, mid_feature_layer, top_channels
+from ..errors import InputError
+from ..render import add_caption, grid, save_png
+from ..render._behaviour import (
+    activation_grid,
+    factor_legend,
+    factor_overlay,
+    filter_tiles,
+    rgb_filter_tiles,
+    unit_overlays,
+)
+from ._common import add_model_args, open_image, open_model
+
+
+def parse_channels(text: str | None) -> list[int] | None:
+    """``"3,17"`` or ``"0-15"`` or a mix, to channel ids."""
+    if text is None:
+        return None
+    channels: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                channels.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                channels.append(int(part))
+    except ValueError:
+        raise InputError(f"--channels {text!r}: expected ids like 3,17 or 0-15") from None
+    if not channels:
+        raise InputError(f"--channels {text!r} names no channel")
+    return channels
+
 
 def register(sub: Any) -> None:
-    del sub
+    p = sub.add_parser("filters", help="show convolution filter weights")
+    add_model_args(p)
+    p.add_argument("--layer", help="a convolution (default: the first)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--filter", type=int, help="deeper layers: show this filter's per-input-channel slices"
+    )
+    group.add_argument(
+        "--input-channel",
+        type=int,
+        help="deeper layers: the filters most aligned with this input channel",
+    )
+    p.add_argument("--top", type=int, default=64, help="at most this many tiles (default 64)")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.set_defaults(run=run_filters)
+
+    p = sub.add_parser("activations", help="feature maps of a layer for an image")
+    add_model_args(p)
+    p.add_argument("image", help="image path or sample name (cat, coffee, ...)")
+    p.add_argument("--layer", help="layer name (default: a mid-to-high layer)")
+    p.add_argument("--channels", help="units to overlay on the image, e.g. 3,17")
+    p.add_argument(
+        "--top", type=int, default=12, help="grid of the N most active channels (default 12)"
+    )
+    p.add_argument("--by", choices=("mean", "max"), default="mean")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(run=run_activations)
+
+    p = sub.add_parser("factorize", help="the factorization lens: NMF of a layer's activations")
+    add_model_args(p)
+    p.add_argument("images", nargs="+", help="image paths or sample names")
+    p.add_argument("--layer", help="layer name (default: a mid-to-high layer)")
+    p.add_argument("-k", type=int, default=6, help="number of factors (default 6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(run=run_factorize)
 
 
-__all__ = ["argparse", "register"]
+def run_filters(args: argparse.Namespace) -> int:
+    model = open_model(args)
+    module = model.module
+    conv = first_convolution(module) if args.layer is None else resolve_layer(module, args.layer)
+    weights = filters(module, conv)
+    name = layer_name(module, conv)
+    out_ch, in_per_group = weights.shape[:2]
+    groups = int(getattr(conv, "groups", 1))
+    limit = max(args.top, 1)
+    if in_per_group == 3 and groups == 1:
+        tiles = rgb_filter_tiles(weights[:limit])
+        note = f"{name}: {out_ch} filters as RGB, grey = 0"
+    elif in_per_group == 1:
+        tiles = filter_tiles(weights[:limit, 0])
+        note = f"{name}: depthwise, filter o sees only input channel {'o' if groups == out_ch else 'o*in/out'}"
+    elif args.input_channel is not None:
+        in_total = in_per_group * groups
+        if not 0 <= args.input_channel < in_total:
+            raise InputError(
+                f"--input-channel {args.input_channel} out of range (0-{in_total - 1})"
+            )
+        group, local = divmod(args.input_channel, in_per_group)
+        per_group = out_ch // groups
+        members = torch.arange(group * per_group, (group + 1) * per_group)
+        strength = weights[members, local].flatten(1).norm(dim=1)
+        order = members[strength.argsort(descending=True)][:limit]
+        tiles = filter_tiles(weights[order, local])
+        note = f"{name}: filters most tied to input channel {args.input_channel}: {order.tolist()[:12]}"
+    else:
+        index = 0 if args.filter is None else args.filter
+        if not 0 <= index < out_ch:
+            raise InputError(f"--filter {index} out of range (0-{out_ch - 1})")
+        tiles = filter_tiles(weights[index, :limit])
+        note = f"{name}: filter {index}, one tile per input channel" + (
+            f" of its group ({groups} groups)" if groups > 1 else ""
+        )
+    picture = add_caption(grid(tiles, columns=min(len(tiles), 16), pad=2), note)
+    print(save_png(picture, args.output))
+    return 0
+
+
+def _images_batch(model: Any, specs: list[str]) -> tuple[list[Image.Image], torch.Tensor]:
+    images = [open_image(s) for s in specs]
+    inputs = model.preprocess(images)
+    return [model.deprocess(inputs[i : i + 1]) for i in range(len(images))], inputs
+
+
+def run_activations(args: argparse.Namespace) -> int:
+    model = open_model(args)
+    seen, inputs = _images_batch(model, [args.image])
+    layer = (
+        mid_feature_layer(model.module, inputs)
+        if args.layer is None
+        else resolve_layer(model.module, args.layer)
+    )
+    maps = activations(model, inputs, layer)[0]
+    values, ids = top_channels(maps[None], args.top, by=args.by)
+    chosen = parse_channels(args.channels)
+    if chosen is not None:
+        check_channels(chosen, maps.shape[0])
+    shown = chosen if chosen is not None else ids[0, :4].tolist()
+    name = layer_name(model.module, layer)
+    top = add_caption(
+        activation_grid(maps, ids[0].tolist(), values[0].tolist()),
+        f"{name}: top {ids.shape[1]} channels by {args.by} activation",
+    )
+    units = grid(unit_overlays(seen[0], maps, shown), columns=len(shown))
+    picture = grid([top, units], columns=1, pad=8)
+    print(save_png(picture, args.output))
+    return 0
+
+
+def run_factorize(args: argparse.Namespace) -> int:
+    model = open_model(args)
+    seen, inputs = _images_batch(model, args.images)
+    layer = (
+        mid_feature_layer(model.module, inputs)
+        if args.layer is None
+        else resolve_layer(model.module, args.layer)
+    )
+    result = factorize(model, inputs, layer, args.k, seed=args.seed)
+    note = f"{layer_name(model.module, layer)}: {args.k} NMF factors"
+    if result.clipped_negative:
+        note += " (positive part of the activations)"
+    panels = [factor_overlay(im, result.maps[i]) for i, im in enumerate(seen)]
+    picture = grid(
+        [
+            add_caption(grid(panels, columns=len(panels)), note),
+            factor_legend(result.strongest_channels(5)),
+        ],
+        columns=1,
+    )
+    print(save_png(picture, args.output))
+    return 0

@@ -1,0 +1,114 @@
+"""Pictures of model behaviour: filter tiles, activation grids, factor overlays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from ._images import _font, add_caption, colormap, diverging, grid, overlay, upsample
+
+__all__ = [
+    "activation_grid",
+    "factor_legend",
+    "factor_overlay",
+    "filter_tiles",
+    "rgb_filter_tiles",
+    "unit_overlays",
+]
+
+
+def rgb_filter_tiles(weights: Tensor, *, scale: int = 8) -> list[Image.Image]:
+    """First-layer filters (out, 3, kh, kw) as RGB tiles, each scaled symmetrically so that
+    grey is zero (the familiar AlexNet picture)."""
+    tiles = []
+    for w in weights.detach().float().cpu():
+        limit = float(w.abs().max()) or 1.0
+        pixels = 0.5 + 0.5 * w / limit
+        array = (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        tile = Image.fromarray(array, "RGB")
+        tiles.append(
+            tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST)
+        )
+    return tiles
+
+
+def filter_tiles(slices: Tensor, *, scale: int = 8) -> list[Image.Image]:
+    """Kernels (n, kh, kw) as diverging tiles (blue negative, white zero, red positive),
+    sharing one symmetric scale so their strengths compare."""
+    limit = float(slices.detach().abs().max()) or 1.0
+    tiles = []
+    for s in slices.detach().float().cpu():
+        tile = diverging(s, limit=limit)
+        tiles.append(
+            tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST)
+        )
+    return tiles
+
+
+def activation_grid(
+    maps: Tensor, channels: Sequence[int], values: Sequence[float] | None = None, *, size: int = 96
+) -> Image.Image:
+    """Feature maps (C, h, w) of the given channels as a labelled grid, one shared scale."""
+    chosen = maps[list(channels)].detach().float().cpu()
+    vmax = float(chosen.max()) if chosen.numel() else 1.0
+    vmin = min(0.0, float(chosen.min())) if chosen.numel() else 0.0
+    tiles = [
+        colormap(m, "viridis", vmin=vmin, vmax=vmax).resize((size, size), Image.Resampling.NEAREST)
+        for m in chosen
+    ]
+    captions = [
+        f"ch {c}" + (f"  {values[i]:.2f}" if values is not None else "")
+        for i, c in enumerate(channels)
+    ]
+    return grid(tiles, captions=captions, columns=min(len(tiles), 6))
+
+
+_FACTOR_COLORS = colormaps["tab10"]
+
+
+def factor_overlay(image: Image.Image, maps: Tensor, *, alpha: float = 0.65) -> Image.Image:
+    """Each factor's spatial map (k, h, w) in its own colour over ``image``: every position
+    takes the colour of its strongest factor, opacity from that factor's strength."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    up = upsample(maps.detach().float().cpu(), (image.height, image.width))
+    peak = up.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
+    strength, winner = (up / peak).max(dim=0)
+    colors = torch.tensor([_FACTOR_COLORS(i % 10)[:3] for i in range(maps.shape[0])]) * 255
+    painted = colors[winner].numpy()
+    weight = (alpha * strength.clamp(0, 1)).numpy()[..., None]
+    mixed = base * (1 - weight) + painted * weight
+    return Image.fromarray(mixed.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def factor_legend(strongest: Tensor, *, width: int = 320) -> Image.Image:
+    """A legend: each factor's colour and its strongest channels."""
+    rows = strongest.shape[0]
+    font = _font(13)
+    out = Image.new("RGB", (width, 22 * rows + 8), "white")
+    draw = ImageDraw.Draw(out)
+    for i, channels in enumerate(strongest.tolist()):
+        color = tuple(int(255 * v) for v in _FACTOR_COLORS(i % 10)[:3])
+        draw.rectangle((6, 6 + 22 * i, 22, 22 + 22 * i), fill=color)
+        draw.text(
+            (30, 7 + 22 * i),
+            f"factor {i}: channels {', '.join(map(str, channels))}",
+            fill="black",
+            font=font,
+        )
+    return out
+
+
+def unit_overlays(image: Image.Image, maps: Tensor, channels: Sequence[int]) -> list[Image.Image]:
+    """Each chosen unit's map (scaled to its own max) overlaid on the image at input size."""
+    out = []
+    for c in channels:
+        m = maps[c].detach().float().clamp(min=0)
+        peak = float(m.max())
+        heat = m / peak if peak > 0 else m
+        out.append(add_caption(overlay(image, heat), f"unit {c} (max {peak:.2f})"))
+    return out

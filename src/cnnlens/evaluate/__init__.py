@@ -1,17 +1,14 @@
-"""(being written) Faithfulness and sanity metrics."""
+"""Faithfulness and sanity metrics: which map can be trusted."""
 
 from __future__ import annotations
 
-from typing import Any
+from ._metrics import DeletionInsertion, deletion_insertion, pointing_game
+from ._randomization import RandomizationResult, randomization_test
 
-
-def deletion_insertion(model: Any, inputs: Any, explanation: Any, *, steps: int = 32) -> Any:
-    raise NotImplementedError("being written")
-
-
-def randomization_test(model: Any, inputs: Any, method: str, **options: Any) -> Any:
-    raise NotImplementedError("being written")
-
-
-def pointing_game(heatmap: Any, box: Any, *, tolerance: int = 15) -> Any:
-    raise NotImplementedError("being written")
+__all__ = [
+    "DeletionInsertion",
+    "RandomizationResult",
+    "deletion_insertion",
+    "pointing_game",
+    "randomization_test",
+]

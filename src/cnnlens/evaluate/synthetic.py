@@ -104,6 +104,6 @@ def train_classifier(
             idx = order[first : first + batch_size]
             loss = F.cross_entropy(model(data.images[idx]), data.labels[idx])
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
     return model.eval()

@@ -1,13 +1,74 @@
-"""(being written)"""
+"""Command ``report``: one self-contained HTML page with every method side by side."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
+
+from .._report import REPORT_METHODS, build_report
+from ..render._html import report_html
+from ._common import add_model_args, open_image, open_model, parse_target
+
+DEFAULT_IMAGE = "cat"
 
 
 def register(sub: Any) -> None:
-    del sub
+    p = sub.add_parser(
+        "report", help="HTML report: every explanation method side by side, plus model behaviour"
+    )
+    add_model_args(p)
+    p.add_argument(
+        "images", nargs="*", help=f"image paths or sample names (default: {DEFAULT_IMAGE})"
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        help="class index or label to explain (once per image; default: top class)",
+    )
+    p.add_argument(
+        "--second-class", action="store_true", help="also explain the second most likely class"
+    )
+    p.add_argument("--methods", default=",".join(REPORT_METHODS), help="comma-separated methods")
+    p.add_argument("--no-behaviour", action="store_true", help="skip the model-behaviour section")
+    p.add_argument(
+        "-o", "--output", default="report.html", help="HTML file to write (default report.html)"
+    )
+    p.set_defaults(run=run)
 
 
-__all__ = ["argparse", "register"]
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+
+    specs = args.images or [DEFAULT_IMAGE]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    model = open_model(args)
+    if args.target is not None and len(args.target) != len(specs):
+        raise InputError(
+            f"{len(args.target)} --target values for {len(specs)} images (give one per image)"
+        )
+    targets = None if args.target is None else [parse_target(model, t) for t in args.target]
+    images = [(spec, open_image(spec)) for spec in specs]
+    stages = len(images) * len(methods) * (2 if args.second_class else 1) + len(images) + 1
+    with tqdm(total=stages, desc="report", unit="step") as bar:
+
+        def tick(stage: str) -> None:
+            bar.set_postfix_str(stage[:40])
+            bar.update(1)
+
+        report = build_report(
+            model,
+            images,
+            targets=targets,
+            second_class=args.second_class,
+            methods=methods,
+            behaviour=not args.no_behaviour,
+            progress=tick,
+        )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report_html(report), encoding="utf-8")
+    print(f"report written to {out.resolve()}")
+    return 0

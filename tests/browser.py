@@ -1,0 +1,71 @@
+"""Open a page in headless Chromium (Debian's chromium + chromium-driver) and check it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@dataclass
+class PageCheck:
+    images: int
+    broken: list[str]
+    console_errors: list[str]
+    title: str
+
+
+def chromium_available() -> bool:
+    return Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
+
+
+requires_chromium = pytest.mark.skipif(
+    not chromium_available(),
+    reason="Debian chromium/chromium-driver not installed (make system-deps)",
+)
+
+
+def check_page(path: Path, screenshot: Path) -> PageCheck:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="cnnlens-chromium-")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(path.resolve().as_uri())
+        driver.execute_script("return document.readyState")
+        broken = driver.execute_script(
+            "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt || i.src.slice(0, 60));"
+        )
+        count = driver.execute_script("return document.images.length;")
+        logs = driver.get_log("browser")
+        errors = [entry["message"] for entry in logs if entry.get("level") == "SEVERE"]
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+        return PageCheck(int(count), list(broken), errors, driver.title)
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -39,6 +39,7 @@ test: $(STAMP) system-deps lint typecheck
 bench: EXTRAS = data,test,bench
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out docs/benchmarks.md
+	$(PY) benchmarks/pointing_game.py --out docs/pointing_game.md
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

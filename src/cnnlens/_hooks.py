@@ -42,11 +42,17 @@ class Recorder:
 
     ``records[module]`` is a list with one tensor per call, in call order. With
     ``detach=True`` (activations only, no gradients needed) the records are detached clones.
+    With ``leaf=True`` each record is a new autograd leaf that requires grad and the rest of
+    the forward pass is computed from it: gradients with respect to the record are exact and
+    the backward pass stops there (nothing is propagated to the input or to earlier layers).
     """
 
-    def __init__(self, modules: Iterable[nn.Module], *, detach: bool = False) -> None:
+    def __init__(
+        self, modules: Iterable[nn.Module], *, detach: bool = False, leaf: bool = False
+    ) -> None:
         self.modules: list[nn.Module] = list(modules)
         self.detach = detach
+        self.leaf = leaf
         self.records: dict[nn.Module, list[Tensor]] = {m: [] for m in self.modules}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -59,6 +65,8 @@ class Recorder:
         if self.detach:
             self.records[module].append(output.detach().clone())
             return None
+        if self.leaf:
+            output = output.detach().requires_grad_(True)
         self.records[module].append(output)
         # Downstream code gets a copy so in-place ops cannot alter the record.
         return output.clone()

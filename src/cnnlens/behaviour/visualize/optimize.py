@@ -1,0 +1,281 @@
+"""The optimization core: parametrization, transforms, objective, steps. Returns tensors;
+nothing here saves or shows anything.
+
+Each step: images = param(); view = transforms(images); score the objectives on
+model(normalize(view)); loss = −Σ scores + penalties; gradient by ``torch.autograd.grad``
+with respect to the parametrization's tensors only (the model's parameters are frozen,
+eval mode is on, and the only hooks are a :class:`~cnnlens._hooks.Recorder` on the layers
+the objectives read — all restored or removed afterwards); optimizer update; projection
+and the periodic blur.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..._hooks import Recorder, eval_mode, frozen_parameters
+from ..._modules import resolve_layer
+from ...errors import InputError
+from .objectives import Context, Objective
+from .param import FourierParam, ImageParam, PixelParam
+from .transforms import RandomAffine
+
+__all__ = ["RECIPES", "Rendering", "Settings", "render", "settings_for"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the optimization. ``visualize(**regularizers)`` sets these by name on
+    top of a recipe (see :data:`RECIPES`).
+
+    * ``param``: ``"fourier"`` (decorrelated spectrum, sigmoid) or ``"pixel"`` (raw
+      pixels projected into [0, 1]); ``init``: ``"random"`` or ``"blank"``; ``init_std``,
+      ``decay_power`` (spectrum scaling 1/|f|^p), ``decorrelate`` (colour matrix, Fourier).
+    * ``optimizer``: ``"adam"`` or ``"sgd"`` (plain gradient ascent); ``lr``.
+    * ``l2``: λ of −λ‖I‖², with I the model input (normalized image) summed over pixels,
+      as in Simonyan et al. 2013; ``tv``: weight of the total variation (sum of absolute
+      neighbour differences of the [0, 1] image).
+    * ``jitter`` (pixels), ``scale`` (zoom in [1 − s, 1 + s]), ``rotate`` (degrees):
+      random transforms each step, grey surround.
+    * ``blur_every``/``blur_sigma``: every k steps blur the image by σ pixels (0: off).
+    * ``normalize_grad``: divide each image's gradient by its mean absolute value.
+    * ``diversity``: weight of the batch diversity term on ``diversity_layer`` (default:
+      the layer of the first layer objective, else the model's last feature map).
+    * ``size`` (H, W), ``mean``, ``std``: input size and normalization (default: the
+      LoadedModel's preprocessing, else 224×224 and ImageNet statistics).
+    * ``progress``: show a progress bar (``None``: only on a terminal).
+    """
+
+    param: str = "fourier"
+    init: str = "random"
+    init_std: float = 0.01
+    decay_power: float = 1.0
+    decorrelate: bool = True
+    optimizer: str = "adam"
+    lr: float = 0.05
+    l2: float = 0.0
+    tv: float = 0.0
+    jitter: float = 8.0
+    scale: float = 0.1
+    rotate: float = 10.0
+    blur_every: int = 0
+    blur_sigma: float = 0.5
+    normalize_grad: bool = False
+    diversity: float = 0.0
+    diversity_layer: str | None = None
+    size: tuple[int, int] | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    progress: bool | None = None
+
+    def check(self) -> None:
+        if self.param not in ("fourier", "pixel"):
+            raise InputError(f"param must be 'fourier' or 'pixel', got {self.param!r}")
+        if self.init not in ("random", "blank"):
+            raise InputError(f"init must be 'random' or 'blank', got {self.init!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise InputError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        for name in ("lr", "l2", "tv", "jitter", "scale", "rotate", "blur_sigma", "diversity"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise InputError(f"{name} must be a non-negative number, got {value!r}")
+        if self.scale >= 1:
+            raise InputError(f"scale must be below 1 (zoom in [1 - s, 1 + s]), got {self.scale}")
+        if self.blur_every < 0:
+            raise InputError(f"blur_every must be >= 0, got {self.blur_every}")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise InputError(f"size must be (height, width), got {self.size!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != 3:
+                raise InputError(f"{name} needs 3 values (R, G, B), got {value!r}")
+
+    @property
+    def transforms(self) -> RandomAffine:
+        return RandomAffine(jitter=self.jitter, scale=self.scale, rotate=self.rotate)
+
+
+RECIPES: dict[str, Settings] = {
+    # The quality default: lucid-style decorrelated Fourier image, transformation robustness.
+    "lucid": Settings(),
+    # Simonyan et al. 2013: pixels from a blank (mean) image, plain gradient ascent on
+    # S_c(I) − λ‖I‖², nothing else.
+    "simonyan": Settings(
+        param="pixel",
+        init="blank",
+        optimizer="sgd",
+        lr=1.0,
+        l2=1e-4,
+        jitter=0.0,
+        scale=0.0,
+        rotate=0.0,
+    ),
+}
+
+
+def settings_for(recipe: str = "lucid", **overrides: object) -> Settings:
+    """The recipe's settings with ``overrides`` applied; unknown names raise InputError."""
+    if recipe not in RECIPES:
+        raise InputError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    names = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise InputError(
+            f"unknown visualize option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+        )
+    for key in ("size", "mean", "std"):
+        value = overrides.get(key)
+        if value is not None:
+            if isinstance(value, int) and key == "size":
+                value = (value, value)
+            overrides[key] = tuple(value)  # type: ignore[arg-type,call-overload]
+    settings = dataclasses.replace(RECIPES[recipe], **overrides)  # type: ignore[arg-type]
+    settings.check()
+    return settings
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """The result of :func:`render`: ``images`` (N, 3, H, W) in [0, 1] and ``history``
+    (steps, N), each image's objective (under that step's transforms) at every step."""
+
+    images: Tensor
+    history: Tensor
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _make_param(
+    settings: Settings,
+    n: int,
+    size: tuple[int, int],
+    mean: tuple[float, float, float],
+    generator: torch.Generator,
+    device: torch.device,
+) -> ImageParam:
+    if settings.param == "pixel":
+        return PixelParam(
+            n,
+            size,
+            fill=mean,
+            init=settings.init,
+            std=settings.init_std,
+            generator=generator,
+            device=device,
+        )
+    return FourierParam(
+        n,
+        size,
+        init=settings.init,
+        std=settings.init_std,
+        decay_power=settings.decay_power,
+        decorrelate=settings.decorrelate,
+        generator=generator,
+        device=device,
+    )
+
+
+def _disable(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: None hides the bar when not on a terminal."""
+    return None if progress is None else not progress
+
+
+def _total_variation(images: Tensor) -> Tensor:
+    dy = (images[:, :, 1:, :] - images[:, :, :-1, :]).abs().flatten(1).sum(dim=1)
+    dx = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().flatten(1).sum(dim=1)
+    return dy + dx
+
+
+def render(
+    module: nn.Module,
+    objectives: Sequence[Objective],
+    settings: Settings,
+    *,
+    steps: int,
+    seed: int,
+) -> Rendering:
+    """Optimize one image per objective (the batch), deterministically for ``seed``.
+
+    ``settings.size``, ``mean`` and ``std`` must be filled in (the public wrapper does it).
+    """
+    if not objectives:
+        raise InputError("visualize needs at least one objective")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise InputError(f"steps must be a non-negative int, got {steps!r}")
+    assert settings.size is not None and settings.mean is not None and settings.std is not None
+    n = len(objectives)
+    size = (int(settings.size[0]), int(settings.size[1]))
+    device = _device_of(module)
+    generator = torch.Generator().manual_seed(int(seed))
+    names = sorted(set().union(*(o.layers for o in objectives)))
+    layers = {name: resolve_layer(module, name) for name in names}
+    param = _make_param(settings, n, size, settings.mean, generator, device)
+    tensors = param.tensors
+    optimizer: torch.optim.Optimizer
+    if settings.optimizer == "adam":
+        optimizer = torch.optim.Adam(tensors, lr=settings.lr)
+    else:
+        optimizer = torch.optim.SGD(tensors, lr=settings.lr)
+    mean = torch.tensor(settings.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(settings.std, device=device).view(1, 3, 1, 1)
+    transforms = settings.transforms
+    history = torch.zeros(steps, n)
+    items = torch.arange(n, device=device)
+
+    with (
+        eval_mode(module),
+        frozen_parameters(module),
+        Recorder(layers.values()) as recorder,
+        tqdm(total=steps, desc="visualize", disable=_disable(settings.progress)) as bar,
+    ):
+        for step in range(steps):
+            recorder.clear()
+            images = param()
+            view = transforms(images, generator)
+            model_input = (view - mean) / std
+            output = module(model_input)
+            context = Context(
+                output=output,
+                activations={name: recorder.last(m) for name, m in layers.items()},
+                images=images,
+            )
+            scores = torch.stack([o(context) for o in objectives])[items, items]
+            loss = -scores.sum()
+            if settings.l2 > 0:
+                centred = (images - mean) / std
+                loss = loss + settings.l2 * centred.pow(2).sum()
+            if settings.tv > 0:
+                loss = loss + settings.tv * _total_variation(images).sum()
+            grads = torch.autograd.grad(loss, tensors)
+            for tensor, grad in zip(tensors, grads, strict=True):
+                if settings.normalize_grad:
+                    norm = grad.abs().flatten(1).mean(dim=1).clamp(min=1e-12)
+                    grad = grad / norm.view(-1, *([1] * (grad.dim() - 1)))
+                tensor.grad = grad
+            optimizer.step()
+            for tensor in tensors:
+                tensor.grad = None
+            param.project()
+            if settings.blur_every and (step + 1) % settings.blur_every == 0:
+                param.blur(settings.blur_sigma)
+            history[step] = scores.detach().float().cpu()
+            bar.update(1)
+            bar.set_postfix(objective=f"{float(history[step].mean()):.3g}", refresh=False)
+        with torch.no_grad():
+            final = param().detach().clamp(0.0, 1.0)
+    return Rendering(images=final, history=history)

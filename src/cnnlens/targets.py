@@ -60,6 +60,11 @@ class Target:
                 raise InputError(
                     "a callable target must return a 1-D tensor with one score per item"
                 )
+            rows = self.batch_size if items is None else items.numel()
+            if scores.shape[0] != rows:
+                raise InputError(
+                    f"the callable target returned {scores.shape[0]} scores for {rows} items"
+                )
             return scores
         logits = _logits(output)
         if self.classes is None:
@@ -137,59 +142,101 @@ class ClassTarget:
 
 class SegmentationTarget:
     """Callable target for segmentation models: the sum of class ``category``'s logits inside
-    ``mask`` (H, W) or (B, H, W). Accepts torchvision's dict output (key ``"out"``)."""
+    ``mask``.
+
+    ``mask`` is (H, W) — the same region for every item — or (B, H, W), at the resolution of
+    the model's output; boolean or real-valued (a soft mask weights each pixel). Accepts a
+    tensor output (B, classes, H, W) or torchvision's dict output (key ``"out"``).
+    """
 
     def __init__(self, category: int, mask: Tensor) -> None:
+        if isinstance(category, bool) or not isinstance(category, int) or category < 0:
+            raise InputError(f"category must be a non-negative class index, got {category!r}")
+        if not isinstance(mask, Tensor) or mask.dim() not in (2, 3):
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise InputError(f"mask must be a tensor (H, W) or (B, H, W), got {shape}")
         self.category = category
-        self.mask = mask
+        self.mask = mask.detach()
 
     def __call__(self, output: Any) -> Tensor:
         if isinstance(output, dict):
+            if "out" not in output:
+                raise InputError("SegmentationTarget needs a tensor output or a dict with 'out'")
             output = output["out"]
+        if not isinstance(output, Tensor) or output.dim() != 4:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise InputError(f"SegmentationTarget needs an output (B, classes, H, W), got {shape}")
+        if self.category >= output.shape[1]:
+            raise InputError(
+                f"category {self.category} is out of range for {output.shape[1]} classes"
+            )
         logits = output[:, self.category]
         mask = self.mask.to(device=logits.device, dtype=logits.dtype)
         if mask.shape[-2:] != logits.shape[-2:]:
             raise InputError(
                 f"mask is {tuple(mask.shape[-2:])} but the output is {tuple(logits.shape[-2:])}"
             )
+        if mask.dim() == 3 and mask.shape[0] != logits.shape[0]:
+            raise InputError(f"mask has {mask.shape[0]} items but the output has {logits.shape[0]}")
         return (logits * mask).flatten(1).sum(dim=1)
 
 
 class DetectionTarget:
     """Callable target for torchvision detection models: the score of the detected box that
-    best overlaps ``box`` (x1, y1, x2, y2) among those of ``label`` (any label if None).
+    best overlaps ``box`` (x1, y1, x2, y2 in input pixels) among those of class ``label``
+    (any class if ``None``).
 
-    Works with the list-of-dicts output of torchvision's detectors; an item with no matching
-    box scores 0 (connected to the graph so gradients are zero rather than missing)."""
+    ``box`` is (4,) — the same box for every item — or (B, 4). Works with the list of dicts
+    (``"boxes"``, ``"labels"``, ``"scores"``) that torchvision's detectors return in eval
+    mode. An item with no box of the label, or none overlapping at least ``min_iou``,
+    scores 0 (still connected to the graph, so its gradients are zero rather than missing).
+    """
 
     def __init__(
         self, box: Sequence[float] | Tensor, label: int | None = None, min_iou: float = 0.0
     ) -> None:
-        self.box = torch.as_tensor(box, dtype=torch.float32).view(1, 4)
+        boxes = torch.as_tensor(box, dtype=torch.float32).detach()
+        if boxes.dim() == 1:
+            boxes = boxes.view(1, 4) if boxes.numel() == 4 else boxes
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise InputError(
+                f"box must be (x1, y1, x2, y2) or (B, 4), got shape {tuple(boxes.shape)}"
+            )
+        if bool((boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any()):
+            raise InputError("box must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
+        self.box = boxes
         self.label = label
         self.min_iou = min_iou
 
     def __call__(self, output: Any) -> Tensor:
+        scores = []
+        for det, best in zip(output, self.best_box(output), strict=True):
+            item_scores = det["scores"]
+            scores.append(item_scores.sum() * 0.0 if best is None else item_scores[best])
+        return torch.stack(scores)
+
+    def best_box(self, output: Any) -> list[int | None]:
+        """Per item, the index of the detection this target scores (``None``: none)."""
         from torchvision.ops import box_iou
 
         if not isinstance(output, (list, tuple)) or not all(isinstance(o, dict) for o in output):
             raise InputError(
                 "DetectionTarget needs a detector's list of {'boxes','labels','scores'}"
             )
-        scores = []
-        for det in output:
-            boxes, labels, item_scores = det["boxes"], det["labels"], det["scores"]
-            keep = torch.ones_like(item_scores, dtype=torch.bool)
+        if self.box.shape[0] not in (1, len(output)):
+            raise InputError(f"{self.box.shape[0]} boxes given for {len(output)} items")
+        found: list[int | None] = []
+        for index, det in enumerate(output):
+            boxes, labels = det["boxes"], det["labels"]
+            keep = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
             if self.label is not None:
                 keep = labels == self.label
             if boxes.numel() == 0 or not bool(keep.any()):
-                scores.append(item_scores.sum() * 0.0)
+                found.append(None)
                 continue
-            ious = box_iou(boxes, self.box.to(boxes.device)).squeeze(1)
+            query = self.box[index if self.box.shape[0] > 1 else 0].view(1, 4)
+            ious = box_iou(boxes.detach(), query.to(boxes.device, boxes.dtype)).squeeze(1)
             ious = torch.where(keep, ious, torch.full_like(ious, -1.0))
             best = int(ious.argmax())
-            if float(ious[best]) < self.min_iou:
-                scores.append(item_scores.sum() * 0.0)
-            else:
-                scores.append(item_scores[best])
-        return torch.stack(scores)
+            found.append(best if float(ious[best]) >= self.min_iou else None)
+        return found

@@ -1,11 +1,360 @@
-"""(being written)"""
+"""Class activation maps at a layer: CAM, Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM and
+Guided Grad-CAM, plus :func:`cam_model`, the conversion CAM needs when a model has no
+global-average-pooling + linear head.
+
+One template does the work for every variant (pytorch-grad-cam's idea): :func:`capture`
+runs the forward pass, records the layer's activation A (B, K, h, w) and, when the variant
+needs it, the gradient ∂y/∂A of the target score; a variant only says how the channel weights
+w (broadcastable to A) are obtained. The map is Σ_k w_k A^k, rectified for Grad-CAM-type
+methods and signed for CAM.
+
+The gradient is taken with the layer's output as an autograd leaf (``Recorder(leaf=True)``):
+the backward pass stops at the layer, nothing is propagated to the input or the parameters.
+When the layer is called several times during one forward pass (a shared module), its last
+call is used.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .._hooks import Recorder
+from .._modules import layer_name
+from ..errors import InputError
+from ..targets import Target
+from ._cam_model import CamModel, cam_model
 from .api import MethodSpec
 
-METHODS: dict[str, MethodSpec] = {}
+__all__ = [
+    "METHODS",
+    "CamModel",
+    "LayerCapture",
+    "cam_model",
+    "capture",
+    "linear_head",
+]
 
 
-def cam_model(model: object, layer: object, num_classes: int) -> object:
-    raise NotImplementedError("being written")
+@dataclass(frozen=True)
+class LayerCapture:
+    """What one forward (and backward) pass gives the CAM variants.
+
+    ``activation``: the layer's output at its last call (B, K, h, w), detached.
+    ``gradient``: ∂(target score)/∂activation, same shape, or ``None`` when not asked for.
+    ``output``: the model's output for ``inputs`` (detached tensors for a tensor output).
+    """
+
+    module: nn.Module
+    inputs: Tensor
+    target: Target
+    layer: nn.Module
+    activation: Tensor
+    gradient: Tensor | None
+    output: Any
+
+
+def capture(
+    module: nn.Module, inputs: Tensor, target: Target, layer: nn.Module, *, gradient: bool
+) -> LayerCapture:
+    """Run ``module`` on ``inputs`` recording ``layer``'s last call; with ``gradient=True``
+    also the gradient of the target scores with respect to it (the backward pass stops at
+    the layer). Top-class targets are fixed from this forward pass."""
+    batch = inputs.shape[0]
+    try:
+        with Recorder([layer], leaf=gradient) as recorder, torch.set_grad_enabled(gradient):
+            output = module(inputs)
+    except TypeError as exc:
+        if "cannot record" in str(exc):
+            raise InputError(f"{exc}; choose a layer whose output is a feature map") from None
+        raise
+    if not recorder.records[layer]:
+        raise InputError(f"layer {_name(module, layer)} was not called during the forward pass")
+    activation = recorder.last(layer)
+    if activation.dim() != 4 or activation.shape[0] != batch:
+        raise InputError(
+            f"layer {_name(module, layer)} gives {tuple(activation.shape)}; class activation "
+            f"maps need a feature map (B={batch}, C, h, w)"
+        )
+    target.resolve(output)
+    grad: Tensor | None = None
+    if gradient:
+        scores = target.score(output)
+        if scores.shape != (batch,):
+            raise InputError(
+                f"the target gives {tuple(scores.shape)} scores for a batch of {batch}"
+            )
+        if scores.requires_grad:
+            (g,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
+            grad = torch.zeros_like(activation) if g is None else g
+        else:  # the score does not depend on the layer at all
+            grad = torch.zeros_like(activation)
+        output = _detach(output)
+    return LayerCapture(module, inputs, target, layer, activation.detach(), grad, output)
+
+
+def _detach(output: Any) -> Any:
+    return output.detach() if isinstance(output, Tensor) else output
+
+
+def _name(module: nn.Module, layer: nn.Module) -> str:
+    try:
+        return repr(layer_name(module, layer))
+    except InputError:
+        return type(layer).__name__
+
+
+# ---------------------------------------------------------------------------------------
+# The template
+
+
+class _CamVariant:
+    """A CAM variant: how channel weights are found. ``weigh`` returns the weights
+    (broadcastable to the feature map) and the feature map they multiply."""
+
+    gradient: bool = True
+    rectify: bool = True
+
+    def weights(self, cap: LayerCapture, **options: Any) -> Tensor:
+        raise NotImplementedError
+
+    def weigh(self, cap: LayerCapture, **options: Any) -> tuple[Tensor, Tensor]:
+        return self.weights(cap, **options), cap.activation
+
+    def __call__(
+        self,
+        module: nn.Module,
+        inputs: Tensor,
+        target: Target,
+        layer: nn.Module | None,
+        **options: Any,
+    ) -> Tensor:
+        if layer is None:
+            raise InputError("class activation maps need a layer")
+        cap = capture(module, inputs, target, layer, gradient=self.gradient)
+        weights, maps = self.weigh(cap, **options)
+        cam = (weights * maps).sum(dim=1)
+        return F.relu(cam) if self.rectify else cam
+
+
+def _gradient(cap: LayerCapture) -> Tensor:
+    assert cap.gradient is not None
+    return cap.gradient
+
+
+class _GradCam(_CamVariant):
+    """Selvaraju et al. 2017: α_k = spatial mean of ∂y/∂A^k."""
+
+    def weights(self, cap: LayerCapture, **options: Any) -> Tensor:
+        return _gradient(cap).mean(dim=(2, 3), keepdim=True)
+
+
+class _GradCamPP(_CamVariant):
+    """Chattopadhay et al. 2018 (closed form for an exponentiated score):
+    α^{kij} = g² / (2g² + Σ_ab A^k_ab g³), w_k = Σ_ij α^{kij} ReLU(g_ij)."""
+
+    def weights(self, cap: LayerCapture, **options: Any) -> Tensor:
+        g = _gradient(cap)
+        g2 = g.pow(2)
+        denominator = 2 * g2 + cap.activation.sum(dim=(2, 3), keepdim=True) * g2 * g
+        alpha = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        return (alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True)
+
+
+class _LayerCam(_CamVariant):
+    """Jiang et al. 2021: each position weighted by its own positive gradient."""
+
+    def weights(self, cap: LayerCapture, **options: Any) -> Tensor:
+        return F.relu(_gradient(cap))
+
+
+class _Cam(_CamVariant):
+    """Zhou et al. 2016: the target class's row of the final linear layer, applied to the
+    feature map that the model averages into it (signed, no rectifier)."""
+
+    gradient = False
+    rectify = False
+
+    def weigh(self, cap: LayerCapture, **options: Any) -> tuple[Tensor, Tensor]:
+        if cap.target.classes is None:
+            raise InputError(
+                "cam explains one class of a classifier; give class targets "
+                "(use gradcam for a callable target)"
+            )
+        linear, maps = linear_head(cap)
+        classes = cap.target.classes.to(linear.weight.device)
+        if int(classes.max()) >= linear.out_features:
+            raise InputError(
+                f"target class {int(classes.max())} is out of range for "
+                f"{linear.out_features} outputs"
+            )
+        weights = linear.weight.detach()[classes].to(maps.dtype)
+        return weights[:, :, None, None], maps
+
+
+class _ScoreCam(_CamVariant):
+    """Wang et al. 2020: each channel, upsampled and scaled to [0, 1], masks the input; the
+    target scores of the masked inputs, softmax-normalized over channels, are the weights.
+    Masked inputs are evaluated ``batch_size`` at a time under inference mode, so memory is
+    bounded by the batch size whatever the number of channels."""
+
+    gradient = False
+
+    def weights(self, cap: LayerCapture, **options: Any) -> Tensor:
+        batch_size = int(options.get("batch_size", 32))
+        progress = bool(options.get("progress", True))
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        inputs, activation = cap.inputs, cap.activation
+        items, channels = activation.shape[:2]
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        steps = items * math.ceil(channels / batch_size)
+        scores = torch.empty(items, channels, dtype=inputs.dtype, device=inputs.device)
+        with (
+            torch.inference_mode(),
+            tqdm(
+                total=steps, desc="scorecam", unit="batch", disable=None if progress else True
+            ) as bar,
+        ):
+            for item in range(items):
+                for start in range(0, channels, batch_size):
+                    maps = activation[item, start : start + batch_size, None]
+                    masks = _unit_range(
+                        F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+                    ).to(inputs.dtype)
+                    output = cap.module(inputs[item : item + 1] * masks)
+                    rows = torch.full((masks.shape[0],), item, dtype=torch.long)
+                    part = cap.target.score(output, rows)
+                    scores[item, start : start + masks.shape[0]] = part.to(scores.dtype)
+                    bar.update(1)
+        return torch.softmax(scores, dim=1)[:, :, None, None].to(activation.dtype)
+
+
+def _unit_range(maps: Tensor) -> Tensor:
+    """Each map (N, 1, H, W) scaled to [0, 1]; a constant map becomes zeros."""
+    flat = maps.flatten(1)
+    low = flat.amin(dim=1).view(-1, 1, 1, 1)
+    span = flat.amax(dim=1).view(-1, 1, 1, 1) - low
+    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# CAM: the GAP + linear head
+
+
+_RECTIFIERS: tuple[tuple[str, Callable[[Tensor], Tensor]], ...] = (
+    ("", lambda a: a),
+    ("ReLU", F.relu),
+    ("ReLU6", F.relu6),
+)
+
+
+def linear_head(cap: LayerCapture) -> tuple[nn.Linear, Tensor]:
+    """The ``nn.Linear`` that maps the spatial mean of the layer's feature map (possibly
+    rectified first, as torchvision's DenseNet does with ``F.relu``) to the model's output,
+    and that feature map. Checked numerically on the captured forward pass, so any
+    architecture with such a head qualifies and nothing else does."""
+    output = cap.output
+    name = _name(cap.module, cap.layer)
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        raise InputError(
+            "cam needs a classifier whose output is (batch, classes); use gradcam for other heads"
+        )
+    channels = cap.activation.shape[1]
+    candidates = [
+        m
+        for m in cap.module.modules()
+        if isinstance(m, nn.Linear)
+        and m.in_features == channels
+        and m.out_features == output.shape[1]
+    ]
+    output = output.detach()
+    scale = float(output.abs().max().clamp(min=1.0))
+    for _, rectify in _RECTIFIERS:
+        maps = rectify(cap.activation)
+        pooled = maps.mean(dim=(2, 3))
+        for linear in reversed(candidates):
+            bias = None if linear.bias is None else linear.bias.detach().to(pooled.dtype)
+            predicted = F.linear(pooled, linear.weight.detach().to(pooled.dtype), bias)
+            if torch.allclose(predicted, output.to(pooled.dtype), rtol=1e-3, atol=1e-4 * scale):
+                return linear, maps
+    raise InputError(
+        f"cam needs the model's output to be a linear layer applied to the global average of "
+        f"the feature map of layer {name}, and this model does not compute that; pick the layer "
+        f"before the global pooling, use gradcam, or train such a head with "
+        f"cnnlens.cam_model(model, layer, num_classes).fit(dataset)"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Guided Grad-CAM
+
+
+_GRADCAM = _GradCam()
+
+
+def _guided_gradcam(
+    module: nn.Module,
+    inputs: Tensor,
+    target: Target,
+    layer: nn.Module | None,
+    **options: Any,
+) -> Tensor:
+    """Selvaraju et al. 2017: guided backpropagation ⊙ Grad-CAM upsampled (bilinearly) to
+    the input size. (B, C, H, W), signed as guided backpropagation is."""
+    from .api import method_spec
+
+    cam = _GRADCAM(module, inputs, target, layer)  # fixes top-class targets first
+    guided = method_spec("guided_backprop").fn(module, inputs, target, None)
+    upsampled = F.interpolate(
+        cam.unsqueeze(1), size=inputs.shape[-2:], mode="bilinear", align_corners=False
+    )
+    return guided * upsampled.to(guided.dtype)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "cam": MethodSpec(
+        _Cam(),
+        "cam",
+        uses_layer=True,
+        summary="class activation map of a GAP + linear head (Zhou et al. 2016)",
+    ),
+    "gradcam": MethodSpec(
+        _GRADCAM,
+        "gradcam",
+        uses_layer=True,
+        summary="gradient-weighted class activation map (Selvaraju et al. 2017)",
+    ),
+    "gradcam_pp": MethodSpec(
+        _GradCamPP(),
+        "gradcam",
+        uses_layer=True,
+        summary="Grad-CAM++ (Chattopadhay et al. 2018)",
+    ),
+    "layercam": MethodSpec(
+        _LayerCam(),
+        "gradcam",
+        uses_layer=True,
+        summary="LayerCAM, positions weighted by their positive gradients (Jiang et al. 2021)",
+    ),
+    "scorecam": MethodSpec(
+        _ScoreCam(),
+        "gradcam",
+        uses_layer=True,
+        options=frozenset({"batch_size", "progress"}),
+        summary="Score-CAM, channels weighted by the scores of masked inputs (Wang et al. 2020)",
+    ),
+    "guided_gradcam": MethodSpec(
+        _guided_gradcam,
+        "input",
+        uses_layer=True,
+        summary="guided backpropagation times upsampled Grad-CAM (Selvaraju et al. 2017)",
+    ),
+}

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from ..errors import InputError
 from ..images import load_image, sample_image, sample_images
@@ -23,17 +24,27 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--random-weights", action="store_true", help="do not load pretrained weights"
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a model file holding a pickled module (unpickling can run arbitrary code)",
+    )
 
 
 def open_model(args: argparse.Namespace) -> LoadedModel:
     device = str(args.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
-    kwargs = {"arch": args.arch} if getattr(args, "arch", None) else {}
-    return load_model(args.model, pretrained=not args.random_weights, device=device, **kwargs)  # type: ignore[call-arg]
+    return load_model(
+        args.model,
+        pretrained=not args.random_weights,
+        device=device,
+        arch=getattr(args, "arch", None),
+        trust_pickle=bool(getattr(args, "trust_pickle", False)),
+    )
 
 
-def open_image(spec: str):  # type: ignore[no-untyped-def]
+def open_image(spec: str) -> Image.Image:
     """An image path, or the name of a bundled sample photo (``cat``, ``coffee``, ...)."""
     if not Path(spec).exists() and spec in sample_images():
         return sample_image(spec)

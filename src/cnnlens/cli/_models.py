@@ -1,13 +1,85 @@
-"""(being written)"""
+"""Commands ``models`` (the named model specs and where their weights come from) and
+``predict`` (top-k classes for pictures)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from ..errors import InputError
+from ..models._load import (
+    EFFICIENTNET_LITE0,
+    FASHION_CNN,
+    available_models,
+    torchvision_weights_path,
+)
+from ..models._predict import predict
+from ._common import DEFAULT_MODEL, add_model_args, open_image, open_model
+
+__all__ = ["register"]
+
 
 def register(sub: Any) -> None:
-    del sub
+    p = sub.add_parser(
+        "models",
+        help="list the named models and whether their weights are available offline",
+        description="List the named model specs for --model; a path to a model file "
+        "(TorchScript, or a state dict with --arch) works too.",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="only the models whose pretrained weights are available on this machine",
+    )
+    p.set_defaults(run=run_models)
+
+    p = sub.add_parser(
+        "predict",
+        help="top classes for images",
+        description="Print the most probable classes (rank, probability, index, label).",
+    )
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image file, or a sample name such as cat"
+    )
+    add_model_args(p)
+    p.add_argument("--top", type=int, default=5, help="how many classes (default: 5)")
+    p.set_defaults(run=run_predict)
 
 
-__all__ = ["argparse", "register"]
+def _weights_note(name: str) -> tuple[bool, str]:
+    if name == EFFICIENTNET_LITE0:
+        return True, "bundled ImageNet weights (default model)"
+    if name == FASHION_CNN:
+        return True, "bundled Fashion-MNIST weights"
+    path = torchvision_weights_path(name)
+    if path is None:
+        return False, "no pretrained weights (use --random-weights)"
+    if path.is_file():
+        return True, f"ImageNet weights cached in {path.parent}"
+    return False, "weights not cached offline (use --random-weights)"
+
+
+def run_models(args: argparse.Namespace) -> int:
+    names = available_models()
+    width = max(len(n) for n in names)
+    for name in names:
+        available, note = _weights_note(name)
+        if args.offline and not available:
+            continue
+        marker = "*" if name == DEFAULT_MODEL else " "
+        print(f"{marker} {name:<{width}}  {note}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise InputError(f"--top must be at least 1, got {args.top}")
+    images = [open_image(spec) for spec in args.images]  # every input checked before work
+    model = open_model(args)
+    for number, (spec, image) in enumerate(zip(args.images, images, strict=True)):
+        if len(images) > 1:
+            print(("\n" if number else "") + f"{spec}:")
+        print(f"{'rank':>4}  {'prob':>6}  {'index':>5}  label")
+        for p in predict(model, image, top=args.top):
+            print(f"{p.rank:>4}  {p.probability:6.3f}  {p.index:>5}  {p.label}")
+    return 0

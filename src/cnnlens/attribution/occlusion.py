@@ -1,7 +1,206 @@
-"""(being written)"""
+"""Occlusion (Zeiler & Fergus 2014): cover part of the image, predict again; where the score
+drops most is what mattered.
+
+A window of ``window`` pixels (all channels at once) slides over the image with ``stride``;
+each position gives one occluded copy of each item, the window's pixels set to
+``baseline``. The result, (B, 1, H, W), is per pixel the mean drop in score,
+score(input) − score(occluded), over the windows that cover the pixel.
+
+Window positions along each axis start at 0 and advance by ``stride``; when the stride
+does not land on the border, one more window flush with the bottom/right edge is added, so
+every pixel is covered by at least one window (a pixel covered by none would get 0).
+
+All copies are evaluated under ``torch.inference_mode`` in batches of ``batch_size`` rows,
+built lazily batch by batch, so memory stays bounded by ``batch_size`` whatever the number
+of windows. A batch may mix copies of several items.
+"""
 
 from __future__ import annotations
 
-from .api import MethodSpec
+from collections.abc import Callable
+from typing import Any
 
-METHODS: dict[str, MethodSpec] = {}
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..targets import Target
+from .api import MethodFn, MethodSpec
+
+__all__ = ["METHODS", "occlusion", "window_starts"]
+
+_DEFAULT_BATCH = 32
+_SCORES = ("logit", "probability")
+
+
+def _pair(value: object, name: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be a positive int or a pair (h, w), got {value!r}")
+    if isinstance(value, int):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise InputError(f"{name} must be a positive int or a pair (h, w), got {value!r}")
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise InputError(f"{name} must be a positive int or a pair (h, w), got {value!r}")
+    if min(pair) < 1:
+        raise InputError(f"{name} must be positive, got {value!r}")
+    return pair
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis: 0, stride, 2·stride, ... and a last
+    window flush with the edge when the stride does not land there."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+def _cover(size: int, window: int, stride: int, device: torch.device) -> Tensor:
+    """(positions, size) bool: which pixels each window position covers."""
+    starts = torch.tensor(window_starts(size, window, stride), device=device)
+    pixels = torch.arange(size, device=device)
+    return (pixels >= starts[:, None]) & (pixels < starts[:, None] + window)
+
+
+def _baseline_fill(baseline: object, inputs: Tensor) -> float | Tensor:
+    if isinstance(baseline, bool):
+        raise InputError("baseline must be a number or a tensor")
+    if isinstance(baseline, (int, float)):
+        return float(baseline)
+    if isinstance(baseline, Tensor):
+        b, c, h, w = inputs.shape
+        t = baseline.detach().to(device=inputs.device, dtype=inputs.dtype)
+        if t.dim() == 3:
+            t = t.unsqueeze(0)
+        if t.dim() != 4 or t.shape[0] not in (1, b):
+            raise InputError(
+                f"baseline tensor must be (C, H, W), (1, C, H, W) or (B, C, H, W); got "
+                f"{tuple(baseline.shape)} for inputs {tuple(inputs.shape)}"
+            )
+        try:
+            return t.expand(t.shape[0], c, h, w)
+        except RuntimeError:
+            raise InputError(
+                f"baseline of shape {tuple(baseline.shape)} does not fit inputs "
+                f"{tuple(inputs.shape)}"
+            ) from None
+    raise InputError(f"baseline must be a number or a tensor, got {type(baseline).__name__}")
+
+
+def _scorer(target: Target, score: str) -> Any:
+    if score not in _SCORES:
+        raise InputError(f"score must be one of {', '.join(_SCORES)}, got {score!r}")
+
+    def scores(output: Any, items: Tensor | None) -> Tensor:
+        if score == "probability":
+            if not isinstance(output, Tensor) or output.dim() != 2:
+                raise InputError(
+                    "score='probability' needs a (batch, classes) output; use score='logit'"
+                )
+            output = output.softmax(dim=1)
+        values = target.score(output, items)
+        rows = output.shape[0] if isinstance(output, Tensor) else len(values)
+        if values.dim() != 1 or values.shape[0] != rows:
+            raise InputError(
+                f"the target gave scores of shape {tuple(values.shape)}; it must give one "
+                "score per input"
+            )
+        return values
+
+    return scores
+
+
+def occlusion(
+    module: nn.Module,
+    inputs: Tensor,
+    target: Target,
+    layer: nn.Module | None = None,
+    *,
+    window: int | tuple[int, int] | None = None,
+    stride: int | tuple[int, int] | None = None,
+    baseline: float | Tensor = 0.0,
+    batch_size: int = _DEFAULT_BATCH,
+    score: str = "logit",
+    progress: bool | None = None,
+) -> Tensor:
+    """Mean score drop per pixel over the occluding windows that cover it, (B, 1, H, W).
+
+    ``window`` (int or (h, w); default a seventh of the shorter side, 32 at 224 pixels),
+    ``stride`` (default half the window), ``baseline`` (fill value, or a tensor broadcast to
+    the items: (C, H, W), (1, C, H, W) or (B, C, H, W)), ``batch_size`` (occluded copies per
+    forward pass), ``score`` (``"logit"``: the raw target score, ``"probability"``: the
+    softmax of the output, then the target), ``progress`` (None: a bar on terminals only).
+    """
+    del layer
+    b, _, h, w = inputs.shape
+    if window is None:
+        window = max(1, min(h, w) // 7)
+    wh, ww = _pair(window, "window")
+    if wh > h or ww > w:
+        raise InputError(f"window {(wh, ww)} is larger than the input {(h, w)}")
+    sh, sw = _pair((max(1, wh // 2), max(1, ww // 2)) if stride is None else stride, "stride")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    fill = _baseline_fill(baseline, inputs)
+    scores = _scorer(target, score)
+    rows_cover = _cover(h, wh, sh, inputs.device)  # (nh, H)
+    cols_cover = _cover(w, ww, sw, inputs.device)  # (nw, W)
+    nh, nw = rows_cover.shape[0], cols_cover.shape[0]
+    windows = nh * nw
+    total = b * windows
+    with torch.inference_mode():
+        output = module(inputs)
+    target.resolve(output)  # outside inference mode: the chosen classes are plain tensors
+    with torch.inference_mode():
+        clean = scores(output, None)
+        drops = torch.empty(total, dtype=clean.dtype, device=clean.device)
+        starts = range(0, total, batch_size)
+        bar = tqdm(
+            starts,
+            desc="occlusion",
+            unit="batch",
+            disable=None if progress is None else not progress,
+            leave=False,
+        )
+        try:
+            for start in bar:
+                rows = torch.arange(start, min(start + batch_size, total), device=inputs.device)
+                items = rows // windows
+                where = rows % windows
+                mask = (
+                    rows_cover[where // nw][:, None, :, None]
+                    & cols_cover[where % nw][:, None, None, :]
+                )
+                copies = inputs[items]
+                if isinstance(fill, Tensor):
+                    copies = torch.where(mask, fill[items if fill.shape[0] > 1 else 0], copies)
+                else:
+                    copies.masked_fill_(mask, fill)
+                drops[start : start + rows.shape[0]] = clean[items] - scores(module(copies), items)
+        finally:
+            bar.close()
+    per_window = drops.clone().view(b, nh, nw).to(inputs.dtype)
+    rows_f = rows_cover.to(inputs.dtype)
+    cols_f = cols_cover.to(inputs.dtype)
+    summed = torch.einsum("bij,ih,jw->bhw", per_window, rows_f, cols_f)
+    count = torch.outer(rows_f.sum(0), cols_f.sum(0))
+    mean = torch.where(count > 0, summed / count.clamp(min=1), torch.zeros_like(summed))
+    return mean.unsqueeze(1)
+
+
+def _method(fn: Callable[..., Tensor]) -> MethodFn:
+    return fn
+
+
+METHODS: dict[str, MethodSpec] = {
+    "occlusion": MethodSpec(
+        fn=_method(occlusion),
+        kind="occlusion",
+        options=frozenset({"window", "stride", "baseline", "batch_size", "score", "progress"}),
+        summary="mean score drop when a sliding window covers each pixel (Zeiler & Fergus 2014)",
+    ),
+}

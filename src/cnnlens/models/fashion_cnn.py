@@ -1,9 +1,98 @@
-"""(being written) The small CNN trained on Fashion-MNIST, shipped as model spec ``fashion_cnn``."""
+"""The small CNN trained on Fashion-MNIST, shipped as model spec ``fashion_cnn``.
+
+Three conv-BN-ReLU stages (the first two followed by 2x2 max pooling), global average
+pooling and one linear layer, so every method works on it, CAM included. Weights come from
+``scripts/train_fashion_cnn.py`` (seeded) and are package data (``assets/fashion_cnn.pt``).
+
+Layer names: ``features.conv1`` ... ``features.relu3`` (28x28, 14x14, 7x7 feature maps),
+``pool``, ``classifier``.
+"""
 
 from __future__ import annotations
 
-from ._loaded import LoadedModel
+from collections import OrderedDict
+from importlib import resources
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ModelLoadError
+from ._loaded import LoadedModel, Preprocessing
+
+__all__ = [
+    "FASHION_CNN_PREPROCESSING",
+    "FashionCNN",
+    "load_fashion_cnn",
+]
+
+FASHION_MNIST_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+# Mean and standard deviation of Fashion-MNIST's training pixels (in [0, 1]).
+_MEAN = 0.2860
+_STD = 0.3530
+FASHION_CNN_PREPROCESSING = Preprocessing(
+    crop=(28, 28), resize=28, mean=(_MEAN, _MEAN, _MEAN), std=(_STD, _STD, _STD), grayscale=True
+)
+WEIGHTS_FILE = "fashion_cnn.pt"
+
+
+def _stage(index: int, cin: int, cout: int, *, pool: bool) -> list[tuple[str, nn.Module]]:
+    layers: list[tuple[str, nn.Module]] = [
+        (f"conv{index}", nn.Conv2d(cin, cout, 3, padding=1, bias=False)),
+        (f"bn{index}", nn.BatchNorm2d(cout)),
+        (f"relu{index}", nn.ReLU()),
+    ]
+    if pool:
+        layers.append((f"pool{index}", nn.MaxPool2d(2)))
+    return layers
+
+
+class FashionCNN(nn.Module):
+    """(B, 1, 28, 28) normalized pictures to (B, 10) logits."""
+
+    def __init__(self, width: int = 24, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            OrderedDict(
+                _stage(1, 1, width, pool=True)
+                + _stage(2, width, 2 * width, pool=True)
+                + _stage(3, 2 * width, 4 * width, pool=False)
+            )
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(4 * width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
 def load_fashion_cnn(*, pretrained: bool = True, device: str = "cpu") -> LoadedModel:
-    raise NotImplementedError("being written")
+    """The shipped Fashion-MNIST CNN (``pretrained=False``: random weights), in eval mode."""
+    module = FashionCNN()
+    if pretrained:
+        asset = resources.files("cnnlens").joinpath("assets", WEIGHTS_FILE)
+        try:
+            with resources.as_file(asset) as path:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise ModelLoadError(f"fashion_cnn weights missing or unreadable ({exc})") from None
+        module.load_state_dict(state)
+    module.eval()
+    module.to(device)
+    return LoadedModel(
+        module=module,
+        name="fashion_cnn",
+        labels=list(FASHION_MNIST_LABELS),
+        preprocessing=FASHION_CNN_PREPROCESSING,
+    )

@@ -10,6 +10,7 @@ import difflib
 import functools
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -260,7 +261,12 @@ def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedMod
     name = path.stem
     if _is_torchscript(path):
         try:
-            module: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            with warnings.catch_warnings():
+                # TorchScript is deprecated upstream, but loading such files is supported here.
+                warnings.filterwarnings(
+                    "ignore", r".*torch\.jit\.load.* is deprecated", FutureWarning
+                )
+                module: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         except RuntimeError as exc:
             raise ModelLoadError(
                 f"{path}: unreadable TorchScript file ({_first_line(exc)})"
@@ -299,8 +305,9 @@ def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedMod
 
 
 def _is_pickled_object(exc: pickle.UnpicklingError) -> bool:
-    text = str(exc)
-    return "Weights only load failed" in text or "weights_only" in text
+    """Whether the safe unpickler refused a well-formed pickle for naming a Python class
+    (a whole module), rather than failing on data that is no pickle at all."""
+    return "Unsupported global" in str(exc)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -84,8 +84,8 @@ class LoadedModel:
         pixels = self.preprocessing.invert(tensor.detach().float().cpu())
         if pixels.shape[0] == 1:
             pixels = pixels.expand(3, -1, -1)
-        out = TF.to_pil_image(pixels)
-        return out
+        # Rounded, not truncated: the 8-bit picture that was preprocessed comes back exactly.
+        return TF.to_pil_image((pixels * 255.0).round().to(torch.uint8))
 
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)

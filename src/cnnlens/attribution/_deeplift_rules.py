@@ -110,7 +110,17 @@ def _elementwise_call(
     func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
 ) -> tuple[Callable[[Tensor], Tensor], Tensor]:
     """The activation as a function of its tensor input (out of place) and that input."""
-    bound = _bind(func, args, kwargs)
+    try:
+        bound = _bind(func, args, kwargs)
+    except ValueError:  # a builtin without a Python signature (torch.sigmoid, F.gelu ...)
+        rest_kwargs = {k: v for k, v in kwargs.items() if k not in ("input", "self")}
+        x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        extra = tuple(args[1:])
+
+        def call(t: Tensor) -> Tensor:
+            return func(t, *extra, **rest_kwargs)
+
+        return call, x
     name, x = _first_tensor(bound)
     if "inplace" in bound:
         bound["inplace"] = False

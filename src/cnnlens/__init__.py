@@ -8,6 +8,7 @@ neighbours, embeddings, maximally activating patches) and faithfulness metrics, 
 
 from __future__ import annotations
 
+from . import datasets
 from .attribution.api import METHODS, Explanation, explain
 from .attribution.cam import cam_model
 from .behaviour import Factorization, activations, factorize, filters, visualize
@@ -35,6 +36,7 @@ __all__ = [
     "SegmentationTarget",
     "activations",
     "cam_model",
+    "datasets",
     "deletion_insertion",
     "embed",
     "explain",

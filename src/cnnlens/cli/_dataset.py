@@ -1,13 +1,266 @@
-"""(being written)"""
+"""Commands ``index``, ``neighbors``, ``embed`` and ``patches``: the model seen through a
+whole dataset (a folder of pictures or ``fashion-mnist[:train|:test]``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from ..dataset import FeatureStore, embed, extract_features, pixel_nearest, top_patches
+from ..dataset._batches import split_item
+from ..dataset._embed import EMBED_METHODS
+from ..dataset._sources import Head, open_dataset, open_item
+from ..errors import InputError
+from ..models import LoadedModel, load_model
+from ..render import save_png, tensor_to_image
+from ..render._dataset import (
+    embedding_html,
+    embedding_scatter,
+    neighbours_figure,
+    patch_rows,
+    thumbnail_map,
+)
+from ._behaviour import parse_channels
+from ._common import add_model_args, open_image, open_model
+
+__all__ = ["register"]
+
+DATASET_HELP = "a folder of pictures (class sub-folders give labels) or fashion-mnist[:train|:test]"
 
 
 def register(sub: Any) -> None:
-    del sub
+    p = sub.add_parser("index", help="extract a layer's features of a dataset into a store")
+    p.add_argument("dataset", help=DATASET_HELP)
+    add_model_args(p)
+    p.add_argument("--layer", help="layer name (default: the last feature map)")
+    p.add_argument("--pool", choices=("avg", "max", "flatten"), default="avg")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument("-o", "--output", required=True, help="store folder (resumes if it exists)")
+    p.set_defaults(run=run_index)
+
+    p = sub.add_parser("neighbors", help="nearest neighbours in feature space and pixel space")
+    p.add_argument("image", help="image path, sample name, or a dataset item as DATASET@INDEX")
+    p.add_argument("--store", required=True, help="store folder made by `cnnlens index`")
+    add_model_args(p)
+    p.set_defaults(model=None)
+    p.add_argument("-k", type=int, default=8, help="neighbours to show (default 8)")
+    p.add_argument("--metric", choices=("cosine", "l2"), default="cosine")
+    p.add_argument("--no-pixels", action="store_true", help="skip the pixel-space row")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.set_defaults(run=run_neighbors)
+
+    p = sub.add_parser("embed", help="a 2-D map of a store's features (t-SNE, UMAP, PCA)")
+    p.add_argument("--store", required=True, help="store folder made by `cnnlens index`")
+    p.add_argument("--method", choices=EMBED_METHODS, default="tsne")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", type=int, help="embed a seeded random sample of N rows")
+    p.add_argument(
+        "--thumbnails",
+        nargs="?",
+        type=int,
+        const=1024,
+        metavar="N",
+        help="draw the classic image map instead: N pictures snapped to a grid (default 1024)",
+    )
+    p.add_argument("--html", help="also write an interactive page (pictures shown on hover)")
+    p.add_argument(
+        "--html-points", type=int, default=2000, help="points on the HTML page (default 2000)"
+    )
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.set_defaults(run=run_embed)
+
+    p = sub.add_parser("patches", help="maximally activating dataset patches per channel")
+    p.add_argument("dataset", help=DATASET_HELP)
+    add_model_args(p)
+    p.add_argument("--layer", help="layer name (default: the last feature map)")
+    p.add_argument("--channels", default="0-15", help="channels, e.g. 0-15 or 3,17 (default 0-15)")
+    p.add_argument("-k", type=int, default=9, help="patches per channel (default 9)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.set_defaults(run=run_patches)
 
 
-__all__ = ["argparse", "register"]
+def _dataset(spec: str, limit: int | None) -> Any:
+    data = open_dataset(spec)
+    return Head(data, limit) if limit is not None else data
+
+
+def run_index(args: argparse.Namespace) -> int:
+    model = open_model(args)
+    data = _dataset(args.dataset, args.limit)
+    meta = {
+        "model_spec": args.model,
+        "arch": args.arch,
+        "random_weights": bool(args.random_weights),
+        "limit": args.limit,
+    }
+    store = extract_features(
+        model,
+        data,
+        args.layer,
+        batch_size=args.batch_size,
+        out=args.output,
+        pool=args.pool,
+        num_workers=args.workers,
+        meta=meta,
+    )
+    print(f"{store.count} x {store.dim} features of {store.layer!r} in {args.output}")
+    return 0
+
+
+def _store_model(store: FeatureStore, args: argparse.Namespace) -> LoadedModel:
+    if args.model is not None:
+        return open_model(args)
+    meta = store.meta
+    spec = meta.get("model_spec")
+    if not spec:
+        raise InputError(f"{args.store} does not record its model; pass --model")
+    if meta.get("random_weights"):
+        raise InputError(
+            f"{args.store} was made with random weights, which cannot be made again; "
+            "index with pretrained weights"
+        )
+    kwargs = {"arch": meta["arch"]} if meta.get("arch") else {}
+    return load_model(spec, device=args.device, **kwargs)
+
+
+def _store_dataset(store: FeatureStore, where: str) -> Any:
+    if store.dataset is None:
+        raise InputError(f"{where} does not record its dataset (made outside `cnnlens index`)")
+    return Head(open_dataset(store.dataset), store.count)
+
+
+def _picture(image: Any, model: LoadedModel | None) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, Tensor):
+        if model is not None:
+            return model.deprocess(image)
+        return tensor_to_image(image)
+    raise InputError(f"cannot draw a dataset item of type {type(image).__name__}")
+
+
+def _label_name(store: FeatureStore, label: int) -> str:
+    classes = store.classes
+    if label < 0:
+        return ""
+    return classes[label] if classes is not None and label < len(classes) else str(label)
+
+
+def run_neighbors(args: argparse.Namespace) -> int:
+    store = FeatureStore.open(args.store)
+    model = _store_model(store, args)
+    item = open_item(args.image)
+    if item is not None:
+        query_image, query_label = split_item(item)
+    else:
+        query_image, query_label = open_image(args.image), -1
+    indices, distances = store.nearest(query_image, args.k, metric=args.metric, model=model)
+    data = _store_dataset(store, args.store)
+
+    def tiles(rows: np.ndarray, dists: np.ndarray, kind: str) -> list[tuple[Image.Image, str]]:
+        out = []
+        for row, dist in zip(rows, dists, strict=True):
+            image, label = split_item(data[int(row)])
+            name = _label_name(store, label)
+            out.append((_picture(image, model), f"#{int(row)} {name}\n{kind}={dist:.3g}"))
+        return out
+
+    feature = tiles(indices, distances, "d")
+    pixel = None
+    if not args.no_pixels:
+        p_idx, p_dist = pixel_nearest(data, query_image, args.k, model=model)
+        pixel = tiles(p_idx, p_dist, "L2")
+    caption = "query" + (f"\n{_label_name(store, query_label)}" if query_label >= 0 else "")
+    figure = neighbours_figure(
+        _picture(query_image, model),
+        caption,
+        feature,
+        pixel,
+        feature_title=f"features\n{store.layer}\n{args.metric}",
+        pixel_title="pixels\nL2",
+    )
+    save_png(figure, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    store = FeatureStore.open(args.store)
+    rows = np.arange(store.count)
+    rng = np.random.default_rng(args.seed)
+    if args.sample is not None:
+        if args.sample < 4:
+            raise InputError("--sample must be at least 4")
+        if args.sample < store.count:
+            rows = np.sort(rng.choice(store.count, args.sample, replace=False))
+    features = np.asarray(store.features[rows])
+    labels = np.asarray(store.labels[rows])
+    points = embed(features, args.method, seed=args.seed)
+    title = f"{args.method} of {store.model_name} {store.layer} ({len(rows)} items)"
+
+    def pictures(chosen: np.ndarray) -> list[Image.Image]:
+        data = _store_dataset(store, args.store)
+        return [_picture(split_item(data[int(rows[i])])[0], None) for i in chosen]
+
+    def subset(limit: int, what: str) -> np.ndarray:
+        if limit >= len(rows):
+            return np.arange(len(rows))
+        print(f"{what}: a seeded random {limit} of {len(rows)} points", file=sys.stderr)
+        return np.sort(rng.choice(len(rows), limit, replace=False))
+
+    if args.thumbnails is not None:
+        chosen = subset(args.thumbnails, "thumbnails")
+        image = thumbnail_map(points[chosen], pictures(chosen))
+    else:
+        image = embedding_scatter(points, labels, store.classes, title=title)
+    save_png(image, args.output)
+    print(f"wrote {args.output}")
+    if args.html:
+        chosen = subset(args.html_points, "html")
+        captions = [f"#{int(rows[i])} {_label_name(store, int(labels[i]))}".strip() for i in chosen]
+        page = embedding_html(
+            points[chosen],
+            pictures(chosen),
+            captions,
+            labels[chosen],
+            store.classes,
+            title=title,
+        )
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_text(page, encoding="utf-8")
+        print(f"wrote {args.html}")
+    return 0
+
+
+def run_patches(args: argparse.Namespace) -> int:
+    model = open_model(args)
+    data = _dataset(args.dataset, args.limit)
+    channels = parse_channels(args.channels)
+    found = top_patches(
+        model,
+        data,
+        args.layer,
+        channels=channels,
+        k=args.k,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+    )
+    rows = []
+    for channel, patches in found.items():
+        images = [tensor_to_image(model.preprocessing.invert(p.pixels)) for p in patches]
+        captions = [f"{p.activation:.2f}" for p in patches]
+        rows.append((f"ch {channel}", images, captions))
+    save_png(patch_rows(rows), args.output)
+    print(f"wrote {args.output}")
+    return 0

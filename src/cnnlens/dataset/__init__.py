@@ -1,29 +1,28 @@
-"""(being written) Dataset-scale analysis."""
+"""Dataset-scale analysis: data sources, the feature store, nearest neighbours in feature
+and pixel space, embedding maps and maximally activating patches.
+
+Nothing here draws or saves pictures; the feature store writes its own arrays when asked
+to persist (``out=``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from ._embed import EMBED_METHODS, embed
+from ._nearest import pixel_nearest
+from ._patches import Patch, top_patches
+from ._sources import FashionMNIST, ImageFolder, fashion_mnist, open_dataset
+from ._store import FeatureStore, extract_features
 
-
-class FeatureStore:
-    @classmethod
-    def open(cls, path: Any) -> FeatureStore:
-        raise NotImplementedError("being written")
-
-
-def extract_features(
-    model: Any, dataset: Any, layer: Any, *, batch_size: int = 64, out: Any = None
-) -> FeatureStore:
-    raise NotImplementedError("being written")
-
-
-def pixel_nearest(dataset: Any, image: Any, k: int) -> Any:
-    raise NotImplementedError("being written")
-
-
-def embed(features: Any, method: str = "tsne", *, dims: int = 2, seed: int = 0) -> Any:
-    raise NotImplementedError("being written")
-
-
-def top_patches(model: Any, dataset: Any, layer: Any, *, channels: Any = None, k: int = 9) -> Any:
-    raise NotImplementedError("being written")
+__all__ = [
+    "EMBED_METHODS",
+    "FashionMNIST",
+    "FeatureStore",
+    "ImageFolder",
+    "Patch",
+    "embed",
+    "extract_features",
+    "fashion_mnist",
+    "open_dataset",
+    "pixel_nearest",
+    "top_patches",
+]

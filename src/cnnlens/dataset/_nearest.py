@@ -1,0 +1,232 @@
+"""Nearest neighbours: FAISS search over stored features, and a pixel-space baseline.
+
+Feature space: cosine distance (inner product of L2-normalized vectors, ``IndexFlatIP``)
+or Euclidean distance (``IndexFlatL2``), exact by default. Large stores use an inverted-file
+index (``IndexIVFFlat``) whose ``nprobe`` is raised until recall@10 against exact search, on
+a sample of stored vectors used as queries, reaches :data:`TARGET_RECALL`.
+
+Pixel space (:func:`pixel_nearest`): Euclidean distance between pictures resized to a
+common size, streamed over the dataset with a running top-k.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+
+__all__ = ["TARGET_RECALL", "Searcher", "exact_search", "pixel_nearest"]
+
+TARGET_RECALL = 0.97  # calibration target; the promise is >= 0.95
+_CHUNK = 65536
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is a dependency of the data extra
+        raise InputError(
+            "nearest-neighbour search needs faiss: pip install 'cnnlens[data]'"
+        ) from None
+    return faiss
+
+
+def _normalized(block: np.ndarray) -> np.ndarray:
+    out = np.array(block, dtype=np.float32, copy=True)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    out /= np.maximum(norms, 1e-12)
+    return out
+
+
+class Searcher:
+    """A FAISS index over ``vectors`` (N, D) for one metric, exact or approximate."""
+
+    def __init__(
+        self, vectors: np.ndarray, metric: str, *, exact: bool = True, seed: int = 0
+    ) -> None:
+        faiss = _faiss()
+        self.metric = metric
+        self.rows, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
+        self.exact = exact
+        self.nprobe = 0
+        self.recall: float | None = None
+        inner = metric == "cosine"
+        faiss_metric = faiss.METRIC_INNER_PRODUCT if inner else faiss.METRIC_L2
+        if exact:
+            self.index = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
+        else:
+            nlist = int(min(max(16, 4 * math.sqrt(self.rows)), max(16, self.rows // 39)))
+            quantizer = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
+            self.index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss_metric)
+            self.index.cp.seed = seed
+            rng = np.random.default_rng(seed)
+            sample_rows = np.sort(rng.choice(self.rows, min(self.rows, 64 * nlist), replace=False))
+            self.index.train(self._prepare(vectors[sample_rows]))
+            self._quantizer = quantizer  # keep the Python object alive with the index
+        for start in range(0, self.rows, _CHUNK):
+            self.index.add(self._prepare(vectors[start : start + _CHUNK]))
+        if not exact:
+            self._calibrate(vectors, seed)
+
+    def _prepare(self, block: np.ndarray) -> np.ndarray:
+        if self.metric == "cosine":
+            return _normalized(block)
+        return np.ascontiguousarray(block, dtype=np.float32)
+
+    def _calibrate(self, vectors: np.ndarray, seed: int, queries: int = 256) -> None:
+        """Smallest power-of-two ``nprobe`` whose recall@10 reaches the target, measured with
+        stored vectors as queries (each query's own row left out of both lists)."""
+        rng = np.random.default_rng(seed + 1)
+        rows = np.sort(rng.choice(self.rows, min(queries, self.rows), replace=False))
+        k = min(11, self.rows)
+        truth, _ = exact_search(vectors, vectors[rows], k, self.metric)
+        nlist = self.index.nlist
+        nprobe = 1
+        while True:
+            self.index.nprobe = nprobe
+            found, _ = self._search_raw(self._prepare(vectors[rows]), k)
+            self.recall = _recall(truth, found, rows)
+            if self.recall >= TARGET_RECALL or nprobe >= nlist:
+                break
+            nprobe = min(2 * nprobe, nlist)
+        self.nprobe = nprobe
+
+    def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, indices = self.index.search(queries, k)
+        return indices.astype(np.int64), scores
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices (Q, k) int64, distances (Q, k) float32), nearest first."""
+        indices, scores = self._search_raw(self._prepare(queries), k)
+        return indices, _distances(scores, self.metric)
+
+
+def _distances(scores: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        return np.maximum(1.0 - scores, 0.0).astype(np.float32)
+    return np.sqrt(np.maximum(scores, 0.0)).astype(np.float32)
+
+
+def _recall(truth: np.ndarray, found: np.ndarray, rows: np.ndarray) -> float:
+    hits = total = 0
+    for own, t, f in zip(rows, truth, found, strict=True):
+        wanted = [i for i in t if i != own][:10]
+        got = {i for i in f if i != own}
+        hits += sum(1 for i in wanted if i in got)
+        total += len(wanted)
+    return hits / max(total, 1)
+
+
+def exact_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k-NN streamed over ``vectors`` in chunks (memory flat): (indices, distances)."""
+    faiss = _faiss()
+    inner = metric == "cosine"
+    q = _normalized(queries) if inner else np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(len(q), k, keep_max=inner)
+    for start in range(0, len(vectors), _CHUNK):
+        block = vectors[start : start + _CHUNK]
+        block = _normalized(block) if inner else np.ascontiguousarray(block, dtype=np.float32)
+        index = faiss.IndexFlatIP(block.shape[1]) if inner else faiss.IndexFlatL2(block.shape[1])
+        index.add(block)
+        scores, ids = index.search(q, min(k, len(block)))
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+            fill = -np.inf if inner else np.inf
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=fill)
+        heap.add_result(
+            np.ascontiguousarray(scores, dtype=np.float32),
+            np.ascontiguousarray(np.where(ids >= 0, ids + start, -1), dtype=np.int64),
+        )
+    heap.finalize()
+    return heap.I.astype(np.int64), _distances(heap.D, metric)
+
+
+# -- pixel space ---------------------------------------------------------------------------
+
+
+def _pixels(batch: Tensor, size: tuple[int, int], channels: int) -> Tensor:
+    if batch.shape[1] != channels:
+        batch = batch.mean(dim=1, keepdim=True)
+    if tuple(batch.shape[-2:]) != size:
+        batch = F.interpolate(
+            batch, size=size, mode="bilinear", align_corners=False, antialias=True
+        )
+    return batch.flatten(1)
+
+
+def pixel_nearest(
+    dataset: Any,
+    image: Any,
+    k: int,
+    *,
+    size: tuple[int, int] | int | None = None,
+    model: Any = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` dataset items nearest to ``image`` in pixel space: ``(indices, distances)``.
+
+    Pictures become tensors as in :func:`extract_features` (with ``model``: its
+    preprocessing, else values in [0, 1]); every item is resized to ``size`` (default: the
+    query's size) and compared by Euclidean distance over all pixels (items with another
+    channel count than the query are compared in grayscale, the channel mean). ``image``: a
+    picture or (C, H, W) tensor (gives (k,) arrays) or a list of them / a (Q, C, H, W)
+    tensor (gives (Q, k)). One streaming pass, memory flat.
+    """
+    from ._batches import as_dataset, as_queries, batches, probe_input
+
+    data = as_dataset(dataset)
+    preprocessing = getattr(model, "preprocessing", None)
+    queries, single = as_queries(image, preprocessing)
+    if not 1 <= k <= len(data):
+        raise InputError(f"k must be between 1 and the dataset's {len(data)} items, got {k}")
+    if size is None:
+        target = (int(queries.shape[-2]), int(queries.shape[-1]))
+    else:
+        target = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    # Compare in colour when items and query agree on channels, else in grayscale.
+    channels = int(queries.shape[1])
+    if int(probe_input(data, preprocessing).shape[1]) != channels:
+        channels = 1
+    q = _pixels(queries.float(), target, channels).double()
+    count = q.shape[0]
+    best_d = torch.full((count, k), math.inf, dtype=torch.float64)
+    best_i = torch.full((count, k), -1, dtype=torch.int64)
+    bar = tqdm(
+        total=len(data),
+        unit="img",
+        desc="pixels",
+        disable=None if progress is None else not progress,
+    )
+    try:
+        for inputs, _, indices in batches(
+            data,
+            range(len(data)),
+            preprocessing=preprocessing,
+            batch_size=batch_size,
+            num_workers=num_workers,
+        ):
+            items = _pixels(inputs.float(), target, channels)
+            d = torch.cdist(q, items.double(), compute_mode="donot_use_mm_for_euclid_dist")
+            d_all = torch.cat([best_d, d], dim=1)
+            i_all = torch.cat([best_i, indices.expand(count, -1)], dim=1)
+            order = torch.argsort(d_all, dim=1, stable=True)[:, :k]
+            best_d = torch.gather(d_all, 1, order)
+            best_i = torch.gather(i_all, 1, order)
+            bar.update(len(indices))
+    finally:
+        bar.close()
+    indices_np = best_i.numpy()
+    distances_np = best_d.float().numpy()
+    return (indices_np[0], distances_np[0]) if single else (indices_np, distances_np)

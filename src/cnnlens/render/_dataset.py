@@ -1,0 +1,280 @@
+"""Pictures for the dataset tools: neighbour strips, embedding maps (scatter, thumbnail
+grid, interactive HTML page) and rows of maximally activating patches."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ._images import _font, grid
+
+__all__ = [
+    "embedding_html",
+    "embedding_scatter",
+    "neighbours_figure",
+    "patch_rows",
+    "thumbnail_map",
+]
+
+
+def _row_title(image: Image.Image, title: str, width: int = 150) -> Image.Image:
+    """``image`` with ``title`` written in a white column on its left."""
+    out = Image.new("RGB", (image.width + width, image.height), "white")
+    out.paste(image, (width, 0))
+    draw = ImageDraw.Draw(out)
+    font = _font(14)
+    for i, line in enumerate(title.split("\n")):
+        draw.text((6, image.height // 2 - 10 + 18 * i), line, fill="black", font=font)
+    return out
+
+
+def _stack(rows: Sequence[Image.Image], pad: int = 4) -> Image.Image:
+    width = max(r.width for r in rows)
+    height = sum(r.height for r in rows) + pad * (len(rows) - 1)
+    out = Image.new("RGB", (width, height), "white")
+    y = 0
+    for row in rows:
+        out.paste(row, (0, y))
+        y += row.height + pad
+    return out
+
+
+def neighbours_figure(
+    query: Image.Image,
+    query_caption: str,
+    feature: Sequence[tuple[Image.Image, str]],
+    pixel: Sequence[tuple[Image.Image, str]] | None = None,
+    *,
+    tile: int = 96,
+    feature_title: str = "feature space",
+    pixel_title: str = "pixel space",
+) -> Image.Image:
+    """Query | its feature-space neighbours, and below | its pixel-space neighbours."""
+    size = (tile, tile)
+    rows = []
+    blank = Image.new("RGB", size, "white")
+    for title, items, first in (
+        (feature_title, feature, (query, query_caption)),
+        (pixel_title, pixel or [], (blank, "")),
+    ):
+        if not items:
+            continue
+        images = [first[0], *(im for im, _ in items)]
+        captions = [first[1], *(c for _, c in items)]
+        rows.append(
+            _row_title(grid(images, columns=len(images), captions=captions, tile=size), title)
+        )
+    return _stack(rows)
+
+
+def _palette(n: int) -> np.ndarray:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return np.array([cmap(i % cmap.N) for i in range(max(n, 1))])
+
+
+def embedding_scatter(
+    points: np.ndarray,
+    labels: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    *,
+    title: str = "",
+    size: tuple[float, float] = (8.0, 7.0),
+    dpi: int = 110,
+) -> Image.Image:
+    """A 2-D scatter plot coloured by label (matplotlib, Agg canvas), with a legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    xy = np.asarray(points, dtype=np.float64)[:, :2]
+    figure = Figure(figsize=size, dpi=dpi)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    marker = max(2.0, min(20.0, 16000.0 / max(len(xy), 1)))
+    if labels is None or (np.asarray(labels) < 0).all():
+        axes.scatter(xy[:, 0], xy[:, 1], s=marker, c="#3060a0", linewidths=0)
+    else:
+        labels = np.asarray(labels)
+        present = sorted(int(v) for v in np.unique(labels))
+        colours = _palette(max(present) + 1)
+        for value in present:
+            mask = labels == value
+            name = (
+                "unlabelled"
+                if value < 0
+                else (
+                    classes[value] if classes is not None and value < len(classes) else str(value)
+                )
+            )
+            colour = "#999999" if value < 0 else colours[value]
+            axes.scatter(xy[mask, 0], xy[mask, 1], s=marker, color=colour, linewidths=0, label=name)
+        axes.legend(loc="best", fontsize=8, markerscale=max(1.0, 24.0 / marker), frameon=True)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return image.convert("RGB")
+
+
+def grid_assignment(points: np.ndarray, columns: int, rows: int) -> np.ndarray:
+    """Each point's cell (row * columns + col) in a ``rows`` x ``columns`` grid over the
+    points' bounding box: the assignment of points to distinct cells with the least total
+    squared displacement (Hungarian algorithm)."""
+    from scipy.optimize import linear_sum_assignment
+
+    xy = np.asarray(points, dtype=np.float64)[:, :2]
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    unit = (xy - lo) / np.where(hi > lo, hi - lo, 1.0)
+    cy, cx = np.meshgrid(
+        (np.arange(rows) + 0.5) / rows, (np.arange(columns) + 0.5) / columns, indexing="ij"
+    )
+    centres = np.stack([cx.ravel(), 1.0 - cy.ravel()], axis=1)
+    cost = ((unit[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    points_idx, cells = linear_sum_assignment(cost)
+    out = np.empty(len(xy), dtype=np.int64)
+    out[points_idx] = cells
+    return out
+
+
+def thumbnail_map(
+    points: np.ndarray, images: Sequence[Image.Image], *, tile: int = 32, columns: int | None = None
+) -> Image.Image:
+    """The classic t-SNE image map: each picture in its own grid cell, cells assigned so
+    nearby points stay nearby (see :func:`grid_assignment`)."""
+    if len(images) != len(points):
+        raise ValueError(f"{len(images)} images for {len(points)} points")
+    n = len(images)
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    cells = grid_assignment(points, columns, rows)
+    out = Image.new("RGB", (columns * tile, rows * tile), "white")
+    for image, cell in zip(images, cells, strict=True):
+        r, c = divmod(int(cell), columns)
+        out.paste(
+            image.convert("RGB").resize((tile, tile), Image.Resampling.BILINEAR),
+            (c * tile, r * tile),
+        )
+    return out
+
+
+def _thumbnail(image: Image.Image, side: int) -> Image.Image:
+    """At most ``side`` pixels on the long side (small pictures keep their size)."""
+    image = image.convert("RGB")
+    if max(image.size) > side:
+        image = image.copy()
+        image.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return image
+
+
+def _data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<style>
+body{font-family:sans-serif;margin:16px;color:#222}
+#wrap{position:relative;display:inline-block}
+canvas{border:1px solid #ccc;background:#fff}
+#tip{position:absolute;display:none;pointer-events:none;background:#fff;border:1px solid #888;
+padding:4px;font-size:12px;box-shadow:2px 2px 6px rgba(0,0,0,.3)}
+#tip img{display:block;width:96px;height:96px;image-rendering:pixelated}
+#legend span{display:inline-block;margin-right:12px;font-size:13px}
+#legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:5px}
+</style></head><body>
+<h2>__TITLE__</h2>
+<div id="legend"></div>
+<div id="wrap"><canvas id="map" width="800" height="700"></canvas><div id="tip"></div></div>
+<script id="points" type="application/json">__DATA__</script>
+<script>
+(function(){
+const data=JSON.parse(document.getElementById('points').textContent);
+const cv=document.getElementById('map'),ctx=cv.getContext('2d'),tip=document.getElementById('tip');
+const W=cv.width,H=cv.height,M=20;
+let x0=Infinity,x1=-Infinity,y0=Infinity,y1=-Infinity;
+for(const p of data.points){x0=Math.min(x0,p[0]);x1=Math.max(x1,p[0]);y0=Math.min(y0,p[1]);y1=Math.max(y1,p[1]);}
+const sx=v=>M+(v-x0)/((x1-x0)||1)*(W-2*M), sy=v=>H-M-(v-y0)/((y1-y0)||1)*(H-2*M);
+const screen=data.points.map(p=>[sx(p[0]),sy(p[1])]);
+const colour=l=>l<0?'#999':data.colours[l%data.colours.length];
+for(let i=0;i<screen.length;i++){ctx.fillStyle=colour(data.labels[i]);ctx.beginPath();
+ctx.arc(screen[i][0],screen[i][1],3,0,2*Math.PI);ctx.fill();}
+const legend=document.getElementById('legend');
+data.classes.forEach((c,i)=>{const s=document.createElement('span');const d=document.createElement('i');
+d.style.background=colour(i);s.appendChild(d);s.appendChild(document.createTextNode(c));legend.appendChild(s);});
+cv.addEventListener('mousemove',e=>{const r=cv.getBoundingClientRect();const mx=e.clientX-r.left,my=e.clientY-r.top;
+let best=-1,bd=100;for(let i=0;i<screen.length;i++){const dx=screen[i][0]-mx,dy=screen[i][1]-my,d=dx*dx+dy*dy;
+if(d<bd){bd=d;best=i;}}
+if(best<0){tip.style.display='none';return;}
+tip.innerHTML='';const img=document.createElement('img');img.src=data.images[best];tip.appendChild(img);
+tip.appendChild(document.createTextNode(data.captions[best]));
+tip.style.left=(screen[best][0]+12)+'px';tip.style.top=(screen[best][1]+12)+'px';tip.style.display='block';});
+cv.addEventListener('mouseleave',()=>{tip.style.display='none';});
+})();
+</script></body></html>
+"""
+
+
+def embedding_html(
+    points: np.ndarray,
+    images: Sequence[Image.Image],
+    captions: Sequence[str],
+    labels: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    *,
+    title: str = "Embedding",
+    thumbnail: int = 48,
+) -> str:
+    """A self-contained HTML page: the map drawn on a canvas, each point's picture (embedded
+    as a PNG data URL) and caption shown while the mouse hovers near it."""
+    if not len(images) == len(points) == len(captions):
+        raise ValueError("points, images and captions differ in length")
+    label_values = (
+        np.full(len(points), -1, dtype=np.int64) if labels is None else np.asarray(labels)
+    )
+    colours = [
+        "#{:02x}{:02x}{:02x}".format(*(int(255 * c) for c in rgba[:3]))
+        for rgba in _palette(max(len(classes or []), int(label_values.max(initial=0)) + 1))
+    ]
+    payload = {
+        "points": np.asarray(points, dtype=np.float64)[:, :2].round(4).tolist(),
+        "labels": [int(v) for v in label_values],
+        "classes": list(classes or []),
+        "colours": colours,
+        "captions": list(captions),
+        "images": [_data_url(_thumbnail(im, thumbnail)) for im in images],
+    }
+    # "</" cannot end the script element early once escaped.
+    data = json.dumps(payload).replace("</", "<\\/")
+    return _PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+
+
+def patch_rows(
+    rows: Sequence[tuple[str, Sequence[Image.Image], Sequence[str]]], *, tile: int = 64
+) -> Image.Image:
+    """One row per channel: a title on the left, then its patches with captions."""
+    width = max(len(images) for _, images, _ in rows)
+    out_rows = []
+    for title, images, captions in rows:
+        cells = list(images)
+        caps = list(captions)
+        while len(cells) < width:  # a channel with fewer patches keeps the columns aligned
+            cells.append(Image.new("RGB", (tile, tile), "white"))
+            caps.append("")
+        out_rows.append(
+            _row_title(grid(cells, columns=width, captions=caps, tile=(tile, tile)), title, 90)
+        )
+    return _stack(out_rows)

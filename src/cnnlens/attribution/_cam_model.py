@@ -117,7 +117,7 @@ class CamModel(nn.Module):
                     optimizer.zero_grad()
                     loss.backward()  # type: ignore[no-untyped-call]
                     optimizer.step()
-                    total += float(loss) * rows.numel()
+                    total += float(loss.detach()) * rows.numel()
                 self.history.append(total / features.shape[0])
         with torch.no_grad():
             self.head.weight.copy_(w.detach())

@@ -1,7 +1,59 @@
-"""(being written)"""
+"""Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019): rules
+(:mod:`.rules`), composites (:mod:`.composites`), BatchNorm folding (:mod:`.canonizers`) and
+the driver (:mod:`.driver`) that runs them on an unmodified model."""
 
 from __future__ import annotations
 
-from ..api import MethodSpec
+from typing import Any
 
-METHODS: dict[str, MethodSpec] = {}
+from torch import Tensor, nn
+
+from ...errors import InputError
+from ...targets import Target
+from ..api import MethodSpec
+from .composites import COMPOSITES, Composite, make_composite
+from .driver import Flow, LRPResult, relevance
+
+__all__ = ["COMPOSITES", "METHODS", "Composite", "Flow", "LRPResult", "make_composite", "relevance"]
+
+DEFAULT_COMPOSITE = "epsilon_plus_flat"
+
+
+def _number(options: dict[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"lrp: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _bound(options: dict[str, Any], key: str) -> float | Tensor | None:
+    value = options.get(key)
+    if value is None or isinstance(value, Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"lrp: {key} must be a number or a tensor, got {value!r}")
+    return float(value)
+
+
+def _lrp(
+    module: nn.Module, inputs: Tensor, target: Target, layer: nn.Module | None, **options: Any
+) -> Tensor:
+    rules = make_composite(
+        str(options.get("composite", DEFAULT_COMPOSITE)),
+        epsilon_value=_number(options, "epsilon", 1e-6),
+        gamma_value=_number(options, "gamma", 0.25),
+        stabilizer=_number(options, "stabilizer", 1e-6),
+        low=_bound(options, "low"),
+        high=_bound(options, "high"),
+    )
+    return relevance(module, inputs, target, rules).relevance
+
+
+METHODS: dict[str, MethodSpec] = {
+    "lrp": MethodSpec(
+        fn=_lrp,
+        kind="input",
+        options=frozenset({"composite", "epsilon", "gamma", "stabilizer", "low", "high"}),
+        summary="layer-wise relevance propagation (composites as in zennit)",
+    )
+}

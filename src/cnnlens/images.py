@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import warnings
 from collections.abc import Callable
@@ -130,6 +131,13 @@ def _skimage(name: str) -> Callable[[], Image.Image]:
 
 def _sklearn(filename: str) -> Callable[[], Image.Image]:
     def load() -> Image.Image:
+        # The file ships in sklearn/datasets/images; found without importing scikit-learn
+        # (seconds of imports), else through its API.
+        spec = importlib.util.find_spec("sklearn")
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            path = Path(root, "datasets", "images", filename)
+            if path.is_file():
+                return load_image(path)
         from sklearn.datasets import load_sample_image
 
         return Image.fromarray(load_sample_image(filename)).convert("RGB")

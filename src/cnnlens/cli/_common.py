@@ -46,8 +46,13 @@ def open_model(args: argparse.Namespace) -> LoadedModel:
 
 def open_image(spec: str) -> Image.Image:
     """An image path, or the name of a bundled sample photo (``cat``, ``coffee``, ...)."""
-    if not Path(spec).exists() and spec in sample_images():
-        return sample_image(spec)
+    if not Path(spec).exists():
+        if spec in sample_images():
+            return sample_image(spec)
+        if not any(sep in spec for sep in "/\\."):
+            raise InputError(
+                f"{spec}: no such file, nor a sample image ({', '.join(sample_images())})"
+            )
     return load_image(spec)
 
 

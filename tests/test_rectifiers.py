@@ -17,7 +17,7 @@ from torchvision.models import densenet121, resnet18, resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import cnnlens
-from cnnlens._hooks import RectifierMode
+from cnnlens._hooks import RectifierMode, RectifierRule
 from cnnlens.attribution.rectifiers import DeconvnetRule, GuidedRule
 
 # --------------------------------------------------------------------------------------
@@ -65,6 +65,9 @@ RECTIFIERS: dict[str, Callable[[], nn.Module]] = {
     "Tensor.relu": lambda: _Call(lambda x: x.relu()),
     "Tensor.relu_": lambda: _Call(lambda x: x.relu_()),
     "F.hardtanh(0, inf)": lambda: _Call(lambda x: F.hardtanh(x, 0.0, float("inf"))),
+    # in place with the returned value ignored: the input itself must be rectified
+    "x.relu_() unused": lambda: _Call(lambda x: (x.relu_(), x)[1]),
+    "F.relu(inplace) unused": lambda: _Call(lambda x: (F.relu(x, inplace=True), x)[1]),
 }
 
 
@@ -150,6 +153,20 @@ def test_rules_elementwise() -> None:
     assert DeconvnetRule().backward(x, g).tolist() == [1.0, 0.0, 2.0, 0.0, 5.0, 0.0]
     # the rules must not write into the incoming gradient
     assert g.tolist() == [1.0, -1.0, 2.0, -3.0, 5.0, 0.0]
+
+
+def test_default_rule_is_the_true_gradient() -> None:
+    # The base RectifierRule (which gets the rectifier's input, computed out of place)
+    # reproduces autograd through every ReLU of a ResNet.
+    model = resnet18(weights=None).double().eval()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    (auto,) = torch.autograd.grad(model(x)[0, 5], x)
+    mode = RectifierMode(RectifierRule())
+    with mode:
+        out = model(x)
+    (got,) = torch.autograd.grad(out[0, 5], x)
+    assert mode.calls == 17
+    torch.testing.assert_close(got, auto, rtol=1e-12, atol=1e-14)
 
 
 def test_shared_module_called_twice() -> None:

@@ -107,7 +107,13 @@ class RectifierRule:
     The default is the true gradient. ``upper`` is the upper clip (ReLU6) or ``None``; the
     rule sees the gradient already multiplied by the upper clip's mask, which autograd
     would apply for a plain ReLU6 (the upper bound is not treated as a rectifier).
+
+    A rule that only looks at where its first argument is positive sets ``output_only``:
+    it is then given the rectifier's output y instead of x (y > 0 exactly where x > 0), so
+    in-place rectifier calls stay in place and no extra tensor is kept for the backward pass.
     """
+
+    output_only: bool = False
 
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
         return grad_out * (x > 0).to(grad_out.dtype)
@@ -115,34 +121,48 @@ class RectifierRule:
 
 class _Rectify(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, upper: float | None, rule: RectifierRule) -> Tensor:
-        ctx.save_for_backward(x)
+    def forward(
+        ctx: Any, x: Tensor, upper: float | None, rule: RectifierRule, inplace: bool
+    ) -> Tensor:
         ctx.upper = upper
         ctx.rule = rule
-        return x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
+        if not rule.output_only:
+            ctx.save_for_backward(x)
+            return x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
+        if inplace:
+            y = x.clamp_(min=0.0) if upper is None else x.clamp_(0.0, upper)
+            ctx.mark_dirty(y)
+        else:
+            y = x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
+        ctx.save_for_backward(y)
+        return y
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
-        (x,) = ctx.saved_tensors
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
+        # the saved tensor is x, or y for output-only rules: y < upper exactly where x < upper
+        (saved,) = ctx.saved_tensors
         if ctx.upper is not None:
-            grad_out = grad_out * (x < ctx.upper).to(grad_out.dtype)
-        return ctx.rule.backward(x, grad_out), None, None
+            grad_out = grad_out.masked_fill(saved >= ctx.upper, 0.0)
+        return ctx.rule.backward(saved, grad_out), None, None, None
 
 
 def _relu_args(
     func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Tensor, float | None] | None:
-    """If ``func(*args, **kwargs)`` is a rectifier call, its input and upper clip."""
-    if func in _RELU_FUNCS:
-        return args[0], None
-    if func in _RELU6_FUNCS:
-        return args[0], 6.0
+) -> tuple[Tensor, float | None, bool] | None:
+    """If ``func(*args, **kwargs)`` is a rectifier call, its input, upper clip and whether
+    it works in place."""
+    if func in _RELU_FUNCS or func in _RELU6_FUNCS:
+        bound = dict(zip(("input", "inplace"), args, strict=False))
+        bound.update(kwargs)
+        inplace = func in _INPLACE_FUNCS or bool(bound.get("inplace", False))
+        return bound["input"], (6.0 if func in _RELU6_FUNCS else None), inplace
     if func in _HARDTANH_FUNCS:
-        names = ("input", "min_val", "max_val")
+        names = ("input", "min_val", "max_val", "inplace")
         bound = dict(zip(names, args, strict=False))
         bound.update({k: v for k, v in kwargs.items() if k in names})
         if float(bound.get("min_val", -1.0)) == 0.0:
-            return bound["input"], float(bound.get("max_val", 1.0))
+            inplace = func in _INPLACE_FUNCS or bool(bound.get("inplace", False))
+            return bound["input"], float(bound.get("max_val", 1.0)), inplace
     return None
 
 
@@ -151,14 +171,18 @@ _RELU_FUNCS: frozenset[Callable[..., Any]] = frozenset(
 )
 _RELU6_FUNCS: frozenset[Callable[..., Any]] = frozenset({F.relu6})
 _HARDTANH_FUNCS: frozenset[Callable[..., Any]] = frozenset({F.hardtanh, F.hardtanh_})
+_INPLACE_FUNCS: frozenset[Callable[..., Any]] = frozenset(
+    {F.relu_, torch.relu_, Tensor.relu_, F.hardtanh_}
+)
 
 
 class RectifierMode(TorchFunctionMode):
     """Route every rectifier call inside the context through ``rule``'s backward pass.
 
-    In-place rectifiers (``inplace=True``, ``relu_``) are computed out of place: the
-    returned tensor is a new one. Library code uses the returned value (torchvision does),
-    and an in-place write would break the saved input the rule needs.
+    In-place rectifiers (``inplace=True``, ``relu_``) stay in place for rules with
+    ``output_only``; for other rules they are computed out of place (the returned tensor is
+    a new one: library code uses the returned value, torchvision does), since an in-place
+    write would break the saved input the rule needs.
     """
 
     def __init__(self, rule: RectifierRule) -> None:
@@ -176,9 +200,9 @@ class RectifierMode(TorchFunctionMode):
         kwargs = kwargs or {}
         matched = _relu_args(func, tuple(args), kwargs)
         if matched is not None:
-            x, upper = matched
+            x, upper, inplace = matched
             self.calls += 1
-            return _Rectify.apply(x, upper, self.rule)
+            return _Rectify.apply(x, upper, self.rule, inplace)
         return func(*args, **kwargs)
 
 

@@ -21,6 +21,7 @@ The upper clip of ReLU6 is not a rectifier: the gradient passes it as autograd w
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._hooks import RectifierRule
@@ -29,14 +30,23 @@ __all__ = ["DeconvnetRule", "GuidedRule"]
 
 
 class GuidedRule(RectifierRule):
-    """Guided backpropagation: pass g only where the input was positive and g is positive."""
+    """Guided backpropagation: pass g only where the input was positive and g is positive.
+
+    Only the sign of the rectifier's input matters, so the rule works on its output
+    (``output_only``) and in-place rectifiers stay in place."""
+
+    output_only = True
 
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
-        return grad_out.clamp(min=0).masked_fill_(x <= 0, 0.0)
+        # g where x > 0 (one fused kernel, as autograd's own ReLU backward), then max(., 0)
+        masked: Tensor = torch.ops.aten.threshold_backward(grad_out, x, 0.0)
+        return masked.clamp_(min=0)
 
 
 class DeconvnetRule(RectifierRule):
     """Deconvnet: the rectifier is applied to the gradient itself, whatever the input was."""
+
+    output_only = True
 
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
         del x

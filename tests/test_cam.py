@@ -521,3 +521,40 @@ def test_cam_model_rejects_bad_arguments(resnet: nn.Module) -> None:
     converted = cnnlens.cam_model(resnet, "layer2", 3, input_size=(32, 32))
     with pytest.raises(InputError, match="labels"):
         converted.fit((torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])), progress=False)
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_cam_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from cnnlens.cli import main
+
+    images, labels = digits(size=32)
+    pixels = ((images[:, 0] * 0.25 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+    for digit in (0, 1, 7):
+        (tmp_path / "data" / f"d{digit}").mkdir(parents=True)
+        for n, i in enumerate((labels == digit).nonzero().flatten()[:6].tolist()):
+            Image.fromarray(pixels[i].numpy()).convert("RGB").save(
+                tmp_path / "data" / f"d{digit}" / f"{n}.png"
+            )
+    out = tmp_path / "head.pt"
+    argv = ["cam-fit", str(tmp_path / "data"), "--model", "resnet18", "--random-weights"]
+    code = main([*argv, "--layer", "layer2", "-o", str(out), "--epochs", "20"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "layer layer2: 128 channels -> 3 classes; 14 training images" in printed
+    saved = torch.load(out, weights_only=True)
+    assert saved["classes"] == ["d0", "d1", "d7"] and saved["layer"] == "layer2"
+    converted = cnnlens.cam_model(
+        cnnlens.load_model("resnet18", pretrained=False), "layer2", 3
+    ).load_head(out)
+    assert converted.head.weight.shape == (3, 128)
+    # bad input: exit code 2 and one line
+    (tmp_path / "flat").mkdir()
+    assert main([*argv[:1], str(tmp_path / "flat"), *argv[2:], "-o", str(out)]) == 2
+    assert main([*argv, "--layer", "layer9", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "sub-folder" in err and "closest" in err

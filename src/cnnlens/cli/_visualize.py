@@ -1,13 +1,86 @@
-"""(being written)"""
+"""Command ``visualize``: class and unit visualization by regularized gradient ascent."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from .._modules import resolve_layer
+from ..behaviour.visualize import visualize
+from ..errors import InputError
+from ..models import LoadedModel
+from ..render import grid, save_png, tensor_to_image
+from ._common import add_model_args, open_model, parse_target
+
+
+def parse_objective(model: LoadedModel, text: str) -> tuple[int | str, str]:
+    """``--target`` text to an objective and its caption: ``layer:channel`` when the part
+    before the last colon names a layer, else a class index or label."""
+    layer, sep, index = text.rpartition(":")
+    if sep and layer and index.strip().isdigit():
+        if layer in dict(model.module.named_modules()):
+            return f"{layer}:{int(index)}", f"{layer}:{int(index)}"
+        try:
+            klass = parse_target(model, text)
+        except InputError:
+            resolve_layer(model.module, layer)  # raises with the closest layer names
+            raise
+    else:
+        klass = parse_target(model, text)
+    assert klass is not None
+    return klass, f"{klass}: {model.label(klass)}"
+
 
 def register(sub: Any) -> None:
-    del sub
+    p = sub.add_parser(
+        "visualize",
+        help="images that maximize a class score or a unit (regularized gradient ascent)",
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        metavar="CLASS_INDEX|LABEL|LAYER:CHANNEL",
+        help="what to maximize; repeat for several images in one batch (a labelled grid)",
+    )
+    p.add_argument("--steps", type=int, default=256, help="optimization steps (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--plain-l2",
+        type=float,
+        metavar="LAMBDA",
+        default=None,
+        help="Simonyan et al. 2013 instead of the default recipe: pixels from a blank "
+        "image, maximize S_c(I) - LAMBDA*||I||^2, no other regularizer",
+    )
+    p.add_argument(
+        "--diversity",
+        type=float,
+        default=0.0,
+        help="weight of the diversity term between the images of the batch (default 0)",
+    )
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    p.add_argument("--columns", type=int, default=None, help="grid columns (default: up to 8)")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.set_defaults(run=run_visualize)
 
 
-__all__ = ["argparse", "register"]
+def run_visualize(args: argparse.Namespace) -> int:
+    if args.steps < 0:
+        raise InputError(f"--steps must be >= 0, got {args.steps}")
+    model = open_model(args)
+    parsed = [parse_objective(model, text) for text in args.target]
+    options: dict[str, Any] = {"diversity": args.diversity}
+    if args.plain_l2 is not None:
+        options.update(recipe="simonyan", l2=args.plain_l2)
+    if args.lr is not None:
+        options["lr"] = args.lr
+    images = visualize(model, [o for o, _ in parsed], steps=args.steps, seed=args.seed, **options)
+    pictures = [tensor_to_image(image) for image in images]
+    if len(pictures) == 1:
+        picture = pictures[0]
+    else:
+        picture = grid(pictures, columns=args.columns, captions=[c for _, c in parsed])
+    print(save_png(picture, args.output))
+    return 0

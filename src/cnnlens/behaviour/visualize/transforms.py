@@ -16,7 +16,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["RandomAffine"]
+__all__ = ["RandomAffine", "affine_matrices"]
+
+
+def affine_matrices(
+    zoom: Tensor, angle: Tensor, shift_x: Tensor, shift_y: Tensor, size: tuple[int, int]
+) -> Tensor:
+    """``affine_grid`` matrices (n, 2, 3) for views of an image of ``size`` (H, W): the view
+    pixel at p (relative to the centre, in pixels) shows the image at
+    R(angle) p / zoom + (shift_x, shift_y) — the image appears zoomed by ``zoom``, rotated by
+    −``angle`` (radians, y pointing down) and moved by minus the shift."""
+    h, w = size
+    cos = torch.cos(angle) / zoom
+    sin = torch.sin(angle) / zoom
+    # Normalized coordinates are pixels divided by the half-sizes (w/2, h/2).
+    theta = torch.empty(zoom.shape[0], 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = cos
+    theta[:, 0, 1] = -sin * (h / w)
+    theta[:, 1, 0] = sin * (w / h)
+    theta[:, 1, 1] = cos
+    theta[:, 0, 2] = shift_x * 2.0 / w
+    theta[:, 1, 2] = shift_y * 2.0 / h
+    return theta.float()
 
 
 @dataclass(frozen=True)
@@ -36,23 +57,14 @@ class RandomAffine:
 
     def matrices(self, n: int, size: tuple[int, int], generator: torch.Generator) -> Tensor:
         """The (n, 2, 3) ``affine_grid`` matrices (output → input, normalized coordinates)."""
-        h, w = size
         u = torch.rand(n, 4, generator=generator, dtype=torch.float64) * 2.0 - 1.0
-        zoom = 1.0 + self.scale * u[:, 0]
-        angle = math.radians(self.rotate) * u[:, 1]
-        shift_x = self.jitter * u[:, 2]
-        shift_y = self.jitter * u[:, 3]
-        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        # In pixel units: p_in = R(angle) p_out / zoom + shift, about the image centre.
-        # Normalized coordinates are pixels divided by the half-sizes (w/2, h/2).
-        theta = torch.empty(n, 2, 3, dtype=torch.float64)
-        theta[:, 0, 0] = cos
-        theta[:, 0, 1] = -sin * (h / w)
-        theta[:, 1, 0] = sin * (w / h)
-        theta[:, 1, 1] = cos
-        theta[:, 0, 2] = shift_x * 2.0 / w
-        theta[:, 1, 2] = shift_y * 2.0 / h
-        return theta.float()
+        return affine_matrices(
+            1.0 + self.scale * u[:, 0],
+            math.radians(self.rotate) * u[:, 1],
+            self.jitter * u[:, 2],
+            self.jitter * u[:, 3],
+            size,
+        )
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         if self.identity:

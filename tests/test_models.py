@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,23 @@ def test_forward_matches_functional_reference_in_float64() -> None:
         want = _reference_forward(state, x)
     assert got.shape == (2, 1000)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_forward_matches_timm_tf_efficientnet_lite0() -> None:
+    """timm's independent TF-ported EfficientNet-Lite0 (where installed) with the same
+    weights, mapped by order and shape, gives the same logits in float64."""
+    timm = pytest.importorskip("timm")
+    ours = EfficientNetLite0().double().eval()
+    ours.load_state_dict(_efficientnet_lite0_state())
+    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).double().eval()
+    mapped = {}
+    for (k1, v1), (k2, v2) in zip(ours.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert v1.shape == v2.shape, (k1, k2)
+        mapped[k2] = v1
+    ref.load_state_dict(mapped, strict=True)
+    x = torch.randn(1, 3, 97, 131, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-10, atol=1e-10)
 
 
 def test_residual_only_where_shapes_agree() -> None:
@@ -395,7 +413,8 @@ def test_torchscript_file(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = TinyNet()
     path = tmp_path / "tiny.pt"
-    with pytest.warns(FutureWarning, match="deprecated"):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is deprecated")  # TorchScript, upstream
         torch.jit.script(net).save(str(path))
     model = load_model(path)
     assert model.name == "tiny"
@@ -410,7 +429,8 @@ def test_torchscript_with_1000_outputs_gets_imagenet_labels(tmp_path: Path) -> N
     torch.manual_seed(0)
     net = TinyNet(classes=1000)
     path = tmp_path / "big.ts"
-    with pytest.warns(FutureWarning, match="deprecated"):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is deprecated")
         torch.jit.trace(net, torch.randn(1, 3, 16, 16)).save(str(path))
     model = load_model(str(path))
     assert model.labels == list(imagenet_labels())

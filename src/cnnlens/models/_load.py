@@ -263,9 +263,8 @@ def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedMod
         try:
             with warnings.catch_warnings():
                 # TorchScript is deprecated upstream, but loading such files is supported here.
-                warnings.filterwarnings(
-                    "ignore", r".*torch\.jit\.load.* is deprecated", FutureWarning
-                )
+                # (FutureWarning in some torch versions, DeprecationWarning in others)
+                warnings.filterwarnings("ignore", r".*torch\.jit\.load.* is deprecated")
                 module: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         except RuntimeError as exc:
             raise ModelLoadError(

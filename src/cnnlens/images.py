@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import struct
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ MAX_PIXELS = 100_000_000
 """Images with more pixels than this are refused before they are decoded."""
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -58,7 +59,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
                     )
                 image.seek(0)
                 image.load()
-                return _to_rgb(ImageOps.exif_transpose(image))
+                return _to_rgb(ImageOps.exif_transpose(image), file)
     except InputError:
         raise
     except Image.DecompressionBombError:
@@ -74,7 +75,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated_setting
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, file: Path) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image.copy()
@@ -88,7 +89,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")
     except ValueError as exc:
-        raise InputError(f"cannot convert a {mode} picture to RGB ({exc})") from None
+        raise InputError(f"{file}: cannot convert a {mode} picture to RGB ({exc})") from None
 
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:

@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"cnnlens: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`cnnlens models | head`): not an error of ours.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("cnnlens: interrupted", file=sys.stderr)
         return 130

@@ -283,7 +283,7 @@ class LRPMode(TorchFunctionMode):
             return _ProportionalNode.apply(args[0], pool, self.composite.stabilizer, self.run, name)
         matched = _relu_args(func, tuple(args), kwargs)
         if matched is not None and _activation(matched[0]):
-            x, upper = matched
+            x, upper = matched[0], matched[1]
 
             def rectify(t: Tensor) -> Tensor:
                 return t.clamp(min=0.0) if upper is None else t.clamp(0.0, upper)

@@ -1,13 +1,228 @@
-"""(being written)"""
+"""Command ``explain``: one picture explained by one or several methods, drawn as overlays
+(and, for signed methods, diverging maps) side by side.
+
+Generic over methods: each method gets only the options its ``MethodSpec`` accepts, and
+``--layer`` only if it works at a layer, so every registered method works through it.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..attribution.api import Explanation, MethodSpec, explain, method_spec, registry
+from ..errors import InputError
+from ..render import diverging, grid, overlay, save_png, upsample
+from ._common import add_model_args, open_image, open_model, parse_target
+
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    del sub
+    p = sub.add_parser(
+        "explain",
+        help="explain a model's decision on an image (saliency, Grad-CAM, LRP, ...)",
+        description="Explain the model's score for a class on IMAGE with one or several "
+        "methods; writes the overlays side by side (signed methods also as a diverging "
+        "map: red positive, blue negative).",
+    )
+    p.add_argument("image", metavar="IMAGE", help="image file, or a sample name such as cat")
+    p.add_argument(
+        "--method",
+        "-m",
+        action="append",
+        required=True,
+        metavar="M",
+        help="method (repeat or separate by commas for several): " + ", ".join(sorted(registry())),
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="CLASS",
+        help="class index or label to explain (default: the top predicted class)",
+    )
+    p.add_argument(
+        "--layer", default=None, help="layer for the CAM methods (default: last feature map)"
+    )
+    add_model_args(p)
+    p.add_argument("-o", "--output", required=True, help="picture to write (.png)")
+    p.add_argument("--raw", default=None, metavar="PATH", help="also save the attributions (.pt)")
+    options = p.add_argument_group("method options (each goes to the methods that take it)")
+    options.add_argument("--samples", type=int, help="smoothgrad: noisy copies")
+    options.add_argument("--noise", type=float, help="smoothgrad: sigma / input range")
+    options.add_argument("--seed", type=int, help="smoothgrad: noise seed")
+    options.add_argument(
+        "--squared", action="store_const", const=True, help="smoothgrad: mean squared gradient"
+    )
+    options.add_argument("--steps", type=int, help="integrated_gradients: path steps")
+    options.add_argument(
+        "--window", type=_size, metavar="N|HxW", help="occlusion: window size in pixels"
+    )
+    options.add_argument("--stride", type=_size, metavar="N|HxW", help="occlusion: stride")
+    options.add_argument(
+        "--baseline",
+        type=_number_or_word,
+        help="occlusion/integrated_gradients: fill value; deeplift: 'zeros'",
+    )
+    options.add_argument("--composite", help="lrp: epsilon_plus, epsilon_gamma_box, ...")
+    options.add_argument("--batch-size", type=int, dest="batch_size", help="rows per pass")
+    options.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other method option (repeatable)",
+    )
+    p.set_defaults(run=run)
 
 
-__all__ = ["argparse", "register"]
+_OPTION_DESTS = (
+    "samples",
+    "noise",
+    "seed",
+    "squared",
+    "steps",
+    "window",
+    "stride",
+    "baseline",
+    "composite",
+    "batch_size",
+)
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+
+
+def _number_or_word(text: str) -> float | int | str | bool:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)  # type: ignore[no-any-return]
+        except ValueError:
+            pass
+    return text
+
+
+def _options(args: argparse.Namespace) -> dict[str, object]:
+    """The method options given on the command line, by name."""
+    given: dict[str, object] = {
+        name: getattr(args, name) for name in _OPTION_DESTS if getattr(args, name) is not None
+    }
+    for item in args.option:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"--option expects NAME=VALUE, got {item!r}")
+        given[name.strip().replace("-", "_")] = _number_or_word(value.strip())
+    return given
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _plan(
+    methods: list[str], given: dict[str, object], layer: str | None
+) -> list[tuple[str, MethodSpec, dict[str, object]]]:
+    """Each method with the options it takes; an option that no method takes is an error."""
+    plan = []
+    for method in methods:
+        spec = method_spec(method)
+        plan.append((method, spec, {k: v for k, v in given.items() if k in spec.options}))
+    for name in given:
+        if not any(name in spec.options for _, spec, _ in plan):
+            raise InputError(f"{_flag(name)} is not an option of {', '.join(methods)}")
+    if layer is not None and not any(spec.uses_layer for _, spec, _ in plan):
+        raise InputError(f"--layer is not used by {', '.join(methods)} (only the CAM methods)")
+    return plan
+
+
+def _clip(heat: Tensor, quantile: float = 0.99) -> Tensor:
+    """For display: scale so the 99th percentile is 1 (a few extreme pixels of a gradient
+    map would otherwise leave the rest invisible, as Smilkov et al. 2017 note)."""
+    top = float(torch.quantile(heat.flatten().float(), quantile))
+    return (heat / top).clamp(max=1.0) if top > 0 else heat
+
+
+def _signed_map(explanation: Explanation) -> Tensor:
+    """The first item's attribution summed over channels, at input resolution."""
+    values = explanation.attribution[0].detach().float().cpu()
+    if values.dim() == 3:
+        values = values.sum(dim=0)
+    if tuple(values.shape) != explanation.input_size:
+        values = upsample(values, explanation.input_size)
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = [m.strip() for item in args.method for m in item.split(",") if m.strip()]
+    if not methods:
+        raise InputError("--method needs a method name")
+    methods = list(dict.fromkeys(methods))
+    plan = _plan(methods, _options(args), args.layer)
+    image = open_image(args.image)
+    model = open_model(args)
+    target = parse_target(model, args.target)
+    inputs = model.preprocess(image)
+    picture = model.deprocess(inputs)
+
+    results: dict[str, Explanation] = {}
+    for method, spec, options in plan:
+        layer = args.layer if spec.uses_layer else None
+        results[method] = explain(model, inputs, method, target=target, layer=layer, **options)
+
+    first = next(iter(results.values()))
+    label = "custom score" if first.targets is None else model.label(int(first.targets[0]))
+    columns: list[tuple[str, Image.Image, Image.Image | None]] = []
+    for method, explanation in results.items():
+        heat = overlay(picture, _clip(explanation.heatmap()[0]))
+        signed = diverging(_signed_map(explanation)) if explanation.signed else None
+        layer_note = f" @ {explanation.layer}" if explanation.layer else ""
+        columns.append((f"{method}{layer_note}", heat, signed))
+    figure = _layout(picture, f"{Path(args.image).name}: {label}", columns)
+    written = [save_png(figure, args.output)]
+    if args.raw:
+        raw = Path(args.raw)
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({m: e.attribution.detach().cpu() for m, e in results.items()}, raw)
+        written.append(raw)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _layout(
+    picture: Image.Image, title: str, columns: list[tuple[str, Image.Image, Image.Image | None]]
+) -> Image.Image:
+    """The input first, then each method: one method in a single row (overlay, signed map);
+    several side by side, one column each, overlays above and signed maps below."""
+    if len(columns) == 1:
+        name, heat, signed = columns[0]
+        images = [picture, heat] + ([signed] if signed is not None else [])
+        names = [title, name] + ([f"{name} (signed)"] if signed is not None else [])
+        return grid(images, captions=names)
+    images = [picture] + [heat for _, heat, _ in columns]
+    names = [title] + [name for name, _, _ in columns]
+    if any(signed is not None for _, _, signed in columns):
+        blank = Image.new("RGB", picture.size, "white")
+        images += [blank] + [blank if signed is None else signed for _, _, signed in columns]
+        names += [""] + [
+            "" if signed is None else f"{name} (signed)" for name, _, signed in columns
+        ]
+    return grid(images, columns=len(columns) + 1, captions=names)

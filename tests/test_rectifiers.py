@@ -397,3 +397,22 @@ def test_no_rectifier_warns() -> None:
         got = cnnlens.explain(net, x, "guided_backprop", target=1).attribution
     plain = cnnlens.explain(net, x, "saliency", target=1).attribution
     torch.testing.assert_close(got, plain)
+
+
+class _Boom(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided_backprop"])
+def test_error_inside_forward_leaves_nothing(method: str, untouched: type) -> None:
+    net = _two_layer(nn.ReLU(inplace=True), [0.0, -1.0, 0.0], W2)
+    snap = untouched.take(net, _x())
+    failing = nn.Sequential(*net, _Boom())
+    with pytest.raises(RuntimeError, match="boom"):
+        cnnlens.explain(failing, _x(), method, target=0)
+    snap.assert_same(net, _x())
+    assert torch.overrides._get_current_function_mode_stack() == []
+    # rectifiers behave normally again
+    got = cnnlens.explain(net, _x(), "saliency", target=0).attribution
+    assert got.flatten().tolist() == HAND["saliency"]

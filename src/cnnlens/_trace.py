@@ -3,6 +3,7 @@ output shapes. Hooks are removed in ``finally``."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -46,14 +47,36 @@ def trace_calls(model: nn.Module, inputs: Tensor) -> list[ModuleCall]:
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
+# Memo of default layers: the dry pass costs a one-item forward, a noticeable share of a
+# layer method's time on small batches. Keyed weakly by the model (nothing is attached to
+# it) and by the input's shape, dtype and device and the identity of every submodule, so a
+# model whose modules are replaced is traced again.
+_DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], nn.Module]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def default_feature_layer(model: nn.Module, inputs: Tensor) -> nn.Module:
     """The last module whose output is a 4-D feature map (global pooling excluded)."""
     from .errors import InputError
 
+    key = (
+        tuple(inputs.shape[1:]),
+        inputs.dtype,
+        inputs.device,
+        tuple(id(m) for m in model.modules()),
+    )
+    known = _DEFAULT_LAYERS.get(model)
+    if known is not None and key in known:
+        return known[key]
     for call in reversed(trace_calls(model, inputs[:1])):
         if call.output_shape is None or len(call.output_shape) != 4:
             continue
         if isinstance(call.module, _GLOBAL_POOLS) and call.output_shape[-2:] == (1, 1):
             continue
+        memo = _DEFAULT_LAYERS.setdefault(model, {})
+        if len(memo) >= 8:
+            memo.clear()
+        memo[key] = call.module
         return call.module
     raise InputError("the model has no module with a 4-D (B, C, H, W) output; pass layer=")

@@ -204,15 +204,13 @@ def smoothgrad(
     lo = inputs.flatten(1).amin(dim=1)
     hi = inputs.flatten(1).amax(dim=1)
     sigma = (noise * (hi - lo)).view(-1, 1, 1, 1)
-    generator = torch.Generator(device=inputs.device)
-    generator.manual_seed(seed)
+    # Drawn on the CPU so a seed gives the same noise on every device.
+    generator = torch.Generator().manual_seed(seed)
 
     def make(_k: int) -> Tensor:
         # Drawn in order, one (C, H, W) pattern per copy: the same for any batching.
-        pattern = torch.randn(
-            inputs.shape[1:], generator=generator, device=inputs.device, dtype=inputs.dtype
-        )
-        return inputs + sigma * pattern
+        pattern = torch.randn(inputs.shape[1:], generator=generator, dtype=inputs.dtype)
+        return inputs + sigma * pattern.to(inputs.device)
 
     def reduce(grad: Tensor) -> Tensor:
         return grad * grad if squared else grad

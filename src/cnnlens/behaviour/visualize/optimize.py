@@ -46,7 +46,8 @@ class Settings:
       neighbour differences of the [0, 1] image).
     * ``jitter`` (pixels), ``scale`` (zoom in [1 − s, 1 + s]), ``rotate`` (degrees):
       random transforms each step, grey surround.
-    * ``blur_every``/``blur_sigma``: every k steps blur the image by σ pixels (0: off).
+    * ``blur_every``/``blur_sigma``: every k steps blur the image by σ pixels (0: off;
+      never after the last step).
     * ``normalize_grad``: divide each image's gradient by its mean absolute value.
     * ``diversity``: weight of the batch diversity term on ``diversity_layer`` (default:
       the layer of the first layer objective, else the model's last feature map).
@@ -64,10 +65,10 @@ class Settings:
     lr: float = 0.05
     l2: float = 0.0
     tv: float = 0.0
-    jitter: float = 8.0
-    scale: float = 0.1
-    rotate: float = 10.0
-    blur_every: int = 0
+    jitter: float = 16.0
+    scale: float = 0.15
+    rotate: float = 15.0
+    blur_every: int = 4
     blur_sigma: float = 0.5
     normalize_grad: bool = False
     diversity: float = 0.0
@@ -118,6 +119,7 @@ RECIPES: dict[str, Settings] = {
         jitter=0.0,
         scale=0.0,
         rotate=0.0,
+        blur_every=0,
     ),
 }
 
@@ -228,13 +230,14 @@ def render(
     tensors = param.tensors
     optimizer: torch.optim.Optimizer
     if settings.optimizer == "adam":
-        optimizer = torch.optim.Adam(tensors, lr=settings.lr)
+        fused = device.type == "cuda" or None  # one kernel for the update on the GPU
+        optimizer = torch.optim.Adam(tensors, lr=settings.lr, fused=fused)
     else:
         optimizer = torch.optim.SGD(tensors, lr=settings.lr)
     mean = torch.tensor(settings.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(settings.std, device=device).view(1, 3, 1, 1)
     transforms = settings.transforms
-    history = torch.zeros(steps, n)
+    history = torch.zeros(steps, n, device=device)  # on the device: no sync per step
     items = torch.arange(n, device=device)
 
     with (
@@ -271,11 +274,12 @@ def render(
             for tensor in tensors:
                 tensor.grad = None
             param.project()
-            if settings.blur_every and (step + 1) % settings.blur_every == 0:
+            if settings.blur_every and (step + 1) % settings.blur_every == 0 and step + 1 < steps:
                 param.blur(settings.blur_sigma)
-            history[step] = scores.detach().float().cpu()
+            history[step] = scores.detach()
             bar.update(1)
-            bar.set_postfix(objective=f"{float(history[step].mean()):.3g}", refresh=False)
+            if not bar.disable and (step % 16 == 0 or step + 1 == steps):
+                bar.set_postfix(objective=f"{float(scores.detach().mean()):.3g}", refresh=False)
         with torch.no_grad():
             final = param().detach().clamp(0.0, 1.0)
-    return Rendering(images=final, history=history)
+    return Rendering(images=final, history=history.cpu())

@@ -46,9 +46,9 @@ class RandomAffine:
     [1 - ``scale``, 1 + ``scale``], rotate by up to ``rotate`` degrees; areas that come from
     outside the image are ``fill`` grey. All draws come from the caller's generator."""
 
-    jitter: float = 8.0
-    scale: float = 0.1
-    rotate: float = 10.0
+    jitter: float = 16.0
+    scale: float = 0.15
+    rotate: float = 15.0
     fill: float = 0.5
 
     @property

@@ -48,6 +48,18 @@ def test_rescale_relu_hand_computed() -> None:
     # the gradient × Δx would give (1, 1): summing to 2, not Δy = 1
 
 
+def test_rescale_uses_the_gradient_where_the_difference_vanishes() -> None:
+    # f = relu(x1 - x2): x = (2, 1), x0 = (1, 0) give h = h0 = 1, so Δh = 0 and m is the
+    # gradient, 1: attributions (1, -1), summing to Δy = 0 (not NaN).
+    model = Pixels(lambda v: F.relu(v[:, :1] - v[:, 1:]))
+    a = _deeplift(model, _pixels(2, 1), target=0, baseline=_pixels(1, 0))
+    torch.testing.assert_close(a.flatten(), torch.tensor([1.0, -1.0], dtype=torch.float64))
+    # f = relu6(x1 - x2) at h = h0 = 7 (saturated): gradient 0
+    model = Pixels(lambda v: F.relu6(v[:, :1] - v[:, 1:]))
+    a = _deeplift(model, _pixels(8, 1), target=0, baseline=_pixels(7, 0))
+    torch.testing.assert_close(a.flatten(), torch.zeros(2, dtype=torch.float64))
+
+
 @pytest.mark.parametrize(
     "relu6",
     [

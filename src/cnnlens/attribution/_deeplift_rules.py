@@ -45,11 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .._hooks import _relu_args
-
 __all__ = ["DeepLiftPass", "ReferencePass"]
-
-EPS = 1e-10
 
 # Elementwise activations handled by the generic Rescale rule (derivative by autograd for
 # the positions where the input equals the reference).
@@ -75,6 +71,28 @@ _ELEMENTWISE: frozenset[Callable[..., Any]] = frozenset(
         F.logsigmoid,
     }
 )
+_RELU: frozenset[Callable[..., Any]] = frozenset(
+    {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
+)
+_HARDTANH: frozenset[Callable[..., Any]] = frozenset({F.hardtanh, F.hardtanh_})
+
+
+def _rectifier_call(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
+) -> tuple[Tensor, float | None] | None:
+    """If ``func(*args, **kwargs)`` is a rectifier y = clip(x, 0, upper): x and upper."""
+    if func in _RELU:
+        return (args[0] if args else kwargs["input"]), None
+    if func is F.relu6:
+        return (args[0] if args else kwargs["input"]), 6.0
+    if func in _HARDTANH:  # nn.ReLU6 calls F.hardtanh(x, 0.0, 6.0)
+        bound = dict(zip(("input", "min_val", "max_val"), args, strict=False))
+        bound.update(kwargs)
+        if float(bound.get("min_val", -1.0)) == 0.0:
+            return bound["input"], float(bound.get("max_val", 1.0))
+    return None
+
+
 _MAX_POOLS: dict[Callable[..., Any], Callable[..., Any]] = {
     F.max_pool2d: F.max_pool2d_with_indices,
     F.max_pool2d_with_indices: F.max_pool2d_with_indices,
@@ -113,8 +131,8 @@ def _elementwise_call(
     try:
         bound = _bind(func, args, kwargs)
     except ValueError:  # a builtin without a Python signature (torch.sigmoid, F.gelu ...)
-        rest_kwargs = {k: v for k, v in kwargs.items() if k not in ("input", "self")}
-        x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        rest_kwargs = {k: v for k, v in kwargs.items() if k != "input"}
+        x: Tensor = args[0] if args else kwargs["input"]
         extra = tuple(args[1:])
 
         def call(t: Tensor) -> Tensor:
@@ -160,19 +178,21 @@ class ReferencePass(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        rectifier = _relu_args(func, tuple(args), kwargs)
+        rectifier = _rectifier_call(func, args, kwargs)
         if rectifier is not None:
             x, upper = rectifier
-            self.records.append(_Record("rectifier", x.detach().clone()))
-            return x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
+            y0 = x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
+            self.records.append(_Record("rectifier", x.detach().clone(), y0.clone()))
+            return y0
         if func in _MAX_POOLS:
             x, y, winners, wanted = _pool_call(func, args, kwargs)
             self.records.append(_Record("maxpool", x.detach().clone(), y.clone(), winners))
             return (y, winners) if wanted else y
         if func in _ELEMENTWISE:
             apply, x = _elementwise_call(func, args, kwargs)
-            self.records.append(_Record("elementwise", x.detach().clone()))
-            return apply(x)
+            y0 = apply(x)
+            self.records.append(_Record("elementwise", x.detach().clone(), y0.clone()))
+            return y0
         return func(*args, **kwargs)
 
 
@@ -219,10 +239,9 @@ class _MaxPoolMultiplier(torch.autograd.Function):
         gradient.scatter_add_(2, winners.reshape(flat), grad.reshape(flat))
         received = received.view(dx.shape)
         gradient = gradient.view(dx.shape)
-        large = dx.abs() > EPS
-        result = torch.where(
-            large, received / torch.where(large, dx, torch.ones_like(dx)), gradient
-        )
+        # What a position receives is at most |Δx| in size: only Δx = 0 needs the gradient.
+        zero = dx == 0
+        result = torch.where(zero, gradient, received / torch.where(zero, 1.0, dx))
         return result, None, None, None, None, None
 
 
@@ -263,15 +282,21 @@ class DeepLiftPass(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        rectifier = _relu_args(func, tuple(args), kwargs)
+        rectifier = _rectifier_call(func, args, kwargs)
         if rectifier is not None:
             x, upper = rectifier
-            x0 = self._next("rectifier", x).x0
+            record = self._next("rectifier", x)
+            assert record.y0 is not None
             with torch.no_grad():
                 y = x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
-                y0 = x0.clamp(min=0.0) if upper is None else x0.clamp(0.0, upper)
-                gradient = x > 0 if upper is None else (x > 0) & (x < upper)
-                m = _rescale(x - x0, y - y0, gradient.to(x.dtype)).clamp_(0.0, 1.0)
+                dx = x - record.x0
+                # Δy/Δx lies in [0, 1] also in floating point (clipping is monotonic), so
+                # only Δx = 0 needs the fallback to the gradient.
+                m = torch.sub(y, record.y0).div_(dx)
+                same = dx == 0
+                if bool(same.any()):
+                    gradient = x > 0 if upper is None else (x > 0) & (x < upper)
+                    m = torch.where(same, gradient.to(m.dtype), m)
             return _Multiplier.apply(x, y, m)
         if func in _MAX_POOLS:
             with torch.no_grad():
@@ -288,19 +313,19 @@ class DeepLiftPass(TorchFunctionMode):
             return (out, winners) if wanted else out
         if func in _ELEMENTWISE:
             apply, x = _elementwise_call(func, args, kwargs)
-            x0 = self._next("elementwise", x).x0
+            record = self._next("elementwise", x)
+            assert record.y0 is not None
             with torch.enable_grad():
                 leaf = x.detach().requires_grad_(True)
                 out = apply(leaf)
                 (gradient,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
             with torch.no_grad():
                 y = out.detach()
-                m = _rescale(x - x0, y - apply(x0), gradient)
+                dx = x - record.x0
+                # Below sqrt(machine epsilon), Δy/Δx loses its digits to cancellation while
+                # f'(x)·Δx is within O(Δx²) of Δy: use the derivative there.
+                large = dx.abs() > torch.finfo(dx.dtype).eps ** 0.5
+                ratio = (y - record.y0) / torch.where(large, dx, torch.ones_like(dx))
+                m = torch.where(large, ratio, gradient)
             return _Multiplier.apply(x, y, m)
         return func(*args, **kwargs)
-
-
-def _rescale(dx: Tensor, dy: Tensor, gradient: Tensor) -> Tensor:
-    """Δy/Δx where |Δx| > EPS, else ``gradient``."""
-    large = dx.abs() > EPS
-    return torch.where(large, dy / torch.where(large, dx, torch.ones_like(dx)), gradient)

@@ -293,3 +293,18 @@ def test_model_untouched_also_after_an_error(untouched: type) -> None:
     probe = snap.take(model, x)
     _deeplift(model, x)
     probe.assert_same(model, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
+def test_summation_to_delta_float32_at_full_size(name: str) -> None:
+    """What users get: float32 at 224x224 on the cat photo, within 1e-3 relative."""
+    if name == "efficientnet_lite0":
+        loaded = cnnlens.load_model(name)
+        model, x = loaded.module, loaded.preprocess(cnnlens.sample_image("cat"))
+    else:
+        model = torchvision.models.get_model(name, weights=None).eval()
+        x = torch.randn(1, 3, 224, 224)
+    x = torch.cat([x, x.flip(-1) + 0.2 * torch.randn_like(x)])
+    _check_delta(model, x, torch.zeros(1, *x.shape[1:]))
+    _check_delta(model, x, x.roll(1, dims=0) + 0.5 * torch.randn_like(x))

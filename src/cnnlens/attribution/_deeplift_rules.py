@@ -9,12 +9,12 @@ which is what autograd already computes; only the nonlinear calls need a rule:
 * rectifiers y = clip(x, 0, upper) (``ReLU``, ``ReLU6``, ``hardtanh(x, 0, t)``, in any call
   form) and other elementwise activations (sigmoid, tanh, SiLU, GELU, ELU, leaky ReLU,
   hardswish, softplus, ...): the Rescale rule, m = (y − y0)/(x − x0), the true derivative
-  where |x − x0| ≤ eps;
+  where x = x0 (for smooth activations: where |x − x0| is below the square root of the
+  machine epsilon, where the quotient would lose its digits);
 * max pooling (``max_pool2d``, ``adaptive_max_pool2d``): the output difference of each
   window, y − y0, is split as (max(y, y0) − y0) + (y − max(y, y0)); the first part goes to
   the input's winner, the second to the reference's winner, and each input position's
-  multiplier is what it received divided by its own Δx (the true gradient where
-  |Δx| ≤ eps). Whatever a window sends out it sends to positions whose Δx has the same sign
+  multiplier is what it received divided by its own Δx (the true gradient where Δx = 0). Whatever a window sends out it sends to positions whose Δx has the same sign
   and at least the same size, so multipliers stay in [0, 1] and Σ m·Δx over the inputs is
   exactly Σ Δy over the windows — summation-to-delta holds through the layer. (The paper's
   gradient-style rule for max pooling, all of Δy routed to the input's winner, does not
@@ -30,7 +30,8 @@ The computation is two forward passes: :class:`ReferencePass` runs the reference
 ``no_grad`` and records the input (and, for max pooling, the output and winners) of every
 nonlinear call in call order; :class:`DeepLiftPass` then runs the input with gradients and
 gives call k the multiplier built from record k. A reference shared by all items is run as
-a single item and broadcast.
+a single item and broadcast. In-place rectifiers and activations (``inplace=True``,
+``relu_``) are computed out of place; library code uses the returned tensor.
 """
 
 from __future__ import annotations

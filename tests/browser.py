@@ -63,6 +63,8 @@ def check_page(path: Path, screenshot: Path) -> PageCheck:
         count = driver.execute_script("return document.images.length;")
         logs = driver.get_log("browser")
         errors = [entry["message"] for entry in logs if entry.get("level") == "SEVERE"]
+        height = driver.execute_script("return document.documentElement.scrollHeight;")
+        driver.set_window_size(1400, min(int(height) + 40, 6000))
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot))
         return PageCheck(int(count), list(broken), errors, driver.title)

@@ -17,7 +17,7 @@ from ._modules import layer_name
 from ._trace import trace_calls
 from .attribution.api import Explanation, explain, registry
 from .behaviour import Factorization, activations, factorize, filters
-from .behaviour._inspect import first_convolution, mid_feature_layer, top_channels
+from .behaviour._inspect import first_convolution, mid_feature_layer, prefer_rectified, top_channels
 from .errors import InputError
 from .evaluate import deletion_insertion
 from .models import LoadedModel
@@ -116,7 +116,7 @@ def depth_layers(
     ]
     chosen: list[nn.Module] = []
     for fraction in fractions:
-        at = [c for c in calls if min(c.output_shape[-2:]) == side // fraction]  # type: ignore[index]
+        at = prefer_rectified([c for c in calls if min(c.output_shape[-2:]) == side // fraction])  # type: ignore[index]
         if at and all(at[-1].module is not m for m in chosen):
             chosen.append(at[-1].module)
     return chosen

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .._hooks import Recorder, eval_mode
 from .._modules import as_module, resolve_layer
-from .._trace import trace_calls
+from .._trace import ModuleCall, trace_calls
 from ..errors import InputError
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "filters",
     "first_convolution",
     "mid_feature_layer",
+    "prefer_rectified",
     "top_channels",
 ]
 
@@ -105,7 +106,17 @@ def mid_feature_layer(model: nn.Module, inputs: Tensor) -> nn.Module:
     if not candidates:
         raise InputError("the model has no module with a 4-D (B, C, H, W) output")
     big = [c for c in candidates if min(c.output_shape[-2:]) * 16 >= side]  # type: ignore[index]
-    return (big or candidates)[-1].module
+    return prefer_rectified(big or candidates)[-1].module
+
+
+_RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish)
+
+
+def prefer_rectified(calls: list[ModuleCall]) -> list[ModuleCall]:
+    """The calls of activation modules when there are any (their outputs are the units one
+    looks at, and non-negative for the NMF), else all calls."""
+    rectified = [c for c in calls if isinstance(c.module, _RECTIFIERS)]
+    return rectified or calls
 
 
 @dataclass(frozen=True)

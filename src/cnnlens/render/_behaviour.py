@@ -22,10 +22,12 @@ __all__ = [
 ]
 
 
-def rgb_filter_tiles(weights: Tensor, *, scale: int = 8) -> list[Image.Image]:
+def rgb_filter_tiles(weights: Tensor, *, scale: int | None = None) -> list[Image.Image]:
     """First-layer filters (out, 3, kh, kw) as RGB tiles, each scaled symmetrically so that
-    grey is zero (the familiar AlexNet picture)."""
+    grey is zero (the familiar AlexNet picture). ``scale`` defaults to about 32 px a tile."""
     tiles = []
+    if scale is None:
+        scale = max(1, 32 // max(weights.shape[-2:]))
     for w in weights.detach().float().cpu():
         limit = float(w.abs().max()) or 1.0
         pixels = 0.5 + 0.5 * w / limit
@@ -62,7 +64,7 @@ def activation_grid(
         for m in chosen
     ]
     captions = [
-        f"ch {c}" + (f"  {values[i]:.2f}" if values is not None else "")
+        f"{c}" + (f": {values[i]:.1f}" if values is not None else "")
         for i, c in enumerate(channels)
     ]
     return grid(tiles, captions=captions, columns=min(len(tiles), 6))

@@ -51,7 +51,7 @@ def neighbours_figure(
     feature: Sequence[tuple[Image.Image, str]],
     pixel: Sequence[tuple[Image.Image, str]] | None = None,
     *,
-    tile: int = 96,
+    tile: int = 112,
     feature_title: str = "feature space",
     pixel_title: str = "pixel space",
 ) -> Image.Image:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from ._images import diverging, grid, overlay
+from ._images import colormap, diverging, grid, overlay
 
 __all__ = ["PAGE_STYLE", "data_uri", "figure", "page", "report_html"]
 
@@ -68,8 +68,13 @@ def _method_panel(result: object, picture: Image.Image) -> str:
             f"<figcaption>{html.escape(result.note)}</figcaption></figure>"
         )
     explanation = result.explanation
-    heat = overlay(picture, explanation.heatmap()[0])
-    tiles = [heat]
+    heat = explanation.heatmap()[0]
+    if explanation.kind == "input":
+        # Pixel-level maps are sparse: show them directly, clipped at a high percentile.
+        limit = float(heat.flatten().quantile(0.995)) or 1.0
+        tiles = [colormap((heat / limit).clamp(0, 1), "inferno", vmin=0.0, vmax=1.0)]
+    else:
+        tiles = [overlay(picture, heat)]
     if explanation.signed and explanation.attribution.dim() == 4:
         signed = explanation.attribution[0].sum(dim=0)
         tiles.append(diverging(signed).resize(picture.size))
@@ -144,9 +149,7 @@ def report_html(report: object) -> str:
             "for the first image, and the factorization lens.</p>"
         )
         tiles = (
-            rgb_filter_tiles(look.first_filters[:64], scale=6)
-            if look.first_filters.shape[1] == 3
-            else []
+            rgb_filter_tiles(look.first_filters[:64]) if look.first_filters.shape[1] == 3 else []
         )
         if tiles:
             parts.append(
@@ -161,7 +164,7 @@ def report_html(report: object) -> str:
             )
         parts.append('<div class="panels">')
         for name, maps, values, ids in look.depths:
-            picture = activation_grid(maps, ids.tolist(), values.tolist(), size=64)
+            picture = activation_grid(maps, ids.tolist(), values.tolist(), size=72)
             parts.append(
                 figure(
                     picture,

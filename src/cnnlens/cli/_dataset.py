@@ -70,6 +70,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="draw the classic image map instead: N pictures snapped to a grid (default 1024)",
     )
+    p.add_argument("--tile", type=int, default=32, help="thumbnail size in pixels (default 32)")
     p.add_argument("--html", help="also write an interactive page (pictures shown on hover)")
     p.add_argument(
         "--html-points", type=int, default=2000, help="points on the HTML page (default 2000)"
@@ -195,6 +196,13 @@ def run_neighbors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_gray(image: Image.Image) -> bool:
+    if image.mode == "L":
+        return True
+    r, g, b = (np.asarray(c) for c in image.convert("RGB").split())
+    return bool(np.array_equal(r, g) and np.array_equal(g, b))
+
+
 def run_embed(args: argparse.Namespace) -> int:
     store = FeatureStore.open(args.store)
     rows = np.arange(store.count)
@@ -221,7 +229,10 @@ def run_embed(args: argparse.Namespace) -> int:
 
     if args.thumbnails is not None:
         chosen = subset(args.thumbnails, "thumbnails")
-        image = thumbnail_map(points[chosen], pictures(chosen))
+        thumbs = pictures(chosen)
+        image = thumbnail_map(points[chosen], thumbs, tile=args.tile)
+        if all(_is_gray(t) for t in thumbs):
+            image = image.convert("L")  # a third of the file size, same picture
     else:
         image = embedding_scatter(points, labels, store.classes, title=title)
     save_png(image, args.output)

@@ -265,11 +265,14 @@ class ModelInfo:
     layer: nn.Module
     name: str
     layer_name: str
-    fingerprint: str
     preprocessing: Preprocessing | None
     calls: int
     output_shape: tuple[int, ...]
     input_shape: tuple[int, ...]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.module)
 
 
 def model_info(model: Any, layer: Any, probe: Tensor) -> ModelInfo:
@@ -292,7 +295,6 @@ def model_info(model: Any, layer: Any, probe: Tensor) -> ModelInfo:
         layer=target,
         name=name,
         layer_name=layer_name(module, target),
-        fingerprint=fingerprint(module),
         preprocessing=preprocessing,
         calls=len(calls),
         output_shape=tuple(shape[1:]),

@@ -2,8 +2,9 @@
 with the largest activation, and the input region (receptive field) each one sees.
 
 One streaming pass keeps a running top-k per channel (values and flat positions,
-O(k x channels) memory): each batch is reduced with ``topk`` per item over positions, then
-per channel over items, and merged into the running top-k. Each channel's list is ordered
+O(k x channels) memory): in each batch only the k items with the largest per-channel
+maxima can hold a channel's k largest values, so ``topk`` runs over those items' maps and
+the result is merged into the running top-k. Each channel's list is ordered
 by activation, then dataset order; which of several equally strong positions fills the
 k-th place is unspecified.
 """
@@ -71,11 +72,16 @@ class TopK:
         """``maps`` (B, C, P) for items ``offset`` ... ``offset + B - 1``; the key of item
         ``b`` at position ``p`` is ``(offset + b) * P + p``."""
         batch, channels, positions = maps.shape
-        per_item = min(self.k, positions)
-        values, where = maps.topk(per_item, dim=2)  # (B, C, kk)
-        keys = (torch.arange(batch).view(-1, 1, 1) + offset) * positions + where
-        values = values.permute(1, 0, 2).reshape(channels, -1).float().cpu()
-        keys = keys.permute(1, 0, 2).reshape(channels, -1).cpu()
+        # A position among a channel's k largest lies in one of the k items with the largest
+        # maxima for that channel, so only those items' maps are searched.
+        items = min(self.k, batch)
+        chosen = maps.amax(dim=2).topk(items, dim=0).indices.t()  # (C, items)
+        by_channel = maps.permute(1, 0, 2)  # (C, B, P) view
+        candidates = torch.gather(by_channel, 1, chosen[:, :, None].expand(-1, -1, positions))
+        values, where = candidates.reshape(channels, -1).topk(min(self.k, items * positions), dim=1)
+        item = torch.gather(chosen, 1, torch.div(where, positions, rounding_mode="floor"))
+        keys = (item + offset) * positions + where % positions
+        values, keys = values.float().cpu(), keys.cpu()
         all_values = torch.cat([self.values, values], dim=1)
         all_keys = torch.cat([self.keys, keys], dim=1)
         if all_values.shape[1] > self.k:
@@ -135,7 +141,8 @@ def top_patches(
             ):
                 out = tap(inputs.to(device))
                 maps = out.reshape(out.shape[0], out.shape[1], -1)
-                maps = maps.index_select(1, select.to(maps.device))
+                if len(chosen) < maps.shape[1]:
+                    maps = maps.index_select(1, select.to(maps.device))
                 running.update(maps, int(indices[0]))
                 bar.update(len(indices))
     finally:
@@ -148,9 +155,9 @@ def top_patches(
     ranked_rows: list[list[tuple[float, int]]] = []
     for row in range(len(chosen)):
         ranked = sorted(
-            (-float(v), int(key))
-            for v, key in zip(running.values[row], running.keys[row], strict=True)
-            if int(key) >= 0
+            (-v, key)
+            for v, key in zip(running.values[row].tolist(), running.keys[row].tolist(), strict=True)
+            if key >= 0
         )
         ranked_rows.append(ranked)
         for rank, (negative, key) in enumerate(ranked):

@@ -416,3 +416,46 @@ def test_error_inside_forward_leaves_nothing(method: str, untouched: type) -> No
     # rectifiers behave normally again
     got = cnnlens.explain(net, _x(), "saliency", target=0).attribution
     assert got.flatten().tolist() == HAND["saliency"]
+
+
+def test_efficientnet_lite0_relu6_guided(untouched: type) -> None:
+    # The default model: 33 ReLU6 modules. Reference: classic guided backprop by full
+    # backward hooks on each (autograd's ReLU6 gradient g·[0 < x < 6], then only positive
+    # values): the upper clip passes the gradient as autograd does, the lower is guided.
+    loaded = cnnlens.load_model("efficientnet_lite0")
+    model = loaded.module.double()
+    x = loaded.preprocess(cnnlens.sample_image("cat").resize((112, 112))).double()
+    x = F.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
+    snap = untouched.take(model, x)
+    relu6 = [m for m in model.modules() if isinstance(m, nn.ReLU6)]
+    assert len(relu6) == 33 and all(not m.inplace for m in relu6)
+
+    above_six = [0]
+
+    def count_above(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        above_six[0] += int((inputs[0] > 6).sum())
+
+    counting = [m.register_forward_pre_hook(count_above) for m in relu6]
+    try:
+        mode = RectifierMode(GuidedRule())
+        with torch.no_grad(), mode:
+            model(x)
+    finally:
+        for h in counting:
+            h.remove()
+    assert mode.calls == 33
+    assert above_six[0] > 100  # the upper clip is exercised
+
+    target = 281
+    got = cnnlens.explain(model, x, "guided_backprop", target=target).attribution
+    snap.assert_same(model, x)
+    handles = [m.register_full_backward_hook(_GuidedHook()) for m in relu6]
+    try:
+        xr = x.clone().requires_grad_()
+        (reference,) = torch.autograd.grad(model(xr)[0, target], xr)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(got, reference, rtol=1e-10, atol=1e-13)
+    plain = cnnlens.explain(model, x, "saliency", target=target).attribution
+    assert not torch.allclose(got, plain, rtol=1e-3, atol=0.0)

@@ -300,6 +300,22 @@ def test_pixel_gradient_goes_through_the_normalization() -> None:
     assert float(delta.abs().max()) == 0.0
 
 
+def test_grayscale_model_gets_one_channel_and_grey_images() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    net(torch.zeros(1, 1, 12, 12))
+    loaded = LoadedModel(
+        module=net,
+        name="grey",
+        labels=["a", "b", "c"],
+        preprocessing=Preprocessing(crop=(12, 12), mean=(0.3,) * 3, std=(0.2,) * 3, grayscale=True),
+    )
+    images = visualize(loaded, 2, steps=3, progress=False)
+    assert images.shape == (1, 3, 12, 12)
+    assert torch.allclose(images[:, 0], images[:, 1]) and torch.allclose(images[:, 1], images[:, 2])
+    assert float(images.std()) > 0
+
+
 def test_deterministic_for_a_seed() -> None:
     net = tiny_net()
     a = visualize(net, [0, "2:1"], steps=6, seed=3, size=32, diversity=0.5, progress=False)

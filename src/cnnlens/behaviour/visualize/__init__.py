@@ -77,9 +77,16 @@ def resolve_settings(
     size = settings.size or getattr(preprocessing, "crop", None) or (224, 224)
     mean = settings.mean or getattr(preprocessing, "mean", None) or IMAGENET_MEAN
     std = settings.std or getattr(preprocessing, "std", None) or IMAGENET_STD
+    grayscale = bool(settings.grayscale or getattr(preprocessing, "grayscale", False))
     return settings_for(
         recipe,
-        **{**regularizers, "size": tuple(size), "mean": tuple(mean), "std": tuple(std)},
+        **{
+            **regularizers,
+            "size": tuple(size),
+            "mean": tuple(mean),
+            "std": tuple(std),
+            "grayscale": grayscale,
+        },
     )
 
 

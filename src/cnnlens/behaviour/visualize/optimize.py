@@ -52,7 +52,8 @@ class Settings:
     * ``diversity``: weight of the batch diversity term on ``diversity_layer`` (default:
       the layer of the first layer objective, else the model's last feature map).
     * ``size`` (H, W), ``mean``, ``std``: input size and normalization (default: the
-      LoadedModel's preprocessing, else 224×224 and ImageNet statistics).
+      LoadedModel's preprocessing, else 224×224 and ImageNet statistics); ``grayscale``:
+      the model takes one channel (the image's luminance; the images come back grey).
     * ``progress``: show a progress bar (``None``: only on a terminal).
     """
 
@@ -76,6 +77,7 @@ class Settings:
     size: tuple[int, int] | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    grayscale: bool = False
     progress: bool | None = None
 
     def check(self) -> None:
@@ -197,6 +199,13 @@ def _disable(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
+def _grey(images: Tensor) -> Tensor:
+    """Luminance (ITU-R 601-2, as PIL's "L" mode), repeated over the three channels."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype)
+    luma = torch.einsum("c,nchw->nhw", weights, images).unsqueeze(1)
+    return luma.expand(-1, 3, -1, -1)
+
+
 def _total_variation(images: Tensor) -> Tensor:
     dy = (images[:, :, 1:, :] - images[:, :, :-1, :]).abs().flatten(1).sum(dim=1)
     dx = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().flatten(1).sum(dim=1)
@@ -237,6 +246,11 @@ def render(
     mean = torch.tensor(settings.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(settings.std, device=device).view(1, 3, 1, 1)
     transforms = settings.transforms
+
+    def to_model(pixels: Tensor) -> Tensor:
+        normalized = (pixels - mean) / std
+        return normalized[:, :1] if settings.grayscale else normalized
+
     history = torch.zeros(steps, n, device=device)  # on the device: no sync per step
     items = torch.arange(n, device=device)
 
@@ -248,10 +262,9 @@ def render(
     ):
         for step in range(steps):
             recorder.clear()
-            images = param()
+            images = _grey(param()) if settings.grayscale else param()
             view = transforms(images, generator)
-            model_input = (view - mean) / std
-            output = module(model_input)
+            output = module(to_model(view))
             context = Context(
                 output=output,
                 activations={name: recorder.last(m) for name, m in layers.items()},
@@ -260,8 +273,7 @@ def render(
             scores = torch.stack([o(context) for o in objectives])[items, items]
             loss = -scores.sum()
             if settings.l2 > 0:
-                centred = (images - mean) / std
-                loss = loss + settings.l2 * centred.pow(2).sum()
+                loss = loss + settings.l2 * to_model(images).pow(2).sum()
             if settings.tv > 0:
                 loss = loss + settings.tv * _total_variation(images).sum()
             grads = torch.autograd.grad(loss, tensors)
@@ -281,5 +293,5 @@ def render(
             if not bar.disable and (step % 16 == 0 or step + 1 == steps):
                 bar.set_postfix(objective=f"{float(scores.detach().mean()):.3g}", refresh=False)
         with torch.no_grad():
-            final = param().detach().clamp(0.0, 1.0)
+            final = (_grey(param()) if settings.grayscale else param()).detach().clamp(0.0, 1.0)
     return Rendering(images=final, history=history.cpu())

@@ -11,7 +11,8 @@ on the border, so cnnlens adds no flush window and both libraries evaluate the s
 Usage: python benchmarks/bench_occlusion.py [--models resnet18,resnet50] [--images 1]
        [--batch-size 32] [--repeats 3] [--threads N] [--no-captum]
 
-Repeats are interleaved (every case once per round) so drifting machine load hits all
+Times are process CPU time by default (``--clock wall`` for elapsed time): on a shared
+machine CPU time stays steady where elapsed time does not. Repeats are interleaved (every case once per round) so drifting machine load hits all
 cases alike; the median over rounds is reported.
 """
 
@@ -106,10 +107,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: process CPU time (steady on a shared machine); wall: elapsed time",
+    )
     parser.add_argument("--no-captum", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, weights=None).eval()
@@ -122,15 +130,15 @@ def main() -> None:
         times: dict[str, list[float]] = {c.name: [] for c in all_cases}
         for round_ in range(args.warmup + args.repeats):
             for case in all_cases:
-                start = time.perf_counter()
+                start = clock()
                 case.run()
                 if round_ >= args.warmup:
-                    times[case.name].append(time.perf_counter() - start)
+                    times[case.name].append(clock() - start)
         floor = statistics.median(times[all_cases[0].name])
         print(
             f"\n{name}, {args.images} image(s) at {args.size}x{args.size}, window {args.window} "
             f"stride {args.stride}, {torch.get_num_threads()} threads, torch "
-            f"{torch.__version__}, median of {args.repeats}"
+            f"{torch.__version__}, median of {args.repeats}, {args.clock} time"
         )
         print(f"{'case':45s} {'median s':>9s} {'min s':>8s} {'x floor':>8s}")
         for case in all_cases:

@@ -192,7 +192,7 @@ def test_rule_matches_matrix_reference(layer_name: str, rule_name: str, sign: st
         z = layer(x)
     r = torch.randn_like(z)
     rule = RULES[rule_name]()
-    got = rule.relevance(_affine(layer, x), x, z, r).flatten(1)
+    got = rule.relevance(_affine(layer, x), x, z if rule.uses_output else None, r).flatten(1)
 
     a, m, bias = _matrices(layer, shape)
     flat_x, flat_r = x.flatten(1), r.flatten(1)

@@ -64,20 +64,21 @@ class Affine:
             x = F.pad(x, g.pre_pad)
         return F.conv2d(x, weight, bias, g.stride, g.padding, g.dilation, g.groups)
 
-    def transpose(self, grad: Tensor, weight: Tensor, input_shape: Sequence[int]) -> Tensor:
-        """The transposed layer: ``d/dx <grad, forward(x, weight, 0)>``, shaped like the input."""
+    def transpose(self, grad: Tensor, weight: Tensor, like: Tensor) -> Tensor:
+        """The transposed layer: ``d/dx <grad, forward(x, weight, 0)>`` for an input ``x``
+        shaped like ``like`` (whose values are not read). A new tensor."""
         g = self.geometry
         if g is None:
-            return grad @ weight.to(grad.dtype)
-        shape = list(input_shape)
+            return grad @ weight
+        shape = list(like.shape)
         if g.pre_pad is not None:
             left, right, top, bottom = g.pre_pad
             shape[-2] += top + bottom
             shape[-1] += left + right
-        placeholder = grad.new_empty(1).expand(shape)  # only its shape is read
+            like = like.new_empty(shape)
         result: Tensor = torch.ops.aten.convolution_backward(
             grad,
-            placeholder,
+            like,
             weight,
             None,
             list(g.stride),

@@ -43,7 +43,7 @@ from ...targets import Target
 from ._affine import Affine, conv2d_call, linear_call
 from .canonizers import batch_norm_call, fold_batch_norm
 from .composites import Composite
-from .rules import AffineRule, stabilize
+from .rules import AffineRule, divide
 
 __all__ = ["Flow", "LRPMode", "LRPResult", "relevance"]
 
@@ -86,26 +86,36 @@ class _AffineNode(torch.autograd.Function):
         compute: Callable[[], Tensor] | None,
     ) -> Tensor:
         z = layer.forward(x, layer.weight, layer.bias) if compute is None else compute()
-        ctx.save_for_backward(x, z)
+        # The output is kept only for rules that need it: a later in-place op on it (an
+        # in-place ReLU) would otherwise invalidate it.
+        ctx.uses_output = rule.uses_output
+        if rule.uses_output:
+            ctx.save_for_backward(x, z)
+        else:
+            ctx.save_for_backward(x)
         ctx.layer, ctx.rule, ctx.run = layer, rule, run
         return z
 
     @staticmethod
     def backward(ctx: Any, upper: Tensor) -> tuple[Tensor | None, None, None, None, None]:
-        x, z = ctx.saved_tensors
+        x, z = ctx.saved_tensors if ctx.uses_output else (*ctx.saved_tensors, None)
         lower = ctx.rule.relevance(ctx.layer, x, z, upper)
         ctx.run.log(ctx.layer.name, ctx.rule.name, upper, lower)
         return lower, None, None, None, None
 
 
 class _PassNode(torch.autograd.Function):
+    """An elementwise layer ``fn``; with ``inplace`` it writes into ``x``."""
+
     @staticmethod
-    def forward(ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    def forward(ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor], inplace: bool) -> Tensor:
+        if inplace:
+            ctx.mark_dirty(x)
         return fn(x)
 
     @staticmethod
-    def backward(ctx: Any, upper: Tensor) -> tuple[Tensor, None]:
-        return upper, None
+    def backward(ctx: Any, upper: Tensor) -> tuple[Tensor, None, None]:
+        return upper, None, None
 
 
 class _ProportionalNode(torch.autograd.Function):
@@ -115,18 +125,18 @@ class _ProportionalNode(torch.autograd.Function):
     def forward(
         ctx: Any, x: Tensor, fn: Callable[[Tensor], Tensor], eps: float, run: _Run, name: str
     ) -> Tensor:
-        z = fn(x)
-        ctx.save_for_backward(x, z)
+        ctx.save_for_backward(x)
         ctx.fn, ctx.eps, ctx.run, ctx.name = fn, eps, run, name
-        return z
+        return fn(x)
 
     @staticmethod
     def backward(ctx: Any, upper: Tensor) -> tuple[Tensor, None, None, None, None]:
-        x, z = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         with torch.enable_grad():
             probe = x.detach().requires_grad_(True)
-            (back,) = torch.autograd.grad(ctx.fn(probe), probe, upper / stabilize(z, ctx.eps))
-        lower = x * back
+            z = ctx.fn(probe)
+            (back,) = torch.autograd.grad(z, probe, divide(upper, z.detach(), ctx.eps))
+        lower = back.mul_(x)
         ctx.run.log(ctx.name, "proportional", upper, lower)
         return lower, None, None, None, None
 
@@ -136,17 +146,16 @@ class _SumNode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, b: Tensor, alpha: float, eps: float, run: _Run) -> Tensor:
-        s = torch.add(a, b, alpha=alpha)
-        ctx.save_for_backward(a, b, s)
+        ctx.save_for_backward(a, b)
         ctx.alpha, ctx.eps, ctx.run = alpha, eps, run
-        return s
+        return torch.add(a, b, alpha=alpha)
 
     @staticmethod
     def backward(ctx: Any, upper: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
-        a, b, s = ctx.saved_tensors
-        g = upper / stabilize(s, ctx.eps)
+        a, b = ctx.saved_tensors
+        g = divide(upper, torch.add(a, b, alpha=ctx.alpha), ctx.eps)
         ra = (a * g).sum_to_size(a.shape)
-        rb = (b * g).sum_to_size(b.shape)
+        rb = g.mul_(b).sum_to_size(b.shape) if g.shape == b.shape else (b * g).sum_to_size(b.shape)
         if ctx.alpha != 1:
             rb = rb * ctx.alpha
         if ctx.run.record:
@@ -196,6 +205,11 @@ class LRPMode(TorchFunctionMode):
         self.first_open = composite.first is not None
         self.layers = 0
         self._last: tuple[Tensor, Tensor, Affine, AffineRule] | None = None
+        # ids of the tensors LRP nodes keep for backward: in-place writes must spare them
+        self._kept: set[int] = set()
+
+    def _keep(self, *tensors: Tensor) -> None:
+        self._kept.update(id(t) for t in tensors)
 
     def _name(self, tensor: Tensor, fallback: str) -> str:
         return self.names.get(id(tensor), f"{fallback}#{self.layers}")
@@ -222,6 +236,9 @@ class LRPMode(TorchFunctionMode):
         if rule is None:
             rule = self.composite.rule_for(layer.kind)
         out: Tensor = _AffineNode.apply(x, layer, rule, self.run, None)
+        self._keep(x)
+        if rule.uses_output:
+            self._keep(out)
         self._last = (out, x, layer, rule)
         return out
 
@@ -247,12 +264,15 @@ class LRPMode(TorchFunctionMode):
                     def compute() -> Tensor:
                         return func(detached, *args[1:], **kwargs)
 
-                    return _AffineNode.apply(source, folded, rule, self.run, compute)
+                    out: Tensor = _AffineNode.apply(source, folded, rule, self.run, compute)
+                    if rule.uses_output:
+                        self._keep(out)
+                    return out
 
         def apply(t: Tensor) -> Tensor:
             return func(t, *args[1:], **kwargs)
 
-        return _PassNode.apply(x, apply)
+        return _PassNode.apply(x, apply, False)
 
     def __torch_function__(
         self,
@@ -271,6 +291,7 @@ class LRPMode(TorchFunctionMode):
             a, b = args[0], args[1]
             if _activation(a) and _activation(b):
                 scale = float(kwargs.get("alpha", 1.0)) * alpha
+                self._keep(a, b)
                 return _SumNode.apply(a, b, scale, self.composite.stabilizer, self.run)
             return func(*args, **kwargs)
         if func in _POOLS and args and _activation(args[0]):
@@ -280,15 +301,21 @@ class LRPMode(TorchFunctionMode):
                 return func(t, *rest, **options)
 
             name = getattr(func, "__name__", "pool")
+            self._keep(args[0])
             return _ProportionalNode.apply(args[0], pool, self.composite.stabilizer, self.run, name)
         matched = _relu_args(func, tuple(args), kwargs)
         if matched is not None and _activation(matched[0]):
             x, upper = matched[0], matched[1]
+            # In place as asked, unless an LRP node keeps x (or x is the input leaf).
+            inplace = bool(matched[2]) if len(matched) > 2 else False
+            inplace = inplace and not x.is_leaf and id(x) not in self._kept
 
             def rectify(t: Tensor) -> Tensor:
+                if inplace:
+                    return t.clamp_(min=0.0) if upper is None else t.clamp_(0.0, upper)
                 return t.clamp(min=0.0) if upper is None else t.clamp(0.0, upper)
 
-            return _PassNode.apply(x, rectify)
+            return _PassNode.apply(x, rectify, inplace)
         return func(*args, **kwargs)
 
 

@@ -64,8 +64,30 @@ Bound = float | Tensor
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
-    """``z + eps * sign(z)`` with sign(0) = +1: moves every entry away from zero."""
-    return torch.where(z >= 0, z + eps, z - eps)
+    """``z + eps * sign(z)`` with sign(0) = +1 (-0.0 counts as negative): moves every entry
+    away from zero. A new tensor."""
+    return torch.copysign(torch.full((), eps, dtype=z.dtype, device=z.device), z).add_(z)
+
+
+def divide(relevance: Tensor, denominator: Tensor, eps: float) -> Tensor:
+    """``relevance / stabilize(denominator, eps)``, written into the temporary when nothing
+    needs its gradient (as in the backward pass)."""
+    stable = stabilize(denominator, eps)
+    if stable.shape != relevance.shape or (
+        torch.is_grad_enabled() and (stable.requires_grad or relevance.requires_grad)
+    ):
+        return relevance / stable
+    return torch.div(relevance, stable, out=stable)
+
+
+def _plus(*terms: Tensor | None) -> Tensor:
+    """The sum of the terms that are present (a branch with an all-zero input and no bias
+    has no output)."""
+    present = [t for t in terms if t is not None]
+    total = present[0]
+    for t in present[1:]:
+        total = total + t
+    return total
 
 
 class Source(enum.Enum):
@@ -129,8 +151,10 @@ class Branch:
     coef: float = 1.0
 
 
-Mapper = Callable[[Tensor, Sequence[Tensor], Tensor], Sequence[Tensor]]
-"""(output relevance, branch outputs, true output) -> one output-shaped tensor per branch."""
+Mapper = Callable[[Tensor, Sequence[Tensor | None], Tensor | None], Sequence[Tensor]]
+"""(output relevance, branch outputs, true output) -> one output-shaped tensor per branch.
+A branch output is ``None`` when its input is all zero and it has no bias; the true output
+is ``None`` unless the rule sets ``uses_output``."""
 
 
 class AffineRule(Protocol):
@@ -142,8 +166,14 @@ class AffineRule(Protocol):
     def check(self, x: Tensor) -> None:
         """Raise :class:`InputError` if the rule cannot apply to this input (forward time)."""
 
-    def relevance(self, layer: Affine, x: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
-        """Input relevance from output relevance; ``z`` is the layer's true output."""
+    @property
+    def uses_output(self) -> bool:
+        """Whether :meth:`relevance` needs the layer's true output ``z``."""
+        ...
+
+    def relevance(self, layer: Affine, x: Tensor, z: Tensor | None, relevance: Tensor) -> Tensor:
+        """Input relevance from output relevance; ``z`` is the layer's true output (given
+        when :attr:`uses_output`)."""
         ...
 
 
@@ -156,6 +186,7 @@ class Rule:
     name: str
     branches: tuple[Branch, ...]
     mapper: Mapper = field(repr=False)
+    uses_output: bool = False
     low: Bound | None = None
     high: Bound | None = None
 
@@ -186,7 +217,9 @@ class Rule:
             if bool((low > high).any()):
                 raise InputError("lrp: low must not exceed high")
 
-    def relevance(self, layer: Affine, x: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
+    def relevance(self, layer: Affine, x: Tensor, z: Tensor | None, relevance: Tensor) -> Tensor:
+        if self.uses_output and z is None:
+            z = layer.forward(x, layer.weight, layer.bias)
         signs = {b.source for b in self.branches} & {Source.POSITIVE, Source.NEGATIVE}
         nonneg = bool(signs) and bool(x.min() >= 0)
         bounds = (
@@ -195,31 +228,34 @@ class Rule:
             else None
         )
         inputs: list[Tensor | None] = []
-        outputs: list[Tensor] = []
+        outputs: list[Tensor | None] = []
         weights: list[Tensor] = []
         for branch in self.branches:
             xi = _source(branch.source, x, nonneg, bounds)
             w = branch.params.weight(layer.weight)
             b = branch.params.bias_of(layer.bias)
-            if xi is x and branch.params is KEEP:
+            out: Tensor | None
+            if xi is x and branch.params is KEEP and z is not None:
                 out = z  # the true output: no need to run the layer again
             elif xi is None:  # an all-zero input: only the bias is left
-                out = z.new_zeros(()) if b is None else layer.bias_term(b, z)
+                out = None if b is None else layer.bias_term(b, relevance)
             else:
                 out = layer.forward(xi, w, b)
             inputs.append(xi)
             outputs.append(out)
             weights.append(w)
         grads = self.mapper(relevance, outputs, z)
+        del outputs
         total: Tensor | None = None
         for branch, xi, w, g in zip(self.branches, inputs, weights, grads, strict=True):
             if xi is None or branch.coef == 0:
                 continue
-            back = layer.transpose(g, w, x.shape)
-            term = back if branch.source is Source.ONES else xi * back
+            term = layer.transpose(g, w, x)
+            if branch.source is not Source.ONES:
+                term = term.mul_(xi)
             if branch.coef != 1.0:
-                term = term * branch.coef
-            total = term if total is None else total + term
+                term = term.mul_(branch.coef)
+            total = term if total is None else total.add_(term)
         return torch.zeros_like(x) if total is None else total
 
 
@@ -244,15 +280,16 @@ class PassRule:
     no affine layer). On a layer that changes the shape it raises."""
 
     name: str = "pass"
+    uses_output: bool = False
 
     def check(self, x: Tensor) -> None:
         return None
 
-    def relevance(self, layer: Affine, x: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
-        if z.shape != x.shape:
+    def relevance(self, layer: Affine, x: Tensor, z: Tensor | None, relevance: Tensor) -> Tensor:
+        if relevance.shape != x.shape:
             raise InputError(
                 f"lrp: the pass rule needs a layer that keeps the shape; {layer.name} maps "
-                f"{tuple(x.shape)} to {tuple(z.shape)}"
+                f"{tuple(x.shape)} to {tuple(relevance.shape)}"
             )
         return relevance
 
@@ -263,17 +300,17 @@ PASS = PassRule()
 def epsilon(eps: float = 1e-6) -> Rule:
     """LRP-epsilon (LRP-0 as ``eps`` -> 0)."""
 
-    def mapper(r: Tensor, outs: Sequence[Tensor], z: Tensor) -> list[Tensor]:
-        return [r / stabilize(outs[0], eps)]
+    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
+        return [divide(r, _plus(outs[0]), eps)]
 
-    return Rule(f"epsilon({eps:g})", (Branch(Source.INPUT),), mapper)
+    return Rule(f"epsilon({eps:g})", (Branch(Source.INPUT),), mapper, uses_output=True)
 
 
 def z_plus(stabilizer: float = 1e-6) -> Rule:
     """z+ (alpha=1, beta=0), generalized to negative inputs as in zennit."""
 
-    def mapper(r: Tensor, outs: Sequence[Tensor], z: Tensor) -> list[Tensor]:
-        g = r / stabilize(outs[0] + outs[1], stabilizer)
+    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
+        g = divide(r, _plus(outs[0], outs[1]), stabilizer)
         return [g, g]
 
     return Rule(
@@ -291,9 +328,9 @@ def alpha_beta(alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) 
     if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-12:
         raise InputError("lrp: alpha-beta needs alpha, beta >= 0 and alpha - beta = 1")
 
-    def mapper(r: Tensor, outs: Sequence[Tensor], z: Tensor) -> list[Tensor]:
-        pos = r / stabilize(outs[0] + outs[1], stabilizer)
-        neg = r / stabilize(outs[2] + outs[3], stabilizer)
+    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
+        pos = divide(r, _plus(outs[0], outs[1]), stabilizer)
+        neg = divide(r, _plus(outs[2], outs[3]), stabilizer)
         return [pos, pos, neg, neg]
 
     return Rule(
@@ -315,9 +352,11 @@ def gamma(gamma_value: float = 0.25, stabilizer: float = 1e-6) -> Rule:
     boost_pos = _gamma_mod(gamma_value, _positive)
     boost_neg = _gamma_mod(gamma_value, _negative)
 
-    def mapper(r: Tensor, outs: Sequence[Tensor], z: Tensor) -> list[Tensor]:
-        pos = r * (z > 0).to(r.dtype) / stabilize(outs[0] + outs[1], stabilizer)
-        neg = r * (z < 0).to(r.dtype) / stabilize(outs[2] + outs[3], stabilizer)
+    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
+        assert z is not None
+        zero = r.new_zeros(())
+        pos = divide(torch.where(z > 0, r, zero), _plus(outs[0], outs[1]), stabilizer)
+        neg = divide(torch.where(z < 0, r, zero), _plus(outs[2], outs[3]), stabilizer)
         return [pos, pos, neg, neg]
 
     return Rule(
@@ -329,6 +368,7 @@ def gamma(gamma_value: float = 0.25, stabilizer: float = 1e-6) -> Rule:
             Branch(Source.NEGATIVE, Params(boost_pos, bias=False)),
         ),
         mapper,
+        uses_output=True,
     )
 
 
@@ -336,8 +376,9 @@ def z_box(low: Bound | None = None, high: Bound | None = None, stabilizer: float
     """z^B for an input bounded by ``low <= x <= high`` (defaults: each item's per-channel
     minimum and maximum). The bias cancels out of the denominator, as in zennit."""
 
-    def mapper(r: Tensor, outs: Sequence[Tensor], z: Tensor) -> list[Tensor]:
-        g = r / stabilize(outs[0] - outs[1] - outs[2], stabilizer)
+    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
+        o0, o1, o2 = (o if o is not None else r.new_zeros(()) for o in outs)
+        g = divide(r, o0 - o1 - o2, stabilizer)
         return [g, g, g]
 
     return Rule(
@@ -348,16 +389,16 @@ def z_box(low: Bound | None = None, high: Bound | None = None, stabilizer: float
             Branch(Source.HIGH, Params(_negative, bias=False), -1.0),
         ),
         mapper,
-        low,
-        high,
+        low=low,
+        high=high,
     )
 
 
 def flat(stabilizer: float = 1e-6) -> Rule:
     """Flat: each output's relevance spread evenly over the inputs it sees."""
 
-    def mapper(r: Tensor, outs: Sequence[Tensor], z: Tensor) -> list[Tensor]:
-        return [r / stabilize(outs[0], stabilizer)]
+    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
+        return [divide(r, _plus(outs[0]), stabilizer)]
 
     return Rule("flat", (Branch(Source.ONES, Params(_ones, bias=False)),), mapper)
 
@@ -365,7 +406,7 @@ def flat(stabilizer: float = 1e-6) -> Rule:
 def w_square(stabilizer: float = 1e-6) -> Rule:
     """w^2: each output's relevance spread in proportion to the squared weights."""
 
-    def mapper(r: Tensor, outs: Sequence[Tensor], z: Tensor) -> list[Tensor]:
-        return [r / stabilize(outs[0], stabilizer)]
+    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
+        return [divide(r, _plus(outs[0]), stabilizer)]
 
     return Rule("w^2", (Branch(Source.ONES, Params(_square, bias=False)),), mapper)

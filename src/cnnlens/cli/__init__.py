@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "_dataset",
     "_evaluate",
     "_report",
+    "_atlas",
 )
 
 

@@ -1,0 +1,72 @@
+"""Command ``atlas``: a static site of what each channel of chosen layers has learned."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .._atlas import build_atlas
+from ..dataset._sources import open_dataset
+from ..errors import InputError
+from ..render._atlas import atlas_pages
+from ._common import add_model_args, open_model
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "atlas", help="static site: per layer and channel, feature visualization and top patches"
+    )
+    add_model_args(p)
+    p.add_argument("dataset", help="an image folder or fashion-mnist")
+    p.add_argument("--layers", required=True, help="comma-separated layer names")
+    p.add_argument(
+        "--channels", type=int, default=8, help="the first N channels of each layer (default 8)"
+    )
+    p.add_argument("-k", type=int, default=6, help="top patches per channel (default 6)")
+    p.add_argument("--steps", type=int, default=96, help="feature-visualization steps (default 96)")
+    p.add_argument(
+        "--sample", type=int, default=600, help="dataset items used (default: the first 600)"
+    )
+    p.add_argument("-o", "--output", required=True, help="folder for the site")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    if not layers:
+        raise InputError("--layers names no layer")
+    for value, flag in (
+        (args.channels, "--channels"),
+        (args.k, "-k"),
+        (args.steps, "--steps"),
+        (args.sample, "--sample"),
+    ):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1")
+    model = open_model(args)
+    dataset = open_dataset(args.dataset)
+    with tqdm(total=3 * len(layers) + 2, desc="atlas", unit="step") as bar:
+
+        def tick(stage: str) -> None:
+            bar.set_postfix_str(stage[:40])
+            bar.update(1)
+
+        atlas = build_atlas(
+            model,
+            dataset,
+            layers,
+            channels=args.channels,
+            k=args.k,
+            steps=args.steps,
+            sample=args.sample,
+            progress=tick,
+        )
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in atlas_pages(atlas).items():
+        (out / name).write_text(text, encoding="utf-8")
+    print(f"atlas written to {(out / 'index.html').resolve()}")
+    return 0

@@ -631,3 +631,14 @@ def test_mode_is_left_after_an_error(untouched: type) -> None:
     t = torch.randn(20, requires_grad=True)
     (grad,) = torch.autograd.grad(F.relu(t).sum(), t)  # the true gradient again
     torch.testing.assert_close(grad, (t > 0).to(t.dtype))
+
+
+def test_runs_under_no_grad_and_leaves_the_input_alone() -> None:
+    model = nn.Sequential(nn.ReLU(inplace=True), _vgg_like(bias=True)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    before = x.clone()
+    with torch.no_grad():
+        e = cnnlens.explain(model, x, "lrp", target=1)
+    assert torch.equal(x, before)  # the first in-place ReLU did not write into the input
+    again = cnnlens.explain(model, x, "lrp", target=1)
+    torch.testing.assert_close(e.attribution, again.attribution)

@@ -18,7 +18,9 @@ strictly inside its input map to be measured: where the maps are too small the p
 repeated on a larger image (grown by a multiple of the total stride, so that every
 ``SAME`` padding stays the same). Global pooling (adaptive pooling to 1x1, or a mean over
 both spatial axes) cuts the field: its output has none, and squeeze-excitation gates do not
-widen the field of the maps they scale.
+widen the field of the maps they scale. Only (B, C, H, W) maps have fields: outputs whose
+two last sizes do not follow the input's size (channels-last tensors inside ConvNeXt blocks,
+adaptive pooling to a fixed size) have none.
 """
 
 from __future__ import annotations
@@ -335,10 +337,26 @@ _ACTIVATIONS = (
         ],
     )
 )
+# The identity in the probe (dropout too: random zeros would punch holes in the support).
 _NORMALIZATIONS = _funcs(
     F,
-    ["batch_norm", "instance_norm", "layer_norm", "group_norm", "local_response_norm", "rms_norm"],
-) | _funcs(torch, ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm"])
+    [
+        "batch_norm",
+        "instance_norm",
+        "layer_norm",
+        "group_norm",
+        "local_response_norm",
+        "rms_norm",
+        "dropout",
+        "dropout1d",
+        "dropout2d",
+        "dropout3d",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+    ],
+) | _funcs(
+    torch, ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm", "dropout"]
+)
 _MAX_POOLS = _funcs(F, ["max_pool2d", "max_pool2d_with_indices"]) | _funcs(torch, ["max_pool2d"])
 _ADAPTIVE_MAX_POOLS = _funcs(F, ["adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"])
 _ADAPTIVE_AVG_POOLS = _funcs(F, ["adaptive_avg_pool2d"]) | _funcs(torch, ["adaptive_avg_pool2d"])

@@ -103,7 +103,7 @@ def randomization_test(
     *,
     target: TargetSpec = None,
     stages: int = 8,
-    seed: int = 0,
+    randomization_seed: int = 0,
     progress: bool | None = None,
     **options: Any,
 ) -> RandomizationResult:
@@ -111,7 +111,8 @@ def randomization_test(
     layers are randomized cumulatively from the output down, in ``stages`` groups.
 
     The targets stay those of the original model (as in the paper). The user's model is
-    never modified: the randomization happens on a deep copy.
+    never modified: the randomization happens on a deep copy. ``randomization_seed`` seeds
+    the new weights; other keyword options go to the method (e.g. SmoothGrad's ``seed``).
     """
     module = as_module(model)
     if stages < 1:
@@ -123,7 +124,7 @@ def randomization_test(
     if not layers:
         raise InputError("the model has no parameters to randomize")
     groups = [list(g) for g in np.array_split(np.arange(len(layers)), min(stages, len(layers)))]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(randomization_seed)
     names: list[list[str]] = []
     done: list[str] = []
     maps = [original.heatmap()]

@@ -168,8 +168,10 @@ def test_items_may_be_pictures_tensors_or_bare(tmp_path: Path) -> None:
 def test_store_on_disk_reopens_and_workers_agree(tmp_path: Path) -> None:
     net, data = small_net(), tensor_data()
     memory = cnnlens.extract_features(net, data, "4", batch_size=16)
+    # A list of (tensor, label) items goes through DataLoader workers, not the tensor fast path.
+    items = list(zip(*data.tensors, strict=True))
     disk = cnnlens.extract_features(
-        net, data, "4", batch_size=16, out=tmp_path / "s", num_workers=1
+        net, items, "4", batch_size=16, out=tmp_path / "s", num_workers=1
     )
     again = FeatureStore.open(tmp_path / "s")
     assert isinstance(again.features, np.memmap) and not again.features.flags.writeable

@@ -15,6 +15,8 @@ import cnnlens
 from cnnlens.cli import main
 from cnnlens.dataset._sources import Head, fashion_mnist_root
 
+from .browser import CHROMEDRIVER, CHROMIUM, check_page, requires_chromium
+
 pytestmark = pytest.mark.skipif(
     fashion_mnist_root() is None,
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist; make system-deps)",
@@ -169,3 +171,43 @@ def test_index_an_image_folder(tmp_path: Path, test_split: cnnlens.datasets.Fash
         cnnlens.load_image(query), 1, model=cnnlens.load_model("fashion_cnn")
     )
     assert distances[0] < 1e-5  # the picture itself
+
+
+@pytest.mark.browser
+@requires_chromium
+def test_embedding_page_shows_the_picture_on_hover(tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from cnnlens.render._dataset import embedding_html
+
+    points = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    images = [Image.new("L", (28, 28), v) for v in (0, 128, 255)]
+    page = tmp_path / "map.html"
+    page.write_text(
+        embedding_html(points, images, ["#0 a", "#1 b", "#2 c"], np.array([0, 1, 1]), ["a", "b"])
+    )
+    result = check_page(page, tmp_path / "map.png")
+    assert result.console_errors == [] and result.broken == []
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(page.resolve().as_uri())
+        canvas = driver.find_element(By.ID, "map")
+        tip = driver.find_element(By.ID, "tip")
+        assert not tip.is_displayed()
+        # Point 1 (1, 1) is drawn at the canvas's top-right corner, 20 pixels in.
+        width, height = canvas.size["width"], canvas.size["height"]
+        ActionChains(driver).move_to_element_with_offset(
+            canvas, width // 2 - 21, -height // 2 + 21
+        ).perform()
+        assert tip.is_displayed() and "#1 b" in tip.text
+        image = tip.find_element(By.TAG_NAME, "img")
+        assert image.get_attribute("src").startswith("data:image/png;base64,")
+    finally:
+        driver.quit()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import functional as TF
 
 from .._hooks import eval_mode
@@ -110,15 +110,24 @@ class Collate:
     preprocessing: Preprocessing | None
 
     def __call__(self, batch: Sequence[tuple[int, Any]]) -> tuple[Tensor, Tensor, Tensor]:
-        images, labels = [], []
+        images: list[Tensor] = []
+        labels: list[int] = []
         for _, item in batch:
+            # Fast path: (float tensor (C, H, W), int or integer 0-d tensor) items.
+            if type(item) is tuple and len(item) == 2 and type(item[0]) is Tensor:
+                image, label = item
+                if image.dim() == 3 and image.is_floating_point():
+                    images.append(image)
+                    labels.append(label if type(label) is int else _label(label))
+                    continue
             image, label = split_item(item)
             images.append(to_input(image, self.preprocessing))
             labels.append(label)
-        shapes = {tuple(t.shape) for t in images}
-        if len(shapes) > 1:
+        shape = images[0].shape
+        if any(t.shape != shape for t in images):
+            shapes = sorted({tuple(t.shape) for t in images})
             raise InputError(
-                f"dataset items have different shapes {sorted(shapes)[:3]}; use a LoadedModel "
+                f"dataset items have different shapes {shapes[:3]}; use a LoadedModel "
                 "(its preprocessing resizes pictures) or a dataset of equal-sized tensors"
             )
         return (
@@ -157,14 +166,43 @@ def batches(
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     if num_workers < 0:
         raise InputError(f"num_workers must be 0 or more, got {num_workers}")
+    order = list(indices)
+    tensors = _tensor_batches(dataset)
+    if tensors is not None:
+        # A TensorDataset of (N, C, H, W) inputs: whole batches by slicing, no per-item work.
+        x, y = tensors
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            ids = torch.tensor(rows, dtype=torch.int64)
+            contiguous = rows[-1] - rows[0] == len(rows) - 1 and rows == sorted(rows)
+            take: slice | Tensor = slice(rows[0], rows[-1] + 1) if contiguous else ids
+            labels = y[take] if y is not None else torch.full((len(rows),), -1)
+            yield x[take], labels.to(torch.int64), ids
+        return
     loader = DataLoader(
         _Indexed(dataset),
         batch_size=batch_size,
-        sampler=list(indices),
+        sampler=order,
         num_workers=num_workers,
         collate_fn=Collate(preprocessing),
     )
     yield from loader
+
+
+def _tensor_batches(dataset: Any) -> tuple[Tensor, Tensor | None] | None:
+    """(inputs, labels or None) of a ``TensorDataset`` whose items are float (C, H, W)
+    inputs with optional integer labels; ``None`` for any other dataset."""
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) not in (1, 2):
+        return None
+    x = dataset.tensors[0]
+    if x.dim() != 4 or not x.is_floating_point():
+        return None
+    if len(dataset.tensors) == 1:
+        return x, None
+    y = dataset.tensors[1]
+    if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool:
+        return None
+    return x, y
 
 
 class _StopForwardError(Exception):

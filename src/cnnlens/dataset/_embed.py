@@ -69,8 +69,9 @@ def embed(
         tsne = TSNE(n_components=dims, random_state=seed, verbose=False, **options)
         return np.asarray(tsne.fit(matrix), dtype=np.float64)
     with warnings.catch_warnings():
-        # umap-learn's import pulls numba and tensorflow-less pynndescent; their import-time
-        # notices are not about this call.
+        # umap-learn's import warns that TensorFlow (ParametricUMAP) is missing, and numba /
+        # pynndescent emit import-time deprecation notices; none is about this call.
+        warnings.simplefilter("ignore", ImportWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         import umap

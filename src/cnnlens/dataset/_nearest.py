@@ -2,8 +2,10 @@
 
 Feature space: cosine distance (inner product of L2-normalized vectors, ``IndexFlatIP``)
 or Euclidean distance (``IndexFlatL2``), exact by default. Large stores use an inverted-file
-index (``IndexIVFFlat``) whose ``nprobe`` is raised until recall@10 against exact search, on
-a sample of stored vectors used as queries, reaches :data:`TARGET_RECALL`.
+index (``IndexIVFFlat``, about sqrt(N) lists) whose ``nprobe`` is doubled until recall@10
+against exact search, on a sample of stored vectors used as queries, reaches
+:data:`TARGET_RECALL`; when only probing every list gets there (data without cluster
+structure) the searcher falls back to the exact index.
 
 Pixel space (:func:`pixel_nearest`): Euclidean distance between pictures resized to a
 common size, streamed over the dataset with a running top-k.
@@ -62,18 +64,28 @@ class Searcher:
         if exact:
             self.index = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
         else:
-            nlist = int(min(max(16, 4 * math.sqrt(self.rows)), max(16, self.rows // 39)))
+            # About sqrt(N) lists, each trained on ~50 points (faiss wants at least 39).
+            nlist = int(min(max(16, math.sqrt(self.rows)), max(16, self.rows // 50)))
             quantizer = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
             self.index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss_metric)
             self.index.cp.seed = seed
             rng = np.random.default_rng(seed)
-            sample_rows = np.sort(rng.choice(self.rows, min(self.rows, 64 * nlist), replace=False))
+            sample_rows = np.sort(rng.choice(self.rows, min(self.rows, 50 * nlist), replace=False))
             self.index.train(self._prepare(vectors[sample_rows]))
             self._quantizer = quantizer  # keep the Python object alive with the index
-        for start in range(0, self.rows, _CHUNK):
-            self.index.add(self._prepare(vectors[start : start + _CHUNK]))
+        self._add(vectors)
         if not exact:
             self._calibrate(vectors, seed)
+            if self.nprobe >= self.index.nlist:
+                # No structure for the inverted file to use (it would scan every list): an
+                # exact flat index gives the same answers faster.
+                self.exact = True
+                self.index = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
+                self._add(vectors)
+
+    def _add(self, vectors: np.ndarray) -> None:
+        for start in range(0, self.rows, _CHUNK):
+            self.index.add(self._prepare(vectors[start : start + _CHUNK]))
 
     def _prepare(self, block: np.ndarray) -> np.ndarray:
         if self.metric == "cosine":

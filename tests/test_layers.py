@@ -124,6 +124,27 @@ def test_densenet121_largest_path() -> None:
     assert first.size == (19, 19) and first.stride == (4, 4)
 
 
+def test_inception_v3_concatenated_branches() -> None:
+    # Stem to 31 px at stride 8; InceptionA's deepest branch (two 3x3) +32 each; 6a +32;
+    # InceptionC's 7x1/1x7 pairs +192 each; 7a's 7x1 then 3x3/2 +128; InceptionE's 3x3 then
+    # 1x3/3x1 +128 each: 1311, the published figure for Mixed_7c.
+    model = torchvision.models.inception_v3(weights=None, init_weights=False, aux_logits=False)
+    fields = {info.name: info.receptive_field for info in cnnlens.layers(model, 299)}
+    expected = {
+        "maxpool2": (31, 8),
+        "Mixed_5b": (63, 8),
+        "Mixed_6a": (159, 16),
+        "Mixed_6e": (927, 16),
+        "Mixed_7a": (1055, 32),
+        "Mixed_7b": (1183, 32),
+        "Mixed_7c": (1311, 32),
+        "Mixed_7c.branch_pool": (1247, 32),  # a shallower branch: smaller than the block
+    }
+    for name, (size, stride) in expected.items():
+        rf = fields[name]
+        assert rf is not None and rf.size == (size, size) and rf.stride == (stride, stride), name
+
+
 def test_efficientnet_lite0_same_padding_depends_on_size() -> None:
     model = EfficientNetLite0()
     # TF SAME, 3x3 stride 2: even input pads 0 top / 1 bottom, odd input 1 / 1.

@@ -13,8 +13,9 @@ setup (parametrization, hooks, final image) is not counted.
 
 Usage: python benchmarks/bench_visualize.py [--model efficientnet_lite0] [--batch 1]
        [--steps 8] [--repeats 5] [--threads N] [--device cpu]
-       python benchmarks/bench_visualize.py --gallery docs/img   (the pictures of
-       docs/visualize.md, with the probabilities the model gives them)
+       python benchmarks/bench_visualize.py --gallery docs/img [--parts classes,simonyan,
+       channels] [--gallery-steps 256]   (the pictures of docs/visualize.md, with the
+       probabilities the model gives them)
 
 Repeats are interleaved (every case once per round) so drifting machine load hits all
 cases alike; the median over rounds is reported.
@@ -129,22 +130,26 @@ def class_probabilities(model: cnnlens.LoadedModel, images: Tensor, classes: lis
     return probs[torch.arange(len(classes)), torch.tensor(classes)].cpu()
 
 
-def gallery(folder: str, device: str) -> None:
-    """Default recipe and Simonyan's recipe for the five acceptance classes, and a few
-    channels, as captioned PNGs in ``folder``; prints the measured probabilities."""
+def gallery(folder: str, device: str, parts: list[str], steps: int) -> None:
+    """The pictures of docs/visualize.md as captioned PNGs in ``folder``, with the
+    probabilities the model gives them: ``classes`` (default recipe, the five acceptance
+    classes), ``simonyan`` (the same classes, Simonyan's recipe), ``channels``."""
     from pathlib import Path
 
     from cnnlens.render import grid, save_png, tensor_to_image
 
     model = cnnlens.load_model("efficientnet_lite0", device=device)
     classes = ACCEPTANCE_CLASSES
-    runs: dict[str, dict[str, object]] = {
-        "visualize_classes.png": {},
-        "visualize_simonyan.png": {"recipe": "simonyan"},
+    runs: dict[str, tuple[str, dict[str, object]]] = {
+        "classes": ("visualize_classes.png", {}),
+        "simonyan": ("visualize_simonyan.png", {"recipe": "simonyan"}),
     }
-    for filename, options in runs.items():
+    for part in parts:
+        if part not in runs:
+            continue
+        filename, options = runs[part]
         start = time.perf_counter()
-        images = visualize(model, classes, **options)  # type: ignore[arg-type]
+        images = visualize(model, classes, steps=steps, **options)  # type: ignore[arg-type]
         seconds = time.perf_counter() - start
         probs = class_probabilities(model, images, classes)
         captions = [
@@ -152,12 +157,13 @@ def gallery(folder: str, device: str) -> None:
         ]
         picture = grid([tensor_to_image(x) for x in images], captions=captions)
         save_png(picture, Path(folder) / filename)
-        print(filename, options, [round(float(p), 4) for p in probs], f"{seconds:.0f} s")
-    units = ["_blocks.3:5", "_blocks.6:30", "_blocks.10:7", "_blocks.14:100"]
-    images = visualize(model, units, diversity=0.0)
-    picture = grid([tensor_to_image(x) for x in images], captions=units)
-    save_png(picture, Path(folder) / "visualize_channels.png")
-    print("visualize_channels.png", units)
+        print(filename, options, steps, [round(float(p), 4) for p in probs], f"{seconds:.0f} s")
+    if "channels" in parts:
+        units = ["_blocks.3:5", "_blocks.6:30", "_blocks.10:7", "_blocks.14:100"]
+        images = visualize(model, units, steps=steps)
+        picture = grid([tensor_to_image(x) for x in images], captions=units)
+        save_png(picture, Path(folder) / "visualize_channels.png")
+        print("visualize_channels.png", units, steps)
 
 
 def main() -> None:
@@ -165,15 +171,19 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--gallery-steps", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--gallery", metavar="DIR", help="write the docs pictures to DIR")
+    parser.add_argument(
+        "--parts", default="classes,simonyan,channels", help="gallery parts (comma-separated)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.gallery:
-        gallery(args.gallery, args.device)
+        gallery(args.gallery, args.device, args.parts.split(","), args.gallery_steps)
         return
     pretrained = args.model == "efficientnet_lite0"
     model = cnnlens.load_model(args.model, pretrained=pretrained, device=args.device)

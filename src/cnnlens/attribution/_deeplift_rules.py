@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from .._hooks import _relu_args
+
 __all__ = ["DeepLiftPass", "ReferencePass"]
 
 # Elementwise activations handled by the generic Rescale rule (derivative by autograd for
@@ -72,28 +74,6 @@ _ELEMENTWISE: frozenset[Callable[..., Any]] = frozenset(
         F.logsigmoid,
     }
 )
-_RELU: frozenset[Callable[..., Any]] = frozenset(
-    {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
-)
-_HARDTANH: frozenset[Callable[..., Any]] = frozenset({F.hardtanh, F.hardtanh_})
-
-
-def _rectifier_call(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
-) -> tuple[Tensor, float | None] | None:
-    """If ``func(*args, **kwargs)`` is a rectifier y = clip(x, 0, upper): x and upper."""
-    if func in _RELU:
-        return (args[0] if args else kwargs["input"]), None
-    if func is F.relu6:
-        return (args[0] if args else kwargs["input"]), 6.0
-    if func in _HARDTANH:  # nn.ReLU6 calls F.hardtanh(x, 0.0, 6.0)
-        bound = dict(zip(("input", "min_val", "max_val"), args, strict=False))
-        bound.update(kwargs)
-        if float(bound.get("min_val", -1.0)) == 0.0:
-            return bound["input"], float(bound.get("max_val", 1.0))
-    return None
-
-
 _MAX_POOLS: dict[Callable[..., Any], Callable[..., Any]] = {
     F.max_pool2d: F.max_pool2d_with_indices,
     F.max_pool2d_with_indices: F.max_pool2d_with_indices,
@@ -179,9 +159,9 @@ class ReferencePass(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        rectifier = _rectifier_call(func, args, kwargs)
+        rectifier = _relu_args(func, tuple(args), kwargs)
         if rectifier is not None:
-            x, upper = rectifier
+            x, upper, _inplace = rectifier
             y0 = x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
             self.records.append(_Record("rectifier", x.detach().clone(), y0.clone()))
             return y0
@@ -283,9 +263,9 @@ class DeepLiftPass(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        rectifier = _rectifier_call(func, args, kwargs)
+        rectifier = _relu_args(func, tuple(args), kwargs)
         if rectifier is not None:
-            x, upper = rectifier
+            x, upper, _inplace = rectifier
             record = self._next("rectifier", x)
             assert record.y0 is not None
             with torch.no_grad():

@@ -12,7 +12,9 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 
+from .._progress import progress_mode
 from ..errors import InputError
 
 __all__ = ["main"]
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _COMMAND_MODULES:
         module = importlib.import_module(f"{__name__}.{name}")
         module.register(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "-q", "--quiet", action="store_true", help="no progress bars on stderr"
+        )
     return parser
 
 
@@ -51,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code = args.run(args)
+        with progress_mode(False) if args.quiet else nullcontext():
+            code = args.run(args)
     except InputError as exc:
         print(f"cnnlens: error: {exc}", file=sys.stderr)
         return 2

@@ -93,3 +93,23 @@ def test_inner_bars_are_cleared(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "inner" in err and "outer" in err
     assert err.rstrip().splitlines()[-1].lstrip("\r").startswith("outer")
+
+
+def test_tsne_bar_counts_iterations_and_changes_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import numpy as np
+
+    from cnnlens import embed
+
+    features = np.random.default_rng(0).normal(size=(40, 5))
+    options = {"early_exaggeration_iter": 60, "n_iter": 40}
+    quiet = embed(features, "tsne", progress=False, **options)
+    with progress_mode(True):
+        shown = embed(features, "tsne", **options)
+    err = capsys.readouterr().err
+    np.testing.assert_array_equal(quiet, shown)
+    counts = _counts(err, 100)
+    assert counts[0] == 0 and counts[-1] == 100 and counts == sorted(counts), counts
+    assert 85 in counts, "the main phase continues after the 60 early iterations"
+    assert "KL divergence" in err

@@ -98,15 +98,22 @@ class Progress:
 
 @contextmanager
 def progress(
-    total: int | None, desc: str, *, enabled: bool | None = None, unit: str = "step"
+    total: int | None,
+    desc: str,
+    *,
+    enabled: bool | None = None,
+    unit: str = "step",
+    initial: int = 0,
 ) -> Iterator[Progress]:
-    """A progress bar for ``total`` steps named ``desc`` (see the module docstring)."""
+    """A progress bar for ``total`` steps named ``desc`` (see the module docstring);
+    ``initial`` steps were done before (a resumed job: not counted in the rate)."""
     depth = getattr(_open, "depth", 0)
     if not show_progress(enabled):
         yield Progress(None)
         return
     bar = tqdm(
         total=total,
+        initial=initial,
         desc=desc,
         unit=unit,
         file=sys.stderr,

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
 
 from .._hooks import eval_mode
 from .._modules import as_module, layer_name, resolve_layer
+from .._progress import track
 from ..errors import InputError
 
 __all__ = ["CamModel", "cam_model"]
@@ -65,7 +65,7 @@ class CamModel(nn.Module):
         pooled: list[Tensor] = []
         labels: list[Tensor] = []
         with eval_mode(self.backbone):
-            for batch in tqdm(loader, desc="features", disable=None if progress else True):
+            for batch in track(loader, "features", enabled=None if progress else False):
                 if not isinstance(batch, Sequence) or len(batch) != 2:
                     raise InputError("the dataset must give (image tensor, class index) pairs")
                 images, targets = batch
@@ -108,7 +108,9 @@ class CamModel(nn.Module):
         optimizer = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
         self.history = []
         with torch.enable_grad():
-            for _ in tqdm(range(epochs), desc="head", disable=None if progress else True):
+            for _ in track(
+                range(epochs), "head", enabled=None if progress else False, unit="epoch"
+            ):
                 order = torch.randperm(features.shape[0], generator=generator)
                 total = 0.0
                 for start in range(0, features.shape[0], batch_size):

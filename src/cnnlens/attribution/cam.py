@@ -24,10 +24,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .._hooks import Recorder
 from .._modules import layer_name
+from .._progress import progress as progress_bar
 from ..errors import InputError
 from ..targets import Target
 from ._cam_model import CamModel, cam_model
@@ -209,7 +209,7 @@ class _ScoreCam(_CamVariant):
 
     def weights(self, cap: LayerCapture, **options: Any) -> Tensor:
         batch_size = int(options.get("batch_size", 32))
-        progress = bool(options.get("progress", True))
+        progress: bool | None = options.get("progress")
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         inputs, activation = cap.inputs, cap.activation
@@ -219,9 +219,7 @@ class _ScoreCam(_CamVariant):
         scores = torch.empty(items, channels, dtype=inputs.dtype, device=inputs.device)
         with (
             torch.inference_mode(),
-            tqdm(
-                total=steps, desc="scorecam", unit="batch", disable=None if progress else True
-            ) as bar,
+            progress_bar(steps, "scorecam", enabled=progress, unit="batch") as bar,
         ):
             for item in range(items):
                 for start in range(0, channels, batch_size):
@@ -233,7 +231,7 @@ class _ScoreCam(_CamVariant):
                     rows = torch.full((masks.shape[0],), item, dtype=torch.long)
                     part = cap.target.score(output, rows)
                     scores[item, start : start + masks.shape[0]] = part.to(scores.dtype)
-                    bar.update(1)
+                    bar.advance()
         return torch.softmax(scores, dim=1)[:, :, None, None].to(activation.dtype)
 
 

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .._progress import track
 from ..errors import InputError
 from ..targets import Target
 from ._deeplift_rules import DeepLiftPass, ReferencePass
@@ -125,18 +125,9 @@ def deeplift(
     del layer
     references = deeplift_references(inputs, baseline, baselines)
     total = torch.zeros_like(inputs)
-    bar = tqdm(
-        references,
-        desc="deeplift",
-        unit="baseline",
-        disable=(None if len(references) > 1 else True) if progress is None else not progress,
-        leave=False,
-    )
-    try:
-        for reference in bar:
-            total += _multipliers(module, inputs, reference, target) * (inputs - reference)
-    finally:
-        bar.close()
+    shown = progress if progress is not None else (None if len(references) > 1 else False)
+    for reference in track(references, "deeplift", enabled=shown, unit="baseline"):
+        total += _multipliers(module, inputs, reference, target) * (inputs - reference)
     return total / len(references)
 
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .._hooks import RectifierMode, RectifierRule
+from .._progress import progress as progress_bar
 from ..errors import InputError
 from ..targets import Target
 from .api import MethodFn, MethodSpec
@@ -157,20 +157,16 @@ def _copies_gradient(
     per_pass = max(1, rows // b)
     total = torch.zeros_like(inputs)
     starts = range(0, copies, per_pass)
-    with tqdm(
-        total=copies,
-        desc=desc,
-        unit="copy",
-        leave=False,
-        disable=(not progress) if progress is not None else (None if len(starts) > 1 else True),
-    ) as bar:
+    # One pass is quick: a bar only when the copies take several.
+    shown = progress if progress is not None else (None if len(starts) > 1 else False)
+    with progress_bar(copies, desc, enabled=shown, unit="copy") as bar:
         for start in starts:
             count = min(per_pass, copies - start)
             batch = torch.cat([make(start + k) for k in range(count)])
             items = torch.arange(b, device=inputs.device).repeat(count)
             grad, _ = input_gradient(module, batch, target, items=items)
             total += reduce(grad).view(count, *inputs.shape).sum(dim=0)
-            bar.update(count)
+            bar.advance(count)
     return total
 
 

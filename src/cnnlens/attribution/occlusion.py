@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .._progress import progress as progress_bar
 from ..errors import InputError
 from ..targets import Target
 from .api import MethodFn, MethodSpec
@@ -159,15 +159,8 @@ def occlusion(
         clean = scores(output, None)
         drops = torch.empty(total, dtype=clean.dtype, device=clean.device)
         starts = range(0, total, batch_size)
-        bar = tqdm(
-            starts,
-            desc="occlusion",
-            unit="batch",
-            disable=None if progress is None else not progress,
-            leave=False,
-        )
-        try:
-            for start in bar:
+        with progress_bar(len(starts), "occlusion", enabled=progress, unit="batch") as bar:
+            for start in starts:
                 rows = torch.arange(start, min(start + batch_size, total), device=inputs.device)
                 items = rows // windows
                 where = rows % windows
@@ -181,8 +174,7 @@ def occlusion(
                 else:
                     copies.masked_fill_(mask, fill)
                 drops[start : start + rows.shape[0]] = clean[items] - scores(module(copies), items)
-        finally:
-            bar.close()
+                bar.advance()
     per_window = drops.clone().view(b, nh, nw).to(inputs.dtype)
     rows_f = rows_cover.to(inputs.dtype)
     cols_f = cols_cover.to(inputs.dtype)

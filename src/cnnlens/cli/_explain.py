@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .._progress import progress
 from ..attribution.api import Explanation, MethodSpec, explain, method_spec, registry
 from ..errors import InputError
 from ..render import diverging, grid, overlay, save_png, upsample
@@ -183,9 +184,15 @@ def run(args: argparse.Namespace) -> int:
     picture = model.deprocess(inputs)
 
     results: dict[str, Explanation] = {}
-    for method, spec, options in plan:
-        layer = args.layer if spec.uses_layer else None
-        results[method] = explain(model, inputs, method, target=target, layer=layer, **options)
+    # One method shows its own bar where it is slow; several get a bar over the methods.
+    with progress(
+        len(plan), "explain", enabled=None if len(plan) > 1 else False, unit="method"
+    ) as bar:
+        for method, spec, options in plan:
+            bar.describe(method)
+            layer = args.layer if spec.uses_layer else None
+            results[method] = explain(model, inputs, method, target=target, layer=layer, **options)
+            bar.advance()
 
     first = next(iter(results.values()))
     label = "custom score" if first.targets is None else model.label(int(first.targets[0]))

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import Progress
+from .._progress import progress as progress_bar
 from ..errors import InputError
 
 __all__ = ["EMBED_METHODS", "embed"]
@@ -35,13 +37,20 @@ def _matrix(features: Any) -> np.ndarray:
 
 
 def embed(
-    features: Any, method: str = "tsne", *, dims: int = 2, seed: int = 0, **options: Any
+    features: Any,
+    method: str = "tsne",
+    *,
+    dims: int = 2,
+    seed: int = 0,
+    progress: bool | None = None,
+    **options: Any,
 ) -> np.ndarray:
     """Embed ``features`` (N, D) — an array, a tensor or a :class:`FeatureStore` — into
     ``dims`` dimensions: ``"tsne"`` (openTSNE, perplexity ``min(30, (N - 1) / 3)`` unless
     given), ``"umap"`` (umap-learn) or ``"pca"`` (scikit-learn). Seeded and deterministic:
     the same seed gives the same map. ``options`` go to the underlying estimator.
-    Returns float64 (N, dims).
+    ``progress``: a bar on stderr (``None``: on a terminal only; t-SNE counts its
+    iterations, UMAP shows one step). Returns float64 (N, dims).
     """
     if method not in EMBED_METHODS:
         raise InputError(f"method must be one of {', '.join(EMBED_METHODS)}, got {method!r}")
@@ -66,8 +75,15 @@ def embed(
         options.setdefault("n_jobs", 1)
         if dims > 2:
             options.setdefault("negative_gradient_method", "bh")
-        tsne = TSNE(n_components=dims, random_state=seed, verbose=False, **options)
-        return np.asarray(tsne.fit(matrix), dtype=np.float64)
+        early = int(options.get("early_exaggeration_iter", 250))
+        total = early + int(options.get("n_iter", 500))
+        with progress_bar(total, "t-SNE", enabled=progress, unit="iteration") as bar:
+            if bar.shown and "callbacks" not in options:
+                options.update(callbacks=_tsne_counter(bar, early), callbacks_every_iters=25)
+            tsne = TSNE(n_components=dims, random_state=seed, verbose=False, **options)
+            points = np.asarray(tsne.fit(matrix), dtype=np.float64)
+            bar.advance(total - bar.done)
+            return points
     with warnings.catch_warnings():
         # umap-learn's import warns that TensorFlow (ParametricUMAP) is missing, and numba /
         # pynndescent emit import-time deprecation notices; none is about this call.
@@ -83,4 +99,28 @@ def embed(
         # Small inputs make umap's spectral init warn about disconnected graphs / falling
         # back; the result is still deterministic and usable.
         warnings.filterwarnings("ignore", message=".*(disconnected|spectral|n_jobs).*")
-        return np.asarray(reducer.fit_transform(matrix), dtype=np.float64)
+        with progress_bar(1, "UMAP", enabled=progress, unit="fit") as bar:
+            points = np.asarray(reducer.fit_transform(matrix), dtype=np.float64)
+            bar.advance()
+        return points
+
+
+def _tsne_counter(bar: Progress, early: int) -> Any:
+    """An openTSNE callback counting iterations over its two phases: ``early`` iterations
+    of early exaggeration, then the main optimization (each phase counts from 1). openTSNE
+    computes the KL divergence for each call, hence a call every 25 iterations only."""
+    last = 0
+    offset = 0
+
+    def callback(iteration: int, error: float, embedding: Any) -> bool:
+        nonlocal last, offset
+        del embedding
+        if iteration <= last:  # the count restarted: the main phase began
+            offset = early
+        last = iteration
+        done = offset + iteration
+        bar.advance(max(0, done - bar.done))
+        bar.describe(f"KL divergence {error:.3g}")
+        return False  # True would stop the optimization
+
+    return callback

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .._progress import progress as progress_bar
 from ..errors import InputError
 
 __all__ = ["TARGET_RECALL", "Searcher", "exact_search", "pixel_nearest"]
@@ -215,13 +215,7 @@ def pixel_nearest(
     count = q.shape[0]
     best_d = torch.full((count, k), math.inf, dtype=torch.float64)
     best_i = torch.full((count, k), -1, dtype=torch.int64)
-    bar = tqdm(
-        total=len(data),
-        unit="img",
-        desc="pixels",
-        disable=None if progress is None else not progress,
-    )
-    try:
+    with progress_bar(len(data), "pixels", enabled=progress, unit="img") as bar:
         for inputs, _, indices in batches(
             data,
             range(len(data)),
@@ -236,9 +230,7 @@ def pixel_nearest(
             order = torch.argsort(d_all, dim=1, stable=True)[:, :k]
             best_d = torch.gather(d_all, 1, order)
             best_i = torch.gather(i_all, 1, order)
-            bar.update(len(indices))
-    finally:
-        bar.close()
+            bar.advance(len(indices))
     indices_np = best_i.numpy()
     distances_np = best_d.float().numpy()
     return (indices_np[0], distances_np[0]) if single else (indices_np, distances_np)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from .._progress import progress as progress_bar
 from ..errors import InputError
 from ._batches import (
     LayerTap,
@@ -495,15 +495,13 @@ def _fill(
         committed = done
         last_commit = time.monotonic()
 
-    bar = tqdm(
-        total=store.total,
-        initial=done,
-        unit="img",
-        desc="features",
-        disable=None if progress is None else not progress,
-    )
     try:
-        with LayerTap(info.module, info.layer, info.calls) as tap:
+        with (
+            progress_bar(
+                store.total, "features", enabled=progress, unit="img", initial=done
+            ) as bar,
+            LayerTap(info.module, info.layer, info.calls) as tap,
+        ):
             for inputs, batch_labels, indices in batches(
                 data,
                 range(done, store.total),
@@ -521,13 +519,12 @@ def _fill(
                 features[start:stop] = rows.float().cpu().numpy()
                 labels[start:stop] = batch_labels.numpy()
                 done = stop
-                bar.update(len(indices))
+                bar.advance(len(indices))
                 if store.path is None or time.monotonic() - last_commit >= COMMIT_EVERY:
                     commit()
     finally:
         # Rows up to ``done`` are complete even when a later item failed.
         commit()
-        bar.close()
 
 
 def load_store(store: FeatureStore | str | os.PathLike[str]) -> FeatureStore:

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
-from tqdm.auto import tqdm
 
 from .._hooks import eval_mode
 from .._modules import as_module
+from .._progress import track
 from ..attribution.api import Explanation, check_inputs
 from ..errors import InputError
 from ..targets import TargetSpec, resolve_target
@@ -113,11 +113,8 @@ def deletion_insertion(
         with torch.inference_mode(), eval_mode(module):
             if resolved.classes is None and not resolved.is_callable:
                 resolved.resolve(module(inputs))
-            for first in tqdm(
-                range(0, len(jobs), batch_size),
-                desc=desc,
-                disable=progress is False or None,
-                leave=False,
+            for first in track(
+                range(0, len(jobs), batch_size), desc, enabled=progress, unit="batch"
             ):
                 chunk = jobs[first : first + batch_size]
                 items = torch.tensor([b for b, _ in chunk], device=inputs.device)

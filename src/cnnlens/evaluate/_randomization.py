@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .._modules import as_module, layer_name
+from .._progress import track
 from .._trace import trace_calls
 from ..attribution.api import Explanation, explain
 from ..errors import InputError
@@ -131,9 +131,7 @@ def randomization_test(
     rho: list[list[float]] = []
     sim: list[list[float]] = []
     layer_option = options.pop("layer", None)
-    for group in tqdm(
-        groups, desc=f"randomizing ({method})", disable=progress is False or None, leave=False
-    ):
+    for group in track(groups, f"randomizing ({method})", enabled=progress, unit="stage"):
         for i in group:
             _randomize(layers[i], generator)
             done.append(layer_name(work, layers[i]))

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..._hooks import Recorder, eval_mode, frozen_parameters
 from ..._modules import resolve_layer
+from ..._progress import progress as progress_bar
 from ...errors import InputError
 from .objectives import Context, Objective
 from .param import FourierParam, ImageParam, PixelParam
@@ -194,11 +194,6 @@ def _make_param(
     )
 
 
-def _disable(progress: bool | None) -> bool | None:
-    """tqdm's ``disable``: None hides the bar when not on a terminal."""
-    return None if progress is None else not progress
-
-
 def _grey(images: Tensor) -> Tensor:
     """Luminance (ITU-R 601-2, as PIL's "L" mode), repeated over the three channels."""
     weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype)
@@ -258,7 +253,7 @@ def render(
         eval_mode(module),
         frozen_parameters(module),
         Recorder(layers.values()) as recorder,
-        tqdm(total=steps, desc="visualize", disable=_disable(settings.progress)) as bar,
+        progress_bar(steps, "visualize", enabled=settings.progress) as bar,
     ):
         for step in range(steps):
             recorder.clear()
@@ -289,9 +284,10 @@ def render(
             if settings.blur_every and (step + 1) % settings.blur_every == 0 and step + 1 < steps:
                 param.blur(settings.blur_sigma)
             history[step] = scores.detach()
-            bar.update(1)
-            if not bar.disable and (step % 16 == 0 or step + 1 == steps):
-                bar.set_postfix(objective=f"{float(scores.detach().mean()):.3g}", refresh=False)
+            bar.advance()
+            if bar.shown and (step % 8 == 0 or step + 1 == steps):
+                # Reading the score waits for the device: only every few steps.
+                bar.describe(f"score {float(scores.detach().mean()):.3g}")
         with torch.no_grad():
             final = (_grey(param()) if settings.grayscale else param()).detach().clamp(0.0, 1.0)
     return Rendering(images=final, history=history.cpu())

@@ -24,6 +24,7 @@ from torchvision.transforms import functional as TF
 
 from .._hooks import eval_mode
 from .._modules import as_module, layer_name, resolve_layer
+from .._progress import progress as progress_bar
 from .._trace import default_feature_layer, trace_calls
 from ..errors import InputError
 from ..models import LoadedModel, Preprocessing
@@ -35,6 +36,7 @@ __all__ = [
     "ModelInfo",
     "as_dataset",
     "batches",
+    "counted_batches",
     "fingerprint",
     "pool_features",
     "to_input",
@@ -151,6 +153,28 @@ def as_dataset(dataset: Any) -> Any:
     if len(dataset) == 0:
         raise InputError("the dataset is empty")
     return dataset
+
+
+def counted_batches(
+    dataset: Any,
+    desc: str,
+    *,
+    preprocessing: Preprocessing | None,
+    batch_size: int,
+    num_workers: int = 0,
+    progress: bool | None = None,
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """:func:`batches` over the whole dataset with a bar counting the items done."""
+    with progress_bar(len(dataset), desc, enabled=progress, unit="img") as bar:
+        for batch in batches(
+            dataset,
+            range(len(dataset)),
+            preprocessing=preprocessing,
+            batch_size=batch_size,
+            num_workers=num_workers,
+        ):
+            yield batch
+            bar.advance(len(batch[2]))
 
 
 def batches(

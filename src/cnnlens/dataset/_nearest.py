@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._progress import progress as progress_bar
 from ..errors import InputError
 
 __all__ = ["TARGET_RECALL", "Searcher", "exact_search", "pixel_nearest"]
@@ -196,7 +195,7 @@ def pixel_nearest(
     picture or (C, H, W) tensor (gives (k,) arrays) or a list of them / a (Q, C, H, W)
     tensor (gives (Q, k)). One streaming pass, memory flat.
     """
-    from ._batches import as_dataset, as_queries, batches, probe_input
+    from ._batches import as_dataset, as_queries, counted_batches, probe_input
 
     data = as_dataset(dataset)
     preprocessing = getattr(model, "preprocessing", None)
@@ -215,22 +214,21 @@ def pixel_nearest(
     count = q.shape[0]
     best_d = torch.full((count, k), math.inf, dtype=torch.float64)
     best_i = torch.full((count, k), -1, dtype=torch.int64)
-    with progress_bar(len(data), "pixels", enabled=progress, unit="img") as bar:
-        for inputs, _, indices in batches(
-            data,
-            range(len(data)),
-            preprocessing=preprocessing,
-            batch_size=batch_size,
-            num_workers=num_workers,
-        ):
-            items = _pixels(inputs.float(), target, channels)
-            d = torch.cdist(q, items.double(), compute_mode="donot_use_mm_for_euclid_dist")
-            d_all = torch.cat([best_d, d], dim=1)
-            i_all = torch.cat([best_i, indices.expand(count, -1)], dim=1)
-            order = torch.argsort(d_all, dim=1, stable=True)[:, :k]
-            best_d = torch.gather(d_all, 1, order)
-            best_i = torch.gather(i_all, 1, order)
-            bar.advance(len(indices))
+    for inputs, _, indices in counted_batches(
+        data,
+        "pixels",
+        preprocessing=preprocessing,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    ):
+        items = _pixels(inputs.float(), target, channels)
+        d = torch.cdist(q, items.double(), compute_mode="donot_use_mm_for_euclid_dist")
+        d_all = torch.cat([best_d, d], dim=1)
+        i_all = torch.cat([best_i, indices.expand(count, -1)], dim=1)
+        order = torch.argsort(d_all, dim=1, stable=True)[:, :k]
+        best_d = torch.gather(d_all, 1, order)
+        best_i = torch.gather(i_all, 1, order)
     indices_np = best_i.numpy()
     distances_np = best_d.float().numpy()
     return (indices_np[0], distances_np[0]) if single else (indices_np, distances_np)

@@ -18,9 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._progress import progress as progress_bar
 from ..errors import InputError
-from ._batches import Collate, LayerTap, as_dataset, batches, model_info, probe_input
+from ._batches import (
+    Collate,
+    LayerTap,
+    as_dataset,
+    counted_batches,
+    model_info,
+    probe_input,
+)
 
 __all__ = ["Patch", "top_patches"]
 
@@ -124,23 +130,20 @@ def top_patches(
     select = torch.tensor(chosen, dtype=torch.int64)
     device = next((p.device for p in info.module.parameters()), torch.device("cpu"))
     running = TopK(len(chosen), k)
-    with (
-        progress_bar(len(data), "patches", enabled=progress, unit="img") as bar,
-        LayerTap(info.module, info.layer, info.calls) as tap,
-    ):
-        for inputs, _, indices in batches(
+    with LayerTap(info.module, info.layer, info.calls) as tap:
+        for inputs, _, indices in counted_batches(
             data,
-            range(len(data)),
+            "patches",
             preprocessing=preprocessing,
             batch_size=batch_size,
             num_workers=num_workers,
+            progress=progress,
         ):
             out = tap(inputs.to(device))
             maps = out.reshape(out.shape[0], out.shape[1], -1)
             if len(chosen) < maps.shape[1]:
                 maps = maps.index_select(1, select.to(maps.device))
             running.update(maps, int(indices[0]))
-            bar.advance(len(indices))
 
     input_size = (int(probe.shape[-2]), int(probe.shape[-1]))
     field_ = receptive_field(info.module, info.layer, input_size) if len(shape) == 3 else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
@@ -89,3 +90,25 @@ class LoadedModel:
 
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``model(x)`` is ``model.module(x)``: the raw outputs (logits)."""
+        return self.module(*args, **kwargs)
+
+    def to(self, *args: Any, **kwargs: Any) -> LoadedModel:
+        """Move or cast the module in place, as :meth:`torch.nn.Module.to` (a device such
+        as ``"cuda"``, a dtype, or both); returns this model. :meth:`preprocess` follows the
+        module's device. An unavailable device raises :class:`~cnnlens.InputError`."""
+        from ._load import _device
+
+        device = kwargs.get("device", args[0] if args else None)
+        if isinstance(device, (str, torch.device)):
+            _device(device)  # a clear error before torch's
+        self.module.to(*args, **kwargs)
+        return self
+
+    def eval(self) -> LoadedModel:
+        """Put the module in eval mode (it is loaded in eval mode; this undoes a
+        ``model.module.train()``); returns this model."""
+        self.module.eval()
+        return self

@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-EXTRAS ?= data,test
+# `reference`: captum, zennit, pytorch-grad-cam, torchcam, timm, which the tests compare against.
+EXTRAS ?= data,test,reference
 
 .PHONY: demo test bench lint typecheck venv clean system-deps
 
@@ -34,9 +35,9 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) system-deps lint typecheck
-	$(PY) -m pytest -n 2 tests
+	CNNLENS_REQUIRE_REFERENCES=1 $(PY) -m pytest -n 2 tests
 
-bench: EXTRAS = data,test,bench
+bench: EXTRAS = data,test,reference,bench
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out docs/benchmarks.md
 	$(PY) benchmarks/pointing_game.py --out docs/pointing_game.md

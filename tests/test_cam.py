@@ -17,6 +17,8 @@ import cnnlens
 from cnnlens import InputError, explain
 from cnnlens.attribution.cam import CamModel
 
+from .peers import peer
+
 GRADIENT_CAMS = ("gradcam", "gradcam_pp", "layercam")
 
 
@@ -199,7 +201,7 @@ def test_gradcam_pp_and_layercam_agree_with_pytorch_grad_cam(resnet: nn.Module) 
     """Their map for the same activations and gradients (captured here), before their
     min-max scaling and resizing. Scores are scaled by 1000 so that their ε = 1e-6 in
     Grad-CAM++'s denominator is negligible against the squared gradients."""
-    pgc = pytest.importorskip("pytorch_grad_cam")
+    pgc = peer("pytorch_grad_cam")
     x = torch.randn(2, 3, 64, 64)
     acts, grads = captured(resnet, x, resnet.layer3, [1, 2])
     grads = grads * 1000

@@ -33,6 +33,8 @@ from cnnlens.attribution.lrp.rules import (
 )
 from cnnlens.targets import resolve_target
 
+from .peers import peer
+
 D = torch.float64
 
 # PyTorch warns that an even kernel with padding="same" pads a copy of the input.
@@ -544,7 +546,7 @@ def test_agrees_with_zennit_on_a_resnet(composite: str) -> None:
     # zennit (with its ResNet canonizer, which rewrites the model) as an independent
     # implementation. BatchNorm eps = 0, because zennit's merged BatchNorm is left as
     # x / sqrt(1 + eps) rather than the identity.
-    zennit_composites = pytest.importorskip("zennit.composites")
+    zennit_composites = peer("zennit.composites")
     from zennit.attribution import Gradient
     from zennit.torchvision import ResNetCanonizer
 

@@ -28,6 +28,8 @@ from cnnlens.models._load import (
 from cnnlens.models._predict import predict
 from cnnlens.models.efficientnet_lite0 import STAGES, EfficientNetLite0, MBConvBlock, SamePad2d
 
+from .peers import peer
+
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
@@ -158,7 +160,7 @@ def test_forward_matches_functional_reference_in_float64() -> None:
 def test_forward_matches_timm_tf_efficientnet_lite0() -> None:
     """timm's independent TF-ported EfficientNet-Lite0 (where installed) with the same
     weights, mapped by order and shape, gives the same logits in float64."""
-    timm = pytest.importorskip("timm")
+    timm = peer("timm")
     ours = EfficientNetLite0().double().eval()
     ours.load_state_dict(_efficientnet_lite0_state())
     ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).double().eval()

@@ -9,12 +9,21 @@ neighbours, embeddings, maximally activating patches) and faithfulness metrics, 
 from __future__ import annotations
 
 from . import datasets
+from ._boxes import Box
 from .attribution.api import METHODS, Explanation, explain
 from .attribution.cam import cam_model
 from .behaviour import Factorization, activations, factorize, filters, visualize
 from .dataset import FeatureStore, embed, extract_features, pixel_nearest, top_patches
 from .errors import InputError, ModelLoadError
-from .evaluate import deletion_insertion, pointing_game, randomization_test
+from .evaluate import (
+    data_randomization_test,
+    deletion_insertion,
+    infidelity,
+    max_sensitivity,
+    pointing_game,
+    randomization_test,
+    road,
+)
 from .images import load_image, sample_image, sample_images
 from .layers import LayerInfo, ReceptiveField, layers, receptive_field
 from .models import LoadedModel, load_model
@@ -24,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "Box",
     "DetectionTarget",
     "Explanation",
     "Factorization",
@@ -36,6 +46,7 @@ __all__ = [
     "SegmentationTarget",
     "activations",
     "cam_model",
+    "data_randomization_test",
     "datasets",
     "deletion_insertion",
     "embed",
@@ -43,13 +54,16 @@ __all__ = [
     "extract_features",
     "factorize",
     "filters",
+    "infidelity",
     "layers",
     "load_image",
     "load_model",
+    "max_sensitivity",
     "pixel_nearest",
     "pointing_game",
     "randomization_test",
     "receptive_field",
+    "road",
     "sample_image",
     "sample_images",
     "top_patches",

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._boxes import BoxSpec, boxes_tensor
 from .errors import InputError
 
 __all__ = [
@@ -183,27 +184,18 @@ class SegmentationTarget:
 
 class DetectionTarget:
     """Callable target for torchvision detection models: the score of the detected box that
-    best overlaps ``box`` (x1, y1, x2, y2 in input pixels) among those of class ``label``
-    (any class if ``None``).
+    best overlaps ``box`` among those of class ``label`` (any class if ``None``).
 
-    ``box`` is (4,) — the same box for every item — or (B, 4). Works with the list of dicts
+    ``box``: a :class:`cnnlens.Box` or four numbers (x1, y1, x2, y2) in input pixels — the
+    same convention as :func:`cnnlens.pointing_game` and torchvision — for every item, or one
+    per item (a sequence of boxes or a tensor (B, 4)). Works with the list of dicts
     (``"boxes"``, ``"labels"``, ``"scores"``) that torchvision's detectors return in eval
     mode. An item with no box of the label, or none overlapping at least ``min_iou``,
     scores 0 (still connected to the graph, so its gradients are zero rather than missing).
     """
 
-    def __init__(
-        self, box: Sequence[float] | Tensor, label: int | None = None, min_iou: float = 0.0
-    ) -> None:
-        boxes = torch.as_tensor(box, dtype=torch.float32).detach()
-        if boxes.dim() == 1:
-            boxes = boxes.view(1, 4) if boxes.numel() == 4 else boxes
-        if boxes.dim() != 2 or boxes.shape[1] != 4:
-            raise InputError(
-                f"box must be (x1, y1, x2, y2) or (B, 4), got shape {tuple(boxes.shape)}"
-            )
-        if bool((boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any()):
-            raise InputError("box must be (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
+    def __init__(self, box: BoxSpec, label: int | None = None, min_iou: float = 0.0) -> None:
+        boxes = boxes_tensor(box)
         self.box = boxes
         self.label = label
         self.min_iou = min_iou

@@ -1,12 +1,21 @@
-"""Cascading model-parameter randomization (Adebayo et al. 2018, "Sanity Checks for
-Saliency Maps"): randomize the weights layer by layer from the top down and watch how
-much the explanation changes. A map that stays the same is not explaining the model."""
+"""Sanity checks for saliency maps (Adebayo et al. 2018): a map that explains the model
+must change when the model does.
+
+- *Model-parameter randomization*: randomize the trained weights from the top layer down,
+  cumulatively (``mode="cascading"``) or one group of layers at a time with the others
+  trained (``mode="independent"``), and compare each map with the original one.
+- *Data randomization*: compare the maps of the model with those of the same architecture
+  trained on permuted labels (:func:`data_randomization_test`).
+
+Maps are compared with the paper's four measures (:mod:`._similarity`): Spearman rank
+correlation of the absolute maps and of the signed maps, SSIM and HOG correlation.
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -18,50 +27,79 @@ from .._trace import trace_calls
 from ..attribution.api import Explanation, explain
 from ..errors import InputError
 from ..targets import TargetSpec
+from ._maps import abs_map, signed_map
+from ._similarity import SIMILARITIES, hog_similarity, spearman, ssim
 
-__all__ = ["RandomizationResult", "randomization_test", "spearman", "ssim"]
+__all__ = [
+    "DataRandomization",
+    "Mode",
+    "RandomizationResult",
+    "data_randomization_test",
+    "randomization_test",
+]
+
+Mode = Literal["cascading", "independent"]
+
+
+def _similarities(original: Explanation, other: Explanation) -> dict[str, list[float]]:
+    """Per item, the four similarities between two explanations of the same inputs."""
+    a_abs, b_abs = abs_map(original), abs_map(other)
+    a_signed, b_signed = signed_map(original), signed_map(other)
+    return {
+        "spearman_abs": [spearman(a, b) for a, b in zip(a_abs, b_abs, strict=True)],
+        "spearman_signed": [
+            spearman(a, b, absolute=False) for a, b in zip(a_signed, b_signed, strict=True)
+        ],
+        "ssim": [ssim(a, b) for a, b in zip(a_abs, b_abs, strict=True)],
+        "hog": [hog_similarity(a, b) for a, b in zip(a_abs, b_abs, strict=True)],
+    }
 
 
 @dataclass(frozen=True)
 class RandomizationResult:
-    """``steps[i]`` names the layers randomized so far (cumulative, top first);
-    ``spearman`` and ``ssim`` are (steps, B) similarities between the original map and the
-    map after step i. ``maps`` (steps + 1, B, H, W): the original heatmap, then each step's."""
+    """Model-parameter randomization of one method.
+
+    ``steps[i]`` names the layers randomized at step i (top first; cumulative in cascading
+    mode, only that group in independent mode). ``spearman`` (Spearman of absolute maps),
+    ``spearman_signed``, ``ssim`` and ``hog`` are (steps, B) similarities between the
+    original map and the map after step i. ``maps`` (steps + 1, B, H, W): the absolute map
+    (largest magnitude over channels) of the original, then of each step; ``signed_maps``
+    the same for the signed maps (sum over channels)."""
 
     method: str
+    mode: str
     steps: list[list[str]]
     spearman: Tensor
+    spearman_signed: Tensor
     ssim: Tensor
-    maps: Tensor
+    hog: Tensor
+    maps: Tensor = field(repr=False)
+    signed_maps: Tensor = field(repr=False)
+
+    def similarity(self, name: str) -> Tensor:
+        """One measure by name: ``"spearman_abs"``, ``"spearman_signed"``, ``"ssim"``, ``"hog"``."""
+        if name not in SIMILARITIES:
+            raise InputError(f"unknown similarity {name!r}; one of {', '.join(SIMILARITIES)}")
+        return self.spearman if name == "spearman_abs" else getattr(self, name)
 
     def mean(self) -> dict[str, list[float]]:
-        return {
-            "spearman": self.spearman.mean(dim=1).tolist(),
-            "ssim": self.ssim.mean(dim=1).tolist(),
-        }
+        """Each measure averaged over the items, per step."""
+        return {name: self.similarity(name).mean(dim=1).tolist() for name in SIMILARITIES}
 
 
-def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation of two maps' absolute values."""
-    from scipy.stats import spearmanr
+@dataclass(frozen=True)
+class DataRandomization:
+    """Data randomization of one method: similarities (B,) between the maps of the trained
+    model and of the model trained on permuted labels, for the same targets. ``maps`` and
+    ``signed_maps`` (2, B, H, W): the trained model's, then the permuted-label model's."""
 
-    x = a.detach().abs().flatten().double().cpu().numpy()
-    y = b.detach().abs().flatten().double().cpu().numpy()
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return 0.0
-    return float(spearmanr(x, y).statistic)
-
-
-def ssim(a: Tensor, b: Tensor) -> float:
-    """Structural similarity of two maps, each scaled to [0, 1]."""
-    from skimage.metrics import structural_similarity
-
-    def unit(m: Tensor) -> np.ndarray:
-        x = m.detach().abs().double().cpu().numpy()
-        span = np.ptp(x)
-        return (x - x.min()) / span if span > 0 else np.zeros_like(x)
-
-    return float(structural_similarity(unit(a), unit(b), data_range=1.0))  # type: ignore[no-untyped-call]
+    method: str
+    spearman: Tensor
+    spearman_signed: Tensor
+    ssim: Tensor
+    hog: Tensor
+    maps: Tensor = field(repr=False)
+    signed_maps: Tensor = field(repr=False)
 
 
 def _parameterized_layers(module: nn.Module, inputs: Tensor) -> list[nn.Module]:
@@ -75,25 +113,25 @@ def _parameterized_layers(module: nn.Module, inputs: Tensor) -> list[nn.Module]:
 
 
 def _randomize(module: nn.Module, generator: torch.Generator) -> None:
+    """New weights for the module's own parameters: He-normal for weight matrices and
+    kernels, N(1, 0.1²) for normalization scales, N(0, 0.1²) for biases."""
     with torch.no_grad():
-        for p in module.parameters(recurse=False):
+        for name, p in module.named_parameters(recurse=False):
+            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
             if p.dim() > 1:
-                fan_in = p[0].numel()
-                p.copy_(
-                    torch.randn(p.shape, generator=generator, dtype=p.dtype) * (2.0 / fan_in) ** 0.5
-                )
+                p.copy_(noise * (2.0 / p[0].numel()) ** 0.5)
             else:
-                p.copy_(
-                    torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.1
-                    + (1.0 if "weight" in _name_of(module, p) else 0.0)
-                )
+                p.copy_(noise * 0.1 + (1.0 if "weight" in name else 0.0))
 
 
-def _name_of(module: nn.Module, param: Tensor) -> str:
-    for name, p in module.named_parameters(recurse=False):
-        if p is param:
-            return name
-    return ""
+def _groups(count: int, stages: int) -> list[list[int]]:
+    """Layer indices (0 = top) per step: the top layer alone first, as the paper starts
+    with the logits, then the others in ``stages - 1`` contiguous groups."""
+    rest = np.arange(1, count)
+    parts = (
+        [list(g) for g in np.array_split(rest, min(stages - 1, len(rest)))] if stages > 1 else []
+    )
+    return [[0], *[[int(i) for i in g] for g in parts if len(g)]]
 
 
 def randomization_test(
@@ -101,55 +139,96 @@ def randomization_test(
     inputs: Tensor,
     method: str,
     *,
+    mode: Mode = "cascading",
     target: TargetSpec = None,
     stages: int = 8,
     randomization_seed: int = 0,
     progress: bool | None = None,
     **options: Any,
 ) -> RandomizationResult:
-    """Explain ``inputs`` with ``method`` on the model, then on copies whose parameterized
-    layers are randomized cumulatively from the output down, in ``stages`` groups.
+    """Explain ``inputs`` with ``method`` on the model, then on a copy whose parameterized
+    layers are randomized from the output down in ``stages`` steps: the top layer alone,
+    then the others in ``stages - 1`` groups. ``mode="cascading"`` keeps each step's
+    randomization for the next (Adebayo et al.'s cascading test); ``"independent"``
+    randomizes each group alone, the other layers keeping their trained weights.
 
     The targets stay those of the original model (as in the paper). The user's model is
     never modified: the randomization happens on a deep copy. ``randomization_seed`` seeds
-    the new weights; other keyword options go to the method (e.g. SmoothGrad's ``seed``).
+    the new weights; other keyword options go to the method (e.g. SmoothGrad's ``seed``;
+    a ``layer`` is given by name so that it resolves in the copy).
     """
     module = as_module(model)
     if stages < 1:
         raise InputError(f"stages must be at least 1, got {stages}")
+    if mode not in ("cascading", "independent"):
+        raise InputError(f"mode must be 'cascading' or 'independent', got {mode!r}")
+    if isinstance(options.get("layer"), nn.Module):
+        options["layer"] = layer_name(module, options["layer"])
     original = explain(module, inputs, method, target=target, **options)
-    targets = original.targets if original.targets is not None else target
+    targets: TargetSpec = original.targets if original.targets is not None else target
     work = copy.deepcopy(module)
     layers = list(reversed(_parameterized_layers(work, inputs)))
     if not layers:
         raise InputError("the model has no parameters to randomize")
-    groups = [list(g) for g in np.array_split(np.arange(len(layers)), min(stages, len(layers)))]
     generator = torch.Generator().manual_seed(randomization_seed)
     names: list[list[str]] = []
-    done: list[str] = []
-    maps = [original.heatmap()]
-    rho: list[list[float]] = []
-    sim: list[list[float]] = []
-    layer_option = options.pop("layer", None)
-    for group in track(groups, f"randomizing ({method})", enabled=progress, unit="stage"):
+    abs_maps, signed_maps = [abs_map(original)], [signed_map(original)]
+    measures: dict[str, list[list[float]]] = {name: [] for name in SIMILARITIES}
+    for group in track(
+        _groups(len(layers), stages),
+        f"randomizing ({method}, {mode})",
+        enabled=progress,
+        unit="stage",
+    ):
+        saved = [copy.deepcopy(layers[i].state_dict()) for i in group]
         for i in group:
             _randomize(layers[i], generator)
-            done.append(layer_name(work, layers[i]))
-        names.append(list(done))
-        kwargs: dict[str, Any] = dict(options)
-        if layer_option is not None:
-            kwargs["layer"] = (
-                layer_option if isinstance(layer_option, str) else layer_name(module, layer_option)
-            )
-        randomized: Explanation = explain(work, inputs, method, target=targets, **kwargs)
-        heat = randomized.heatmap()
-        maps.append(heat)
-        rho.append([spearman(a, b) for a, b in zip(maps[0], heat, strict=True)])
-        sim.append([ssim(a, b) for a, b in zip(maps[0], heat, strict=True)])
+        step = [layer_name(work, layers[i]) for i in group]
+        names.append(step if mode == "independent" or not names else [*names[-1], *step])
+        randomized = explain(work, inputs, method, target=targets, **options)
+        if mode == "independent":
+            for i, state in zip(group, saved, strict=True):
+                layers[i].load_state_dict(state)
+        abs_maps.append(abs_map(randomized))
+        signed_maps.append(signed_map(randomized))
+        for name, values in _similarities(original, randomized).items():
+            measures[name].append(values)
     return RandomizationResult(
         method=method,
+        mode=mode,
         steps=names,
-        spearman=torch.tensor(rho),
-        ssim=torch.tensor(sim),
-        maps=torch.stack(maps),
+        spearman=torch.tensor(measures["spearman_abs"]),
+        spearman_signed=torch.tensor(measures["spearman_signed"]),
+        ssim=torch.tensor(measures["ssim"]),
+        hog=torch.tensor(measures["hog"]),
+        maps=torch.stack(abs_maps),
+        signed_maps=torch.stack(signed_maps),
+    )
+
+
+def data_randomization_test(
+    model: Any,
+    random_model: Any,
+    inputs: Tensor,
+    method: str,
+    *,
+    target: TargetSpec = None,
+    **options: Any,
+) -> DataRandomization:
+    """Compare ``method``'s maps on ``model`` with those on ``random_model``, the same
+    architecture trained on permuted labels (for the bundled Fashion-MNIST CNN:
+    ``load_model("fashion_cnn_permuted")``). Both explain the trained model's targets."""
+    module, other = as_module(model), as_module(random_model)
+    original = explain(module, inputs, method, target=target, **options)
+    targets: TargetSpec = original.targets if original.targets is not None else target
+    randomized = explain(other, inputs, method, target=targets, **options)
+    measures = {name: torch.tensor(v) for name, v in _similarities(original, randomized).items()}
+    return DataRandomization(
+        method=method,
+        spearman=measures["spearman_abs"],
+        spearman_signed=measures["spearman_signed"],
+        ssim=measures["ssim"],
+        hog=measures["hog"],
+        maps=torch.stack([abs_map(original), abs_map(randomized)]),
+        signed_maps=torch.stack([signed_map(original), signed_map(randomized)]),
     )

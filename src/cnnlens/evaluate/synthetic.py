@@ -18,7 +18,8 @@ SHAPES = ("square", "plus", "ring")
 @dataclass(frozen=True)
 class SyntheticShapes:
     """``images`` (N, 3, S, S) in [0, 1]; ``labels`` (N,); ``boxes`` (N, 4) the object's
-    (top, left, bottom, right), bottom/right exclusive."""
+    box (x1, y1, x2, y2), x2/y2 exclusive: cnnlens's one box convention (see
+    :class:`cnnlens.Box`)."""
 
     images: Tensor
     labels: Tensor
@@ -63,7 +64,7 @@ def make_shapes(n: int, *, size: int = 48, object_size: int = 12, seed: int = 0)
         mask = stamps[int(labels[i])]
         patch = images[i, :, y : y + object_size, x : x + object_size]
         images[i, :, y : y + object_size, x : x + object_size] = patch * (1 - mask) + colour * mask
-        boxes[i] = torch.tensor([y, x, y + object_size, x + object_size])
+        boxes[i] = torch.tensor([x, y, x + object_size, y + object_size])
     return SyntheticShapes(images.clamp(0, 1), labels, boxes)
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 import cnnlens
 from cnnlens import Box, DetectionTarget
 from cnnlens.evaluate import (
+    METRICS,
     data_randomization_test,
     deletion_insertion,
     infidelity,
@@ -17,6 +18,7 @@ from cnnlens.evaluate import (
     pointing_game,
     randomization_test,
     road,
+    trust_table,
 )
 from cnnlens.evaluate._road import linear_imputation
 from cnnlens.evaluate._similarity import hog_similarity, spearman, ssim
@@ -351,3 +353,32 @@ def test_data_randomization_compares_two_models() -> None:
     differ = data_randomization_test(model, other, x, "gradcam")
     assert float(differ.spearman.mean()) < 0.9
     assert differ.maps.shape == (2, 2, 16, 16)
+
+
+def test_trust_table_gathers_every_metric_per_item() -> None:
+    model = small_model()
+    x = torch.randn(2, 3, 16, 16)
+    explanations = [cnnlens.explain(model, x, m) for m in ("saliency", "gradcam")]
+    table = trust_table(
+        model, x, explanations, metrics=METRICS, steps=4, samples=2, fractions=(0.5,)
+    )
+    assert [r.method for r in table.rows] == ["saliency", "gradcam"]
+    assert table.better["deletion"] == "lower" and table.better["road"] == "higher"
+    for row in table.rows:
+        assert set(row.values) == set(METRICS)
+        assert all(v.shape == (2,) for v in row.values.values())
+    # The same numbers as the functions on their own.
+    gradcam = table.row("gradcam")
+    alone = deletion_insertion(model, x, explanations[1], steps=4)
+    torch.testing.assert_close(gradcam.values["deletion"], alone.deletion_auc)
+    assert gradcam.curves is not None and gradcam.ranking == "signed"
+    top = randomization_test(model, x, "gradcam", stages=1, layer=explanations[1].layer)
+    torch.testing.assert_close(gradcam.values["randomization"], top.spearman[0])
+    records = table.records(1)
+    assert [r["method"] for r in records] == ["saliency", "gradcam"]
+    assert records[0]["item"] == 1 and records[0]["ranking"] == "abs"
+    assert len(table.records()) == 4
+    with pytest.raises(cnnlens.InputError, match="unknown metrics"):
+        trust_table(model, x, explanations, metrics=["speed"])
+    with pytest.raises(cnnlens.InputError, match="no row"):
+        table.row("lrp")

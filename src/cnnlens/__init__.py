@@ -23,6 +23,7 @@ from .evaluate import (
     pointing_game,
     randomization_test,
     road,
+    trust_table,
 )
 from .images import load_image, sample_image, sample_images
 from .layers import LayerInfo, ReceptiveField, layers, receptive_field
@@ -67,5 +68,6 @@ __all__ = [
     "sample_image",
     "sample_images",
     "top_patches",
+    "trust_table",
     "visualize",
 ]

@@ -1,4 +1,6 @@
-"""Command ``evaluate``: deletion/insertion AUC per method and image, as CSV and markdown."""
+"""Command ``evaluate``: a trust table (deletion/insertion AUC, ROAD, infidelity,
+max-sensitivity, randomization) per image and method, printed; with ``-o`` also written as
+CSV and markdown with the deletion/insertion curves drawn."""
 
 from __future__ import annotations
 
@@ -7,103 +9,133 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .._progress import Progress, progress
+from PIL import Image
+
+from .._progress import progress
 from ..attribution.api import explain, method_spec
-from ..evaluate import deletion_insertion
-from ..models import LoadedModel
+from ..errors import InputError
+from ..evaluate import METRICS, DeletionInsertion, TrustTable, trust_table
 from ..render import grid, save_png
 from ..render._plots import line_plot
 from ._common import add_model_args, open_image, open_model
 
 DEFAULT_METHODS = "saliency,guided_backprop,gradcam,occlusion"
+DEFAULT_METRICS = "deletion,insertion"
+HEADINGS = {
+    "deletion": "deletion AUC ↓",
+    "insertion": "insertion AUC ↑",
+    "road": "ROAD ↑",
+    "infidelity": "infidelity ↓",
+    "max_sensitivity": "max-sensitivity ↓",
+    "randomization": "randomized-top Spearman ↓",
+}
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("evaluate", help="deletion/insertion AUC of explanation methods")
+    p = sub.add_parser(
+        "evaluate", help="trust table of explanation methods (deletion/insertion, ROAD, ...)"
+    )
     add_model_args(p)
     p.add_argument("images", nargs="+", help="image paths or sample names")
     p.add_argument(
         "--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})"
     )
+    p.add_argument(
+        "--metrics",
+        default=DEFAULT_METRICS,
+        help=f"comma-separated, from {', '.join(METRICS)} (default {DEFAULT_METRICS})",
+    )
     p.add_argument("--steps", type=int, default=32, help="pixel-removal steps (default 32)")
     p.add_argument(
-        "-o", "--output", required=True, help="folder for results.csv, results.md and curves"
+        "--samples", type=int, default=10, help="perturbations for infidelity/max-sensitivity"
     )
+    p.add_argument("-o", "--output", help="folder for results.csv, results.md and curve plots")
     p.set_defaults(run=run)
 
 
+def _names(text: str, what: str) -> list[str]:
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise InputError(f"--{what} needs at least one name")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = _names(args.methods, "methods")
     for m in methods:
         method_spec(m)  # unknown names fail before any work
+    metrics = _names(args.metrics, "metrics")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise InputError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    if args.steps < 1 or args.samples < 1:
+        raise InputError("--steps and --samples must be at least 1")
     model = open_model(args)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    tables: dict[str, TrustTable] = {}
     with progress(len(args.images) * len(methods), "evaluate", unit="map") as bar:
         for spec in args.images:
-            _evaluate_image(model, spec, methods, args.steps, out, rows, bar)
-    with (out / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, fieldnames=["image", "method", "deletion_auc", "insertion_auc"]
-        )
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        "| image | method | deletion AUC (lower is better) | insertion AUC (higher is better) |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['image']} | {r['method']} | {r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} |"
-        for r in rows
-    ]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print(out / "results.md")
+            inputs = model.preprocess(open_image(spec))
+            explanations = []
+            for method in methods:
+                bar.describe(f"{Path(spec).name}: {method}")
+                explanations.append(explain(model, inputs, method))
+                bar.advance()
+            tables[spec] = trust_table(
+                model,
+                inputs,
+                explanations,
+                metrics=metrics,
+                steps=args.steps,
+                samples=args.samples,
+                progress=False,
+            )
+    lines = _markdown(tables, metrics)
+    print("\n".join(lines))
+    if args.output:
+        _write(Path(args.output), tables, metrics, lines)
     return 0
 
 
-def _evaluate_image(
-    model: LoadedModel,
-    spec: str,
-    methods: list[str],
-    steps: int,
-    out: Path,
-    rows: list[dict[str, Any]],
-    bar: Progress,
-) -> None:
-    """Deletion/insertion of every method on one image: rows added, curves drawn."""
-    inputs = model.preprocess(open_image(spec))
-    deletion: dict[str, list[float]] = {}
-    insertion: dict[str, list[float]] = {}
-    for method in methods:
-        bar.describe(f"{Path(spec).name}: {method}")
-        result = deletion_insertion(model, inputs, explain(model, inputs, method), steps=steps)
-        deletion[method] = result.deletion_curve[0].tolist()
-        insertion[method] = result.insertion_curve[0].tolist()
-        rows.append(
-            {
-                "image": spec,
-                "method": method,
-                "deletion_auc": round(float(result.deletion_auc[0]), 4),
-                "insertion_auc": round(float(result.insertion_auc[0]), 4),
-            }
-        )
-        bar.advance()
-    xs = [i / steps for i in range(steps + 1)]
+def _markdown(tables: dict[str, TrustTable], metrics: list[str]) -> list[str]:
+    lines = [
+        "| image | method | ranking | " + " | ".join(HEADINGS[m] for m in metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
+    ]
+    for spec, table in tables.items():
+        for row in table.records(0):
+            values = " | ".join(f"{row[m]:.4f}" for m in metrics)
+            lines.append(f"| {spec} | {row['method']} | {row['ranking']} | {values} |")
+    return lines
+
+
+def _write(out: Path, tables: dict[str, TrustTable], metrics: list[str], lines: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "method", "ranking", *metrics])
+        writer.writeheader()
+        for spec, table in tables.items():
+            for row in table.records(0):
+                row.pop("item")
+                writer.writerow({"image": spec, **row})
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    for spec, table in tables.items():
+        curves = {r.method: r.curves for r in table.rows if r.curves is not None}
+        if curves:
+            save_png(_curve_plots(spec, curves), out / f"curves_{Path(spec).stem}.png")
+
+
+def _curve_plots(spec: str, curves: dict[str, DeletionInsertion]) -> Image.Image:
+    """Deletion and insertion curves of every method on one image, side by side."""
+    first = next(iter(curves.values()))
+    xs = first.fractions.tolist()
     plots = [
         line_plot(
-            deletion,
+            {method: getattr(c, f"{kind}_curve")[0].tolist() for method, c in curves.items()},
             x=xs,
-            title=f"{Path(spec).name}: deletion (lower is better)",
-            xlabel="fraction removed",
-            ylabel="probability",
-        ),
-        line_plot(
-            insertion,
-            x=xs,
-            title=f"{Path(spec).name}: insertion (higher is better)",
-            xlabel="fraction inserted",
-            ylabel="probability",
-        ),
+            title=f"{Path(spec).name}: {kind} ({better} is better)",
+            xlabel="fraction inserted" if kind == "insertion" else "fraction removed",
+            ylabel=first.score,
+        )
+        for kind, better in (("deletion", "lower"), ("insertion", "higher"))
     ]
-    save_png(grid(plots, columns=2), out / f"curves_{Path(spec).stem}.png")
+    return grid(plots, columns=2)

@@ -17,8 +17,10 @@ from ._randomization import (
     randomization_test,
 )
 from ._road import Road, road
+from ._trust import METRICS, TrustRow, TrustTable, trust_table
 
 __all__ = [
+    "METRICS",
     "DataRandomization",
     "DeletionInsertion",
     "Infidelity",
@@ -26,6 +28,8 @@ __all__ = [
     "PointingGame",
     "RandomizationResult",
     "Road",
+    "TrustRow",
+    "TrustTable",
     "data_randomization_test",
     "deletion_insertion",
     "infidelity",
@@ -33,4 +37,5 @@ __all__ = [
     "pointing_game",
     "randomization_test",
     "road",
+    "trust_table",
 ]

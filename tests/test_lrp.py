@@ -170,11 +170,12 @@ RULES: dict[str, Callable[[], Rule]] = {
 
 def _affine(layer: nn.Module, x: Tensor) -> Affine:
     if isinstance(layer, nn.Linear):
-        parsed = linear_call((x, layer.weight, layer.bias), {}, "layer")
+        parsed = linear_call({"input": x, "weight": layer.weight, "bias": layer.bias}, "layer")
     else:
         assert isinstance(layer, nn.Conv2d)
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
         args = (x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation)
-        parsed = conv2d_call(args, {"groups": layer.groups}, "layer")
+        parsed = conv2d_call(dict(zip(names, (*args, layer.groups), strict=True)), "layer")
     assert parsed is not None
     return parsed[1]
 
@@ -405,17 +406,18 @@ def test_fold_batch_norm_is_the_same_affine_map() -> None:
         affine = _affine(layer, x)
         with torch.no_grad():
             y = layer(x)
-            args = (
-                y,
-                norm.running_mean,
-                norm.running_var,
-                norm.weight,
-                norm.bias,
-                False,
-                0.1,
-                norm.eps,
+            call = batch_norm_call(
+                {
+                    "input": y,
+                    "running_mean": norm.running_mean,
+                    "running_var": norm.running_var,
+                    "weight": norm.weight,
+                    "bias": norm.bias,
+                    "training": False,
+                    "momentum": 0.1,
+                    "eps": norm.eps,
+                }
             )
-            call = batch_norm_call(args, {})
             assert call is not None
             folded = fold_batch_norm(affine, call, "folded")
             assert folded is not None

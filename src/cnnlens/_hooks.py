@@ -9,26 +9,29 @@ Two parts, each a context manager that undoes everything it did in ``finally``:
   clone, so a later in-place op (``ReLU(inplace=True)``) cannot overwrite what was recorded
   and the gradient with respect to the record is the gradient with respect to the layer
   output.
-* :class:`RectifierMode` intercepts every rectifier call made during the forward pass —
+* :class:`RectifierMode` routes every rectifier call made during the forward pass —
   ``nn.ReLU`` (in place or not, shared or not), ``F.relu``, ``torch.relu``, ``Tensor.relu_``,
-  ``nn.ReLU6``/``F.relu6`` and ``F.hardtanh`` with a lower bound of 0 — and routes it
-  through an autograd function whose backward is given by a :class:`RectifierRule`. It is a
-  ``TorchFunctionMode``: nothing is attached to the user's model.
+  ``nn.ReLU6``/``F.relu6``, ``F.hardtanh`` and ``clamp`` with a lower bound of 0 — through
+  an autograd function whose backward is given by a :class:`RectifierRule`. It is the
+  interception engine (:mod:`cnnlens._engine`) with one rule: nothing is attached to the
+  user's model.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
+
+from ._engine import Engine, Rule, RuleSet, gradient_rules
+from ._ops import Call, Kind
 
 __all__ = [
     "Recorder",
+    "RectifierCallRule",
     "RectifierMode",
     "RectifierRule",
     "count_hooks",
@@ -146,38 +149,8 @@ class _Rectify(torch.autograd.Function):
         return ctx.rule.backward(saved, grad_out), None, None, None
 
 
-def _relu_args(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Tensor, float | None, bool] | None:
-    """If ``func(*args, **kwargs)`` is a rectifier call, its input, upper clip and whether
-    it works in place."""
-    if func in _RELU_FUNCS or func in _RELU6_FUNCS:
-        bound = dict(zip(("input", "inplace"), args, strict=False))
-        bound.update(kwargs)
-        inplace = func in _INPLACE_FUNCS or bool(bound.get("inplace", False))
-        return bound["input"], (6.0 if func in _RELU6_FUNCS else None), inplace
-    if func in _HARDTANH_FUNCS:
-        names = ("input", "min_val", "max_val", "inplace")
-        bound = dict(zip(names, args, strict=False))
-        bound.update({k: v for k, v in kwargs.items() if k in names})
-        if float(bound.get("min_val", -1.0)) == 0.0:
-            inplace = func in _INPLACE_FUNCS or bool(bound.get("inplace", False))
-            return bound["input"], float(bound.get("max_val", 1.0)), inplace
-    return None
-
-
-_RELU_FUNCS: frozenset[Callable[..., Any]] = frozenset(
-    {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
-)
-_RELU6_FUNCS: frozenset[Callable[..., Any]] = frozenset({F.relu6})
-_HARDTANH_FUNCS: frozenset[Callable[..., Any]] = frozenset({F.hardtanh, F.hardtanh_})
-_INPLACE_FUNCS: frozenset[Callable[..., Any]] = frozenset(
-    {F.relu_, torch.relu_, Tensor.relu_, F.hardtanh_}
-)
-
-
-class RectifierMode(TorchFunctionMode):
-    """Route every rectifier call inside the context through ``rule``'s backward pass.
+class RectifierCallRule(Rule):
+    """The engine rule that routes a rectifier call through ``rule``'s backward pass.
 
     In-place rectifiers (``inplace=True``, ``relu_``) stay in place for rules with
     ``output_only``; for other rules they are computed out of place (the returned tensor is
@@ -185,25 +158,26 @@ class RectifierMode(TorchFunctionMode):
     write would break the saved input the rule needs.
     """
 
-    def __init__(self, rule: RectifierRule) -> None:
-        super().__init__()
+    def __init__(self, rule: RectifierRule, name: str = "rectifier rule") -> None:
         self.rule = rule
-        self.calls = 0
+        self.name = name
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Iterable[type],
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        matched = _relu_args(func, tuple(args), kwargs)
-        if matched is not None:
-            x, upper, inplace = matched
-            self.calls += 1
-            return _Rectify.apply(x, upper, self.rule, inplace)
-        return func(*args, **kwargs)
+    def __call__(self, call: Call) -> Any:
+        return _Rectify.apply(call.x, call.options["upper"], self.rule, call.inplace)
+
+
+class RectifierMode(Engine):
+    """Route every rectifier call inside the context through ``rule``'s backward pass;
+    every other operation keeps its gradient. ``calls`` counts the rectifier calls."""
+
+    def __init__(self, rule: RectifierRule) -> None:
+        rules = gradient_rules("rectifier", rectifier=RectifierCallRule(rule))
+        super().__init__(RuleSet("rectifier", rules), warn=False)
+        self.rule = rule
+
+    @property
+    def calls(self) -> int:
+        return self.counts[Kind.RECTIFIER]
 
 
 @contextlib.contextmanager

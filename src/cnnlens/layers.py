@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
-from torch.overrides import TorchFunctionMode
 
+from ._engine import Engine, Rule, RuleSet
 from ._modules import as_module, layer_name, resolve_layer
+from ._ops import Call, Kind
 from ._trace import trace_calls
 from .errors import InputError
 
@@ -239,142 +240,10 @@ def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 # --------------------------------------------------------------------------- probe mode
 
 
-def _funcs(owner: object, names: Iterable[str]) -> frozenset[Callable[..., Any]]:
-    return frozenset(getattr(owner, n) for n in names if hasattr(owner, n))
-
-
-_ACTIVATIONS = (
-    _funcs(
-        F,
-        [
-            "relu",
-            "relu_",
-            "relu6",
-            "hardtanh",
-            "hardtanh_",
-            "elu",
-            "elu_",
-            "selu",
-            "selu_",
-            "celu",
-            "celu_",
-            "leaky_relu",
-            "leaky_relu_",
-            "prelu",
-            "rrelu",
-            "rrelu_",
-            "gelu",
-            "silu",
-            "mish",
-            "hardswish",
-            "hardsigmoid",
-            "sigmoid",
-            "tanh",
-            "softplus",
-            "logsigmoid",
-            "threshold",
-            "threshold_",
-            "hardshrink",
-            "softshrink",
-            "tanhshrink",
-            "softsign",
-            "softmax",
-            "log_softmax",
-            "softmin",
-        ],
-    )
-    | _funcs(
-        torch,
-        [
-            "relu",
-            "relu_",
-            "sigmoid",
-            "sigmoid_",
-            "tanh",
-            "tanh_",
-            "clamp",
-            "clamp_",
-            "clamp_min",
-            "clamp_min_",
-            "clamp_max",
-            "clamp_max_",
-            "clip",
-            "clip_",
-            "softmax",
-            "log_softmax",
-            "selu",
-            "selu_",
-            "celu",
-            "celu_",
-            "rrelu",
-            "rrelu_",
-            "threshold",
-            "threshold_",
-            "prelu",
-            "hardtanh",
-            "hardtanh_",
-        ],
-    )
-    | _funcs(
-        Tensor,
-        [
-            "relu",
-            "relu_",
-            "sigmoid",
-            "sigmoid_",
-            "tanh",
-            "tanh_",
-            "clamp",
-            "clamp_",
-            "clamp_min",
-            "clamp_min_",
-            "clamp_max",
-            "clamp_max_",
-            "clip",
-            "clip_",
-            "softmax",
-            "log_softmax",
-        ],
-    )
-)
-# The identity in the probe (dropout too: random zeros would punch holes in the support).
-_NORMALIZATIONS = _funcs(
-    F,
-    [
-        "batch_norm",
-        "instance_norm",
-        "layer_norm",
-        "group_norm",
-        "local_response_norm",
-        "rms_norm",
-        "dropout",
-        "dropout1d",
-        "dropout2d",
-        "dropout3d",
-        "alpha_dropout",
-        "feature_alpha_dropout",
-    ],
-) | _funcs(
-    torch, ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm", "dropout"]
-)
-_MAX_POOLS = _funcs(F, ["max_pool2d", "max_pool2d_with_indices"]) | _funcs(torch, ["max_pool2d"])
-_ADAPTIVE_MAX_POOLS = _funcs(F, ["adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"])
-_ADAPTIVE_AVG_POOLS = _funcs(F, ["adaptive_avg_pool2d"]) | _funcs(torch, ["adaptive_avg_pool2d"])
-_REDUCTIONS = _funcs(torch, ["mean", "sum", "amax", "amin"]) | _funcs(
-    Tensor, ["mean", "sum", "amax", "amin"]
-)
-_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
-_CONVS = _funcs(F, ["conv2d"]) | _funcs(torch, ["conv2d"])
-_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_LINEARS = _funcs(F, ["linear"])
-
-
-def _uniform_conv(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+def _uniform_conv(bound: dict[str, Any]) -> Tensor:
     """``conv2d`` as if every weight were 1 / fan-in: the mean over each group's input
     channels, box-filtered once per group and repeated for the group's output channels.
     Same output shape and dependencies as the convolution, at a fraction of the cost."""
-    bound = dict(zip(_CONV_ARGS, args, strict=False))
-    bound.update(kwargs)
     x: Tensor = bound["input"]
     weight: Tensor = bound["weight"]
     groups = int(bound.get("groups", 1))
@@ -399,10 +268,10 @@ def _uniform_conv(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
     return y.squeeze(0) if squeeze else y
 
 
-def _uniform_linear(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+def _uniform_linear(bound: dict[str, Any]) -> Tensor:
     """``linear`` as if every weight were 1 / fan-in."""
-    x: Tensor = args[0] if args else kwargs["input"]
-    weight: Tensor = args[1] if len(args) > 1 else kwargs["weight"]
+    x: Tensor = bound["input"]
+    weight: Tensor = bound["weight"]
     return x.mean(-1, keepdim=True).expand(*x.shape[:-1], weight.shape[0]).contiguous()
 
 
@@ -413,14 +282,13 @@ def _pair(value: Any) -> tuple[int, int]:
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
-def _positive_pool(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _positive_pool(call: Call) -> Any:
     """Max pooling replaced by a sum over the same windows (same output shape), so every
     input of a window gets a gradient."""
-    bound = dict(zip(_POOL_ARGS, args, strict=False))
-    bound.update({k: v for k, v in kwargs.items() if k in _POOL_ARGS})
+    bound = call.bound
     x: Tensor = bound["input"]
     with torch.no_grad():
-        reference = func(*args, **kwargs)
+        reference = call.run()
     ref = reference[0] if isinstance(reference, tuple) else reference
     kh, kw = _pair(bound["kernel_size"])
     stride = bound.get("stride")
@@ -447,62 +315,64 @@ def _is_global(out: Tensor) -> bool:
     return out.dim() == 4 and tuple(out.shape[-2:]) == (1, 1)
 
 
-def _spatial_reduction(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    x = args[0] if args else kwargs.get("input")
-    dims = args[1] if len(args) > 1 else kwargs.get("dim")
+def _spatial_reduction(call: Call) -> bool:
+    x = call.x
+    dims = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
     if not isinstance(x, Tensor) or x.dim() != 4 or dims is None:
         return False
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     return {d % 4 for d in dims} >= {2, 3}
 
 
-class _ProbeMode(TorchFunctionMode):
+class _ProbeRule(Rule):
     """Inside a receptive-field probe: pointwise activations pass gradients unchanged,
     normalizations are the identity, convolutions and linear layers average, max pooling
     averages its window, global pooling is detached."""
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Iterable[type],
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        args = tuple(args)
-        first = args[0] if args else kwargs.get("input")
-        if func in _NORMALIZATIONS and isinstance(first, Tensor):
-            return first
-        if func in _ACTIVATIONS and isinstance(first, Tensor):
+    name = "probe"
+
+    def __call__(self, call: Call) -> Any:
+        kind, op, x = call.kind, call.op, call.x
+        if kind in _IDENTITIES or op in ("local_response_norm", "instance_norm"):
+            return x
+        if kind in (Kind.RECTIFIER, Kind.ACTIVATION, Kind.SOFTMAX):
             # The activation's value (bounded gates stay bounded) with the gradient of the
-            # identity. Computed on a copy: in-place variants must not touch the input.
+            # identity. Computed out of place: in-place variants must not touch the input.
             with torch.no_grad():
-                rest = {k: v for k, v in kwargs.items() if k != "input"}
-                value = func(first.detach().clone(), *args[1:], **rest)
-                shift = value - first.detach()
-            return first + shift
-        if func in _CONVS:
-            return _uniform_conv(args, kwargs)
-        if func in _LINEARS:
-            return _uniform_linear(args, kwargs)
-        if func in _MAX_POOLS:
-            return _positive_pool(func, args, kwargs)
-        if func in _ADAPTIVE_MAX_POOLS or func in _ADAPTIVE_AVG_POOLS:
-            output_size = args[1] if len(args) > 1 else kwargs["output_size"]
-            out = F.adaptive_avg_pool2d(args[0] if args else kwargs["input"], output_size)
+                shift = call.apply(x.detach()) - x.detach()
+            return x + shift
+        if op == "conv2d":
+            return _uniform_conv(call.bound)
+        if op == "linear":
+            return _uniform_linear(call.bound)
+        if op == "max_pool2d":
+            return _positive_pool(call)
+        if op in ("adaptive_max_pool2d", "adaptive_avg_pool2d"):
+            output_size = call.args[1] if len(call.args) > 1 else call.kwargs["output_size"]
+            out = F.adaptive_avg_pool2d(x, output_size)
             if _is_global(out):
                 out = out.detach()
-            if func in _ADAPTIVE_MAX_POOLS and (
-                kwargs.get("return_indices") or (len(args) > 2 and args[2])
+            if op == "adaptive_max_pool2d" and (
+                call.func is F.adaptive_max_pool2d_with_indices or call.bound.get("return_indices")
             ):
                 with torch.no_grad():
-                    indices = func(*args, **kwargs)[1]
+                    indices = call.run()[1]
                 return (out, indices)
             return out
-        result = func(*args, **kwargs)
-        if func in _REDUCTIONS and isinstance(result, Tensor) and _spatial_reduction(args, kwargs):
+        result = call.run()
+        if op in _REDUCTIONS and isinstance(result, Tensor) and _spatial_reduction(call):
             return result.detach()
         return result
+
+
+_IDENTITIES = frozenset({Kind.BATCH_NORM, Kind.BATCH_STATS, Kind.NORMALIZATION, Kind.DROPOUT})
+_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin"})
+_PROBE = _ProbeRule()
+_PROBE_RULES = RuleSet("receptive field", dict.fromkeys(Kind, _PROBE))
+
+
+def _probe_mode() -> Engine:
+    return Engine(_PROBE_RULES, warn=False)
 
 
 # --------------------------------------------------------------------------- probe
@@ -580,7 +450,7 @@ class _Probe:
         x = torch.ones(2, self.channels, *size, dtype=torch.float64, device=self.device)
         handles = [m.register_forward_hook(hook) for m in probe.modules() if m is not probe]
         try:
-            with torch.no_grad(), _ProbeMode():
+            with torch.no_grad(), _probe_mode():
                 probe(x)
         finally:
             for handle in handles:
@@ -616,7 +486,7 @@ class _Probe:
         x.requires_grad_(True)
         handles = [m.register_forward_hook(hook) for m in names]
         try:
-            with torch.enable_grad(), _ProbeMode():
+            with torch.enable_grad(), _probe_mode():
                 probe(x)
         finally:
             for handle in handles:

@@ -1,180 +1,205 @@
-"""DeepLIFT's multipliers as a ``TorchFunctionMode`` (nothing is attached to the model).
+"""DeepLIFT's multipliers as rules of the interception engine (:mod:`cnnlens._engine`);
+nothing is attached to the model.
 
 DeepLIFT (Shrikumar et al. 2017) propagates *multipliers* m = Δy/Δx instead of gradients,
 where Δ is the difference between the input's and the reference's (baseline's) forward
 values. Linear operations — convolutions, linear layers, eval-mode batch norm, average
-pooling, residual additions, concatenations, reshapes — have the weights as multipliers,
-which is what autograd already computes; only the nonlinear calls need a rule:
+pooling, sums, products with constants (layer scales), concatenations, reshapes — have the
+weights as multipliers, which is what autograd already computes. The other kinds get exact
+rules:
 
-* rectifiers y = clip(x, 0, upper) (``ReLU``, ``ReLU6``, ``hardtanh(x, 0, t)``, in any call
-  form) and other elementwise activations (sigmoid, tanh, SiLU, GELU, ELU, leaky ReLU,
-  hardswish, softplus, ...): the Rescale rule, m = (y − y0)/(x − x0), the true derivative
-  where x = x0 (for smooth activations: where |x − x0| is below the square root of the
-  machine epsilon, where the quotient would lose its digits);
-* max pooling (``max_pool2d``, ``adaptive_max_pool2d``): the output difference of each
+* rectifiers y = clip(x, 0, upper) and every other elementwise activation (sigmoid, tanh,
+  SiLU, GELU, ELU, leaky ReLU, hardswish, softplus, exp, ...), in any call form: the
+  Rescale rule, m = (y − y0)/(x − x0), the true derivative where x = x0 (for smooth
+  activations: where |x − x0| is below the square root of the machine epsilon, where the
+  quotient would lose its digits);
+* products of two tensors that both depend on the input (squeeze-and-excitation gates,
+  ``x * torch.sigmoid(x)``): the exact two-term split
+  Δ(ab) = ½(a + a0)·Δb + ½(b + b0)·Δa, i.e. multipliers ½(b + b0) for a and ½(a + a0) for b;
+* quotients a / b with b depending on the input: a · r with r = 1/b under Rescale, then the
+  product split;
+* normalizations with input statistics (layer norm, group norm, instance norm, RMS norm),
+  decomposed into exact steps: centring c = x − mean(x) (linear), c² (a product),
+  v = mean(c²) (linear), s = (v + eps)^(-1/2) (Rescale), c·s (a product), then the affine
+  weight and bias (linear). The forward value is the normalization's own output;
+* max pooling (1-, 2- and 3-D, fixed or adaptive windows): the output difference of each
   window, y − y0, is split as (max(y, y0) − y0) + (y − max(y, y0)); the first part goes to
   the input's winner, the second to the reference's winner, and each input position's
-  multiplier is what it received divided by its own Δx (the true gradient where Δx = 0). Whatever a window sends out it sends to positions whose Δx has the same sign
-  and at least the same size, so multipliers stay in [0, 1] and Σ m·Δx over the inputs is
-  exactly Σ Δy over the windows — summation-to-delta holds through the layer. (The paper's
-  gradient-style rule for max pooling, all of Δy routed to the input's winner, does not
-  keep that sum; captum uses the same split as here, but through ``max_unpool``, which
-  drops contributions when windows overlap.)
+  multiplier is what it received divided by its own Δx (the true gradient where Δx = 0).
+  Whatever a window sends out it sends to positions whose Δx has the same sign and at
+  least the same size, so multipliers stay in [0, 1] and Σ m·Δx over the inputs is exactly
+  Σ Δy over the windows. (The paper's gradient-style rule, all of Δy routed to the input's
+  winner, does not keep that sum; captum uses the same split as here, but through
+  ``max_unpool``, which drops contributions when windows overlap.)
 
-With all rules exact, the chain rule makes Σ_i m_i·Δx_i = score(input) − score(reference)
-for any composition of these operations. Multiplicative interactions between two
-activations (squeeze-and-excitation gates, attention) are not given a rule: there the
-gradient of the product is used, and the sum is no longer exact.
+Every rule is exact, so by the chain rule Σ_i m_i·Δx_i = score(input) − score(reference)
+for any composition of these operations. Operations with no exact rule (softmax, max over
+a dimension, batch statistics, ...) keep their gradient and are reported with a
+:class:`~cnnlens._engine.RuleWarning` naming them (an error with ``strict=True``).
 
-The computation is two forward passes: :class:`ReferencePass` runs the reference under
-``no_grad`` and records the input (and, for max pooling, the output and winners) of every
-nonlinear call in call order; :class:`DeepLiftPass` then runs the input with gradients and
-gives call k the multiplier built from record k. A reference shared by all items is run as
-a single item and broadcast. In-place rectifiers and activations (``inplace=True``,
-``relu_``) are computed out of place; library code uses the returned tensor.
+The computation is two forward passes under the engine: the reference pass runs the
+reference and records, for every nonlinear call in call order, what the rule needs (its
+inputs; for max pooling the output and the winners); the input pass then runs the input
+with gradients and gives call k the multiplier built from record k. The reference pass
+runs with gradients enabled (nothing is differentiated) so that which tensors depend on
+the input — what makes a product of two activations different from a rescaling — is read
+the same way in both passes. A reference shared by all items is run as a single item and
+broadcast. In-place calls are computed out of place; library code uses the returned tensor.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.overrides import TorchFunctionMode
 
-from .._hooks import _relu_args
+from .._engine import GRADIENT, Rule, RuleSet
+from .._ops import Call, Kind
 
-__all__ = ["DeepLiftPass", "ReferencePass"]
+__all__ = ["DeepLift", "Record"]
 
-# Elementwise activations handled by the generic Rescale rule (derivative by autograd for
-# the positions where the input equals the reference).
-_ELEMENTWISE: frozenset[Callable[..., Any]] = frozenset(
-    {
-        torch.sigmoid,
-        Tensor.sigmoid,
-        F.sigmoid,
-        torch.tanh,
-        Tensor.tanh,
-        F.tanh,
-        F.silu,
-        F.gelu,
-        F.elu,
-        F.selu,
-        F.celu,
-        F.leaky_relu,
-        F.hardswish,
-        F.hardsigmoid,
-        F.hardtanh,
-        F.softplus,
-        F.mish,
-        F.logsigmoid,
-    }
-)
-_MAX_POOLS: dict[Callable[..., Any], Callable[..., Any]] = {
-    F.max_pool2d: F.max_pool2d_with_indices,
-    F.max_pool2d_with_indices: F.max_pool2d_with_indices,
-    F.adaptive_max_pool2d: F.adaptive_max_pool2d_with_indices,
-    F.adaptive_max_pool2d_with_indices: F.adaptive_max_pool2d_with_indices,
+_WITH_INDICES: dict[str, Callable[..., Any]] = {
+    f"{prefix}{d}": getattr(F, f"{prefix}{d}_with_indices")
+    for prefix in ("max_pool", "adaptive_max_pool")
+    for d in ("1d", "2d", "3d")
 }
-_SIGNATURES: dict[Callable[..., Any], inspect.Signature] = {}
-
-
-def _bind(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    signature = _SIGNATURES.get(func)
-    if signature is None:
-        signature = _SIGNATURES[func] = inspect.signature(func)
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
-
-def _first_tensor(bound: dict[str, Any]) -> tuple[str, Tensor]:
-    name = next(iter(bound))
-    return name, bound[name]
 
 
 @dataclass
-class _Record:
-    kind: str  # "rectifier", "elementwise", "maxpool"
+class Record:
+    """What the reference pass keeps of one nonlinear call."""
+
+    kind: Kind
     x0: Tensor
     y0: Tensor | None = None
+    other0: Tensor | None = None
     winners: Tensor | None = None
 
 
-def _elementwise_call(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
-) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """The activation as a function of its tensor input (out of place) and that input."""
-    try:
-        bound = _bind(func, args, kwargs)
-    except ValueError:  # a builtin without a Python signature (torch.sigmoid, F.gelu ...)
-        rest_kwargs = {k: v for k, v in kwargs.items() if k != "input"}
-        x: Tensor = args[0] if args else kwargs["input"]
-        extra = tuple(args[1:])
+@dataclass
+class DeepLift:
+    """The two rule sets of one DeepLIFT run and the records they share."""
 
-        def call(t: Tensor) -> Tensor:
-            return func(t, *extra, **rest_kwargs)
+    records: list[Record] = field(default_factory=list)
+    used: int = 0
 
-        return call, x
-    name, x = _first_tensor(bound)
-    if "inplace" in bound:
-        bound["inplace"] = False
-    rest = {k: v for k, v in bound.items() if k != name}
+    def reference_rules(self) -> RuleSet:
+        return RuleSet("deeplift", _rules(_Keep(self)), lost="")
 
-    def apply(t: Tensor) -> Tensor:
-        return func(t, **rest) if rest else func(t)
+    def input_rules(self) -> RuleSet:
+        return RuleSet(
+            "deeplift",
+            _rules(_Use(self)),
+            lost="the attributions no longer sum to score(input) − score(baseline)",
+        )
 
-    return apply, x
+    def next(self, kind: Kind, x: Tensor) -> Record:
+        k = self.used
+        self.used += 1
+        if k >= len(self.records):
+            raise RuntimeError(
+                "the model made more nonlinear calls on the input than on the baseline; "
+                "DeepLIFT needs the same sequence of operations for both"
+            )
+        record = self.records[k]
+        x0 = record.x0
+        fits = x0.shape == x.shape or (
+            x0.dim() == x.dim() and x0.shape[0] == 1 and x0.shape[1:] == x.shape[1:]
+        )
+        if record.kind is not kind or not fits:
+            raise RuntimeError(
+                f"nonlinear call {k} differs between input ({kind.value}, {tuple(x.shape)}) "
+                f"and baseline ({record.kind.value}, {tuple(x0.shape)}); DeepLIFT needs the "
+                "same sequence of operations for both"
+            )
+        return record
 
 
-def _pool_call(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
-) -> tuple[Tensor, Tensor, Tensor, bool]:
-    """Run a max pooling call with indices: (input, output, winners, indices requested)."""
-    with_indices = _MAX_POOLS[func]
-    bound = _bind(with_indices, args, kwargs)
-    wanted = bool(bound.get("return_indices", False)) or func is with_indices
+_NAMES = {
+    Kind.RECTIFIER: "rescale",
+    Kind.ACTIVATION: "rescale",
+    Kind.PRODUCT: "product split ½(a+a0)Δb + ½(b+b0)Δa",
+    Kind.QUOTIENT: "quotient: rescale 1/b, product split",
+    Kind.NORMALIZATION: "decomposed: centring, product, rescale",
+    Kind.MAX_POOL: "max pool: winners' split",
+}
+
+
+def _rules(rule: Rule) -> dict[Kind, Rule]:
+    rules: dict[Kind, Rule] = dict.fromkeys(
+        (Kind.AFFINE, Kind.BATCH_NORM, Kind.SCALE, Kind.SUM, Kind.AVG_POOL, Kind.DROPOUT), GRADIENT
+    )
+    rules.update(dict.fromkeys(_NAMES, rule))
+    return rules
+
+
+def _pool_call(call: Call) -> tuple[Tensor, Tensor, bool]:
+    """Run a max pooling call with indices: (output, winners, indices requested)."""
+    bound = dict(call.bound)
+    with_indices = _WITH_INDICES[call.op]
+    wanted = bool(bound.get("return_indices", False)) or call.func is with_indices
     bound["return_indices"] = True
-    _, x = _first_tensor(bound)
     y, winners = with_indices(**bound)
-    return x, y, winners, wanted
+    return y, winners, wanted
 
 
-class ReferencePass(TorchFunctionMode):
-    """Run the reference and record every nonlinear call (use under ``torch.no_grad``)."""
+class _Keep(Rule):
+    """Reference pass: compute each call and record what its rule will need."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[_Record] = []
+    def __init__(self, run: DeepLift) -> None:
+        self.run = run
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Iterable[type],
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        rectifier = _relu_args(func, tuple(args), kwargs)
-        if rectifier is not None:
-            x, upper, _inplace = rectifier
-            y0 = x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
-            self.records.append(_Record("rectifier", x.detach().clone(), y0.clone()))
-            return y0
-        if func in _MAX_POOLS:
-            x, y, winners, wanted = _pool_call(func, args, kwargs)
-            self.records.append(_Record("maxpool", x.detach().clone(), y.clone(), winners))
+    def describe(self, call: Call) -> str | None:
+        return _NAMES[call.kind]
+
+    def __call__(self, call: Call) -> Any:
+        keep = self.run.records.append
+        x0 = call.x.detach().clone()
+        if call.kind is Kind.MAX_POOL:
+            y, winners, wanted = _pool_call(call)
+            keep(Record(call.kind, x0, y.detach().clone(), winners=winners))
             return (y, winners) if wanted else y
-        if func in _ELEMENTWISE:
-            apply, x = _elementwise_call(func, args, kwargs)
-            y0 = apply(x)
-            self.records.append(_Record("elementwise", x.detach().clone(), y0.clone()))
-            return y0
-        return func(*args, **kwargs)
+        other0 = None if call.other is None else call.other.detach().clone()
+        y = call.apply(call.x)
+        y0 = y.detach().clone() if call.kind in (Kind.RECTIFIER, Kind.ACTIVATION) else None
+        keep(Record(call.kind, x0, y0, other0))
+        return y
+
+
+class _Use(Rule):
+    """Input pass: give each call its multiplier from its record."""
+
+    def __init__(self, run: DeepLift) -> None:
+        self.run = run
+
+    def describe(self, call: Call) -> str | None:
+        return _NAMES[call.kind]
+
+    def __call__(self, call: Call) -> Any:
+        record = self.run.next(call.kind, call.x)
+        if call.kind is Kind.RECTIFIER:
+            return _rectifier(call, record)
+        if call.kind is Kind.ACTIVATION:
+            assert record.y0 is not None
+            return rescale(call.x, record.x0, record.y0, call.apply)
+        if call.kind is Kind.MAX_POOL:
+            return _max_pool(call, record)
+        if call.kind is Kind.PRODUCT:
+            assert call.other is not None and record.other0 is not None
+            return product(call.x, call.other, record.x0, record.other0)
+        if call.kind is Kind.QUOTIENT:
+            assert call.other is not None and record.other0 is not None
+            b, b0 = call.other, record.other0
+            r = rescale(b, b0, torch.reciprocal(b0), torch.reciprocal)
+            return product(call.x, r, record.x0, torch.reciprocal(b0))
+        return _normalization(call, record)
+
+
+# --------------------------------------------------------------------------- rules
 
 
 class _Multiplier(torch.autograd.Function):
@@ -190,6 +215,67 @@ class _Multiplier(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (m,) = ctx.saved_tensors
         return grad * m, None, None
+
+
+class _Product(torch.autograd.Function):
+    """a · b with multipliers ``ma`` for a and ``mb`` for b."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor, ma: Tensor, mb: Tensor) -> Tensor:
+        ctx.save_for_backward(ma, mb)
+        ctx.shapes = (a.shape, b.shape)
+        return torch.mul(a, b)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        ma, mb = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        return (grad * ma).sum_to_size(sa), (grad * mb).sum_to_size(sb), None, None
+
+
+def product(a: Tensor, b: Tensor, a0: Tensor, b0: Tensor) -> Tensor:
+    """a · b whose backward uses the exact split Δ(ab) = ½(a + a0)·Δb + ½(b + b0)·Δa."""
+    with torch.no_grad():
+        ma = (b + b0).mul_(0.5)
+        mb = (a + a0).mul_(0.5)
+    out: Tensor = _Product.apply(a, b, ma, mb)
+    return out
+
+
+def rescale(x: Tensor, x0: Tensor, y0: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """y = fn(x) (elementwise) with the Rescale multiplier (y − y0)/(x − x0); the derivative
+    where |x − x0| is below the square root of the machine epsilon."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        out = fn(leaf)
+        (gradient,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
+    with torch.no_grad():
+        y = out.detach()
+        dx = x - x0
+        # Below sqrt(machine epsilon), Δy/Δx loses its digits to cancellation while
+        # f'(x)·Δx is within O(Δx²) of Δy: use the derivative there.
+        large = dx.abs() > torch.finfo(dx.dtype).eps ** 0.5
+        ratio = (y - y0) / torch.where(large, dx, torch.ones_like(dx))
+        m = torch.where(large, ratio, gradient)
+    result: Tensor = _Multiplier.apply(x, y, m)
+    return result
+
+
+def _rectifier(call: Call, record: Record) -> Tensor:
+    x, upper = call.x, call.options["upper"]
+    assert record.y0 is not None
+    with torch.no_grad():
+        y = x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
+        dx = x - record.x0
+        # Δy/Δx lies in [0, 1] also in floating point (clipping is monotonic), so only
+        # Δx = 0 needs the fallback to the gradient.
+        m = torch.sub(y, record.y0).div_(dx)
+        same = dx == 0
+        if bool(same.any()):
+            gradient = x > 0 if upper is None else (x > 0) & (x < upper)
+            m = torch.where(same, gradient.to(m.dtype), m)
+    out: Tensor = _Multiplier.apply(x, y, m)
+    return out
 
 
 class _MaxPoolMultiplier(torch.autograd.Function):
@@ -210,9 +296,8 @@ class _MaxPoolMultiplier(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         shares, winners, ref_winners, dx = ctx.saved_tensors
-        n, c = grad.shape[:2]
-        flat = (n, c, -1)
-        mine, theirs = shares  # (2, N, C, h, w) → the parts for the input's/reference's winners
+        flat = (grad.shape[0], grad.shape[1], -1)
+        mine, theirs = shares  # (2, ...) → the parts for the input's/reference's winners
         received = torch.zeros(dx.shape, dtype=grad.dtype, device=grad.device).view(flat)
         received.scatter_add_(2, winners.reshape(flat), (grad * mine).reshape(flat))
         received.scatter_add_(2, ref_winners.reshape(flat), (grad * theirs).reshape(flat))
@@ -226,87 +311,43 @@ class _MaxPoolMultiplier(torch.autograd.Function):
         return result, None, None, None, None, None
 
 
-class DeepLiftPass(TorchFunctionMode):
-    """Run the input with DeepLIFT multipliers, pairing call k with ``records[k]``."""
+def _max_pool(call: Call, record: Record) -> Any:
+    with torch.no_grad():
+        y, winners, wanted = _pool_call(call)
+    assert record.y0 is not None and record.winners is not None
+    with torch.no_grad():
+        y0 = record.y0
+        top = torch.maximum(y, y0)
+        shares = torch.stack([top - y0, y - top])
+        ref_winners = record.winners.expand_as(winners)
+        dx = call.x - record.x0
+    out = _MaxPoolMultiplier.apply(call.x, y, shares, winners, ref_winners, dx)
+    return (out, winners) if wanted else out
 
-    def __init__(self, records: Sequence[_Record]) -> None:
-        super().__init__()
-        self.records = list(records)
-        self.calls = 0
 
-    def _next(self, kind: str, x: Tensor) -> _Record:
-        k = self.calls
-        self.calls += 1
-        if k >= len(self.records):
-            raise RuntimeError(
-                "the model made more nonlinear calls on the input than on the baseline; "
-                "DeepLIFT needs the same sequence of operations for both"
-            )
-        record = self.records[k]
-        x0 = record.x0
-        fits = x0.shape == x.shape or (
-            x0.dim() == x.dim() and x0.shape[0] == 1 and x0.shape[1:] == x.shape[1:]
-        )
-        if record.kind != kind or not fits:
-            raise RuntimeError(
-                f"nonlinear call {k} differs between input ({kind}, {tuple(x.shape)}) and "
-                f"baseline ({record.kind}, {tuple(x0.shape)}); DeepLIFT needs the same "
-                "sequence of operations for both"
-            )
-        return record
+def _normalization(call: Call, record: Record) -> Tensor:
+    """The normalization decomposed into exact steps (see the module docstring)."""
+    parts = call.options
+    view: Callable[[Tensor], Tensor] = parts["view"]
+    eps: float = parts["eps"]
+    x, x0 = call.x, record.x0
+    v, v0 = view(x), view(x0)
+    if parts["center"]:
+        c = v - v.mean(-1, keepdim=True)
+        c0 = v0 - v0.mean(-1, keepdim=True)
+    else:
+        c, c0 = v, v0
+    square = product(c, c, c0, c0)
+    var = square.mean(-1, keepdim=True)
+    var0 = (c0 * c0).mean(-1, keepdim=True)
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Iterable[type],
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        rectifier = _relu_args(func, tuple(args), kwargs)
-        if rectifier is not None:
-            x, upper, _inplace = rectifier
-            record = self._next("rectifier", x)
-            assert record.y0 is not None
-            with torch.no_grad():
-                y = x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
-                dx = x - record.x0
-                # Δy/Δx lies in [0, 1] also in floating point (clipping is monotonic), so
-                # only Δx = 0 needs the fallback to the gradient.
-                m = torch.sub(y, record.y0).div_(dx)
-                same = dx == 0
-                if bool(same.any()):
-                    gradient = x > 0 if upper is None else (x > 0) & (x < upper)
-                    m = torch.where(same, gradient.to(m.dtype), m)
-            return _Multiplier.apply(x, y, m)
-        if func in _MAX_POOLS:
-            with torch.no_grad():
-                x, y, winners, wanted = _pool_call(func, args, kwargs)
-            record = self._next("maxpool", x)
-            assert record.y0 is not None and record.winners is not None
-            with torch.no_grad():
-                y0 = record.y0
-                top = torch.maximum(y, y0)
-                shares = torch.stack([top - y0, y - top])
-                ref_winners = record.winners.expand_as(winners)
-                dx = x - record.x0
-            out = _MaxPoolMultiplier.apply(x, y, shares, winners, ref_winners, dx)
-            return (out, winners) if wanted else out
-        if func in _ELEMENTWISE:
-            apply, x = _elementwise_call(func, args, kwargs)
-            record = self._next("elementwise", x)
-            assert record.y0 is not None
-            with torch.enable_grad():
-                leaf = x.detach().requires_grad_(True)
-                out = apply(leaf)
-                (gradient,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
-            with torch.no_grad():
-                y = out.detach()
-                dx = x - record.x0
-                # Below sqrt(machine epsilon), Δy/Δx loses its digits to cancellation while
-                # f'(x)·Δx is within O(Δx²) of Δy: use the derivative there.
-                large = dx.abs() > torch.finfo(dx.dtype).eps ** 0.5
-                ratio = (y - record.y0) / torch.where(large, dx, torch.ones_like(dx))
-                m = torch.where(large, ratio, gradient)
-            return _Multiplier.apply(x, y, m)
-        return func(*args, **kwargs)
+    def inverse_std(t: Tensor) -> Tensor:
+        return torch.rsqrt(t + eps)
+
+    s = rescale(var, var0, inverse_std(var0), inverse_std)
+    normalized = product(c, s, c0, inverse_std(var0)).reshape(x.shape)
+    y: Tensor = parts["affine"](normalized)
+    with torch.no_grad():
+        exact = call.apply(x.detach())
+    # the model's own value, with the decomposition's multipliers
+    return y + (exact - y.detach())

@@ -3,12 +3,15 @@
 attribution = m × (input − baseline), where m holds DeepLIFT's multipliers from the score
 to the input: the chain rule over multipliers Δy/Δx, which are the weights for linear
 operations (convolutions, linear layers, eval-mode batch norm, average pooling, residual
-additions, concatenations) and given by the Rescale rule for rectifiers (ReLU, ReLU6) and
-other elementwise activations. Max pooling splits each window's output difference between
-the input's and the baseline's winners (see :mod:`._deeplift_rules`). Every rule is exact,
-so the attributions of an item sum over (C, H, W) to score(input) − score(baseline)
-(summation-to-delta); on a network without nonlinearities they equal
-gradient × (input − baseline).
+additions, concatenations, layer scales) and given by the Rescale rule for rectifiers
+(ReLU, ReLU6) and every other elementwise activation (SiLU, GELU, Hardswish, sigmoid, ...).
+Products of two activations (squeeze-and-excitation gates) take the exact two-term split,
+layer/group/instance norms are decomposed into exact steps, and max pooling splits each
+window's output difference between the input's and the baseline's winners (see
+:mod:`._deeplift_rules`). Every rule is exact, so the attributions of an item sum over
+(C, H, W) to score(input) − score(baseline) (summation-to-delta); on a network without
+nonlinearities they equal gradient × (input − baseline). An operation without an exact
+rule (softmax, a max over a dimension) is named in a warning (``strict=True``: an error).
 
 Cost: one forward pass of the baseline without gradients (a single item when the baseline
 is shared by the batch), one forward and one backward pass of the input. Works on the
@@ -24,10 +27,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._engine import Engine
 from .._progress import track
 from ..errors import InputError
 from ..targets import Target
-from ._deeplift_rules import DeepLiftPass, ReferencePass
+from ._deeplift_rules import DeepLift
 from .api import MethodFn, MethodSpec
 
 __all__ = ["METHODS", "deeplift", "deeplift_references"]
@@ -80,20 +84,23 @@ def deeplift_references(
     return [_one_reference(baseline, inputs, "baseline")]
 
 
-def _multipliers(module: nn.Module, inputs: Tensor, reference: Tensor, target: Target) -> Tensor:
+def _multipliers(
+    module: nn.Module, inputs: Tensor, reference: Tensor, target: Target, strict: bool
+) -> Tensor:
     """DeepLIFT multipliers from the target score to ``inputs`` against ``reference``."""
-    recorder = ReferencePass()
-    with torch.no_grad(), recorder:
-        module(reference)
+    run = DeepLift()
+    # with gradients, so that products of two activations are told from rescalings the
+    # same way in both passes (nothing is differentiated here)
+    with torch.enable_grad(), Engine(run.reference_rules(), warn=False):
+        module(reference.detach().requires_grad_(True))
     x = inputs.detach().requires_grad_(True)
-    mode = DeepLiftPass(recorder.records)
     with torch.enable_grad():
-        with mode:
+        with Engine(run.input_rules(), model=module, strict=strict):
             output = module(x)
-        if mode.calls != len(recorder.records):
+        if run.used != len(run.records):
             raise RuntimeError(
-                f"the model made {mode.calls} nonlinear calls on the input and "
-                f"{len(recorder.records)} on the baseline; DeepLIFT needs the same sequence "
+                f"the model made {run.used} nonlinear calls on the input and "
+                f"{len(run.records)} on the baseline; DeepLIFT needs the same sequence "
                 "of operations for both"
             )
         target.resolve(output)
@@ -118,6 +125,7 @@ def deeplift(
     baseline: BaselineSpec = "zeros",
     baselines: Tensor | None = None,
     progress: bool | None = None,
+    strict: bool = False,
 ) -> Tensor:
     """DeepLIFT-Rescale attributions (B, C, H, W); each item sums to
     score(input) − score(baseline), or to score(input) − mean score(baselines) when several
@@ -127,7 +135,7 @@ def deeplift(
     total = torch.zeros_like(inputs)
     shown = progress if progress is not None else (None if len(references) > 1 else False)
     for reference in track(references, "deeplift", enabled=shown, unit="baseline"):
-        total += _multipliers(module, inputs, reference, target) * (inputs - reference)
+        total += _multipliers(module, inputs, reference, target, strict) * (inputs - reference)
     return total / len(references)
 
 
@@ -139,7 +147,7 @@ METHODS: dict[str, MethodSpec] = {
     "deeplift": MethodSpec(
         fn=_method(deeplift),
         kind="input",
-        options=frozenset({"baseline", "baselines", "progress"}),
+        options=frozenset({"baseline", "baselines", "progress", "strict"}),
         summary="DeepLIFT-Rescale: sums to score(input) − score(baseline) (Shrikumar et al. 2017)",
     ),
 }

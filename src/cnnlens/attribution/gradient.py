@@ -18,12 +18,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .._hooks import RectifierMode, RectifierRule
+from .._engine import Engine, RuleSet
 from .._progress import progress as progress_bar
 from ..errors import InputError
 from ..targets import Target
 from .api import MethodFn, MethodSpec
-from .rectifiers import DeconvnetRule, GuidedRule
+from .rectifiers import DECONVNET, GUIDED
 
 __all__ = [
     "METHODS",
@@ -44,17 +44,19 @@ def input_gradient(
     inputs: Tensor,
     target: Target,
     *,
-    rule: RectifierRule | None = None,
+    rules: RuleSet | None = None,
     items: Tensor | None = None,
+    strict: bool = False,
 ) -> tuple[Tensor, int]:
-    """The gradient of the target scores w.r.t. ``inputs`` and the number of rectifier calls
-    routed through ``rule`` (0 without a rule).
+    """The gradient of the target scores w.r.t. ``inputs`` and the number of calls given a
+    rule other than the gradient (0 without ``rules``).
 
     ``items`` maps rows of ``inputs`` to items of the explained batch (see
-    :meth:`Target.score`). With ``rule``, every rectifier's backward pass is replaced by it.
+    :meth:`Target.score`). With ``rules``, the forward pass runs under the interception
+    engine with them (``strict``: an operation without a rule is an error).
     """
     x = inputs.detach().requires_grad_()
-    mode = RectifierMode(rule) if rule is not None else None
+    mode = Engine(rules, model=module, strict=strict) if rules is not None else None
     with torch.enable_grad():
         with mode if mode is not None else contextlib.nullcontext():
             output = module(x)
@@ -69,17 +71,17 @@ def input_gradient(
         (grad,) = torch.autograd.grad(score.sum(), x, allow_unused=True)
     if grad is None:
         grad = torch.zeros_like(x)
-    return grad, 0 if mode is None else mode.calls
+    return grad, 0 if mode is None else sum(mode.counts.values())
 
 
 def _rectified(
-    module: nn.Module, inputs: Tensor, target: Target, rule: RectifierRule, method: str
+    module: nn.Module, inputs: Tensor, target: Target, rules: RuleSet, strict: bool
 ) -> Tensor:
-    grad, calls = input_gradient(module, inputs, target, rule=rule)
+    grad, calls = input_gradient(module, inputs, target, rules=rules, strict=strict)
     if calls == 0:
         warnings.warn(
-            f"{method}: the model made no rectifier call (ReLU, ReLU6); "
-            "the result is the plain gradient",
+            f"{rules.method}: the model made no rectifier or activation call (ReLU, SiLU, "
+            "GELU, ...); the result is the plain gradient",
             stacklevel=4,
         )
     return grad
@@ -99,20 +101,33 @@ def input_x_gradient(
     return inputs * input_gradient(module, inputs, target)[0]
 
 
-def deconvnet(module: nn.Module, inputs: Tensor, target: Target, layer: nn.Module | None) -> Tensor:
+def deconvnet(
+    module: nn.Module,
+    inputs: Tensor,
+    target: Target,
+    layer: nn.Module | None,
+    *,
+    strict: bool = False,
+) -> Tensor:
     """Zeiler & Fergus 2014: at every rectifier only positive gradients pass back, whatever
-    the rectifier's input was."""
+    the rectifier's input was; at other activations max(g, 0) (see :mod:`.rectifiers`)."""
     del layer
-    return _rectified(module, inputs, target, DeconvnetRule(), "deconvnet")
+    return _rectified(module, inputs, target, DECONVNET, strict)
 
 
 def guided_backprop(
-    module: nn.Module, inputs: Tensor, target: Target, layer: nn.Module | None
+    module: nn.Module,
+    inputs: Tensor,
+    target: Target,
+    layer: nn.Module | None,
+    *,
+    strict: bool = False,
 ) -> Tensor:
     """Springenberg et al. 2015: at every rectifier the gradient passes back only where the
-    rectifier's input was positive and the gradient is positive."""
+    rectifier's input was positive and the gradient is positive; at other activations
+    max(f'(x)·g, 0) (see :mod:`.rectifiers`)."""
     del layer
-    return _rectified(module, inputs, target, GuidedRule(), "guided_backprop")
+    return _rectified(module, inputs, target, GUIDED, strict)
 
 
 def _int_option(name: str, value: object, minimum: int) -> int:
@@ -305,11 +320,13 @@ METHODS: dict[str, MethodSpec] = {
     "deconvnet": MethodSpec(
         _method(deconvnet),
         "input",
+        options=frozenset({"strict"}),
         summary="only positive gradients pass back through rectifiers (Zeiler & Fergus 2014)",
     ),
     "guided_backprop": MethodSpec(
         _method(guided_backprop),
         "input",
+        options=frozenset({"strict"}),
         summary="gradients pass rectifiers where input and gradient are positive (Springenberg 2015)",
     ),
     "input_x_gradient": MethodSpec(

@@ -1,11 +1,12 @@
-"""Modified rectifier backward passes: deconvnet and guided backpropagation.
+"""Modified backward passes at rectifiers and other activations: deconvnet and guided
+backpropagation, as rule sets of the interception engine (:mod:`cnnlens._engine`).
 
-Both are :class:`~cnnlens._hooks.RectifierRule` subclasses, used through the one mechanism
-for rectifiers, :class:`~cnnlens._hooks.RectifierMode`. It intercepts every rectifier call
-of the forward pass — ``nn.ReLU`` (in place or not, a single instance called several times
-as in torchvision's ResNet blocks), ``F.relu``/``torch.relu``/``Tensor.relu_`` (torchvision's
-DenseNet), ``nn.ReLU6``/``F.relu6``/``F.hardtanh(x, 0, t)`` (EfficientNet-Lite0) — without
-attaching anything to the model.
+The engine intercepts every rectifier call of the forward pass — ``nn.ReLU`` (in place or
+not, a single instance called several times as in torchvision's ResNet blocks),
+``F.relu``/``torch.relu``/``Tensor.relu_`` (torchvision's DenseNet), ``nn.ReLU6``/``F.relu6``/
+``F.hardtanh(x, 0, t)`` (EfficientNet-Lite0, MobileNet-v2) — and every other elementwise
+activation (SiLU, GELU, Hardswish, Hardsigmoid, sigmoid, tanh, ELU, ...), in any call form,
+without attaching anything to the model.
 
 At a rectifier y = clip(x, 0, upper) with incoming gradient g:
 
@@ -16,17 +17,33 @@ At a rectifier y = clip(x, 0, upper) with incoming gradient g:
   both masks.
 
 The upper clip of ReLU6 is not a rectifier: the gradient passes it as autograd would
-(zero where x ≥ upper). :class:`RectifierMode` applies that mask before calling the rule.
+(zero where x ≥ upper); the engine's rectifier rule applies that mask before the rule.
+
+At any other elementwise activation y = f(x) (the papers only define rectifiers; this is
+our generalization, the same rule written for the rectifier's derivative [x > 0]):
+
+* guided backpropagation: max(f'(x) · g, 0) — the activation's own derivative, then the
+  negative signal is zeroed (for f = ReLU this is exactly the rule above);
+* deconvnet: max(g, 0) — the activation is passed as the identity and the signal is
+  rectified, as at a rectifier.
+
+Products (squeeze-and-excitation gates), normalizations, pooling and every linear operation
+keep their gradient. ``cnnlens.coverage(model, "guided_backprop", x)`` lists which rule each
+activation of a model gets.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from .._hooks import RectifierRule
+from .._engine import Rule, RuleSet, gradient_rules
+from .._hooks import RectifierCallRule, RectifierRule
+from .._ops import Call
 
-__all__ = ["DeconvnetRule", "GuidedRule"]
+__all__ = ["DECONVNET", "GUIDED", "DeconvnetRule", "GuidedRule"]
 
 
 class GuidedRule(RectifierRule):
@@ -51,3 +68,52 @@ class DeconvnetRule(RectifierRule):
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
         del x
         return grad_out.clamp(min=0)
+
+
+class _RectifiedActivation(torch.autograd.Function):
+    """y = f(x); backward: max(f'(x) · g, 0) (``derivative``) or max(g, 0)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, call: Call, derivative: bool) -> Tensor:
+        ctx.fn, ctx.derivative = call.apply, derivative
+        if derivative:
+            ctx.save_for_backward(x)
+        out: Tensor = call.apply(x)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        if not ctx.derivative:
+            return grad.clamp(min=0), None, None
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (signal,) = torch.autograd.grad(ctx.fn(leaf), leaf, grad)
+        return signal.clamp_(min=0), None, None
+
+
+class _ActivationRule(Rule):
+    def __init__(self, name: str, derivative: bool) -> None:
+        self.name = name
+        self.derivative = derivative
+
+    def __call__(self, call: Call) -> Any:
+        return _RectifiedActivation.apply(call.x, call, self.derivative)
+
+
+GUIDED = RuleSet(
+    "guided_backprop",
+    gradient_rules(
+        "guided_backprop",
+        rectifier=RectifierCallRule(GuidedRule(), "guided"),
+        activation=_ActivationRule("guided: max(f'(x)·g, 0)", derivative=True),
+    ),
+)
+DECONVNET = RuleSet(
+    "deconvnet",
+    gradient_rules(
+        "deconvnet",
+        rectifier=RectifierCallRule(DeconvnetRule(), "deconvnet"),
+        activation=_ActivationRule("deconvnet: max(g, 0)", derivative=False),
+    ),
+)

@@ -5,7 +5,7 @@ transposed layer, i.e. the vector-Jacobian product of the linear part)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -101,14 +101,9 @@ class Affine:
         return bias.view(1, -1, *([1] * (like.dim() - 2)))
 
 
-def conv2d_call(
-    args: Sequence[Any], kwargs: dict[str, Any], name: str
-) -> tuple[Tensor, Affine] | None:
-    """The input and the :class:`Affine` of an ``F.conv2d(*args, **kwargs)`` call, or
-    ``None`` when it is not one LRP handles (not a 4-D batch)."""
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    bound = dict(zip(names, args, strict=False))
-    bound.update(kwargs)
+def conv2d_call(bound: Mapping[str, Any], name: str) -> tuple[Tensor, Affine] | None:
+    """The input and the :class:`Affine` of an ``F.conv2d`` call given its arguments by
+    name, or ``None`` when it is not one LRP handles (not a 4-D batch)."""
     x, weight = bound["input"], bound["weight"]
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor) or x.dim() != 4:
         return None
@@ -132,12 +127,9 @@ def conv2d_call(
     return x, Affine(weight, bias if isinstance(bias, Tensor) else None, name, geometry)
 
 
-def linear_call(
-    args: Sequence[Any], kwargs: dict[str, Any], name: str
-) -> tuple[Tensor, Affine] | None:
-    """The input and the :class:`Affine` of an ``F.linear(*args, **kwargs)`` call."""
-    bound = dict(zip(("input", "weight", "bias"), args, strict=False))
-    bound.update(kwargs)
+def linear_call(bound: Mapping[str, Any], name: str) -> tuple[Tensor, Affine] | None:
+    """The input and the :class:`Affine` of an ``F.linear`` call given its arguments by
+    name."""
     x, weight = bound["input"], bound["weight"]
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor) or weight.dim() != 2:
         return None

@@ -11,7 +11,7 @@ to. Residual sums need no rewrite: the driver intercepts the addition itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -25,12 +25,10 @@ BatchNormCall = tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, floa
 """input, running mean, running variance, weight, bias, eps of an eval-mode batch norm."""
 
 
-def batch_norm_call(args: Sequence[Any], kwargs: dict[str, Any]) -> BatchNormCall | None:
-    """The parts of an ``F.batch_norm(*args, **kwargs)`` call that uses running statistics
-    (eval mode), or ``None`` for a batch norm that normalizes with batch statistics."""
-    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum")
-    bound = dict(zip((*names, "eps"), args, strict=False))
-    bound.update(kwargs)
+def batch_norm_call(bound: Mapping[str, Any]) -> BatchNormCall | None:
+    """The parts of an ``F.batch_norm`` call (its arguments by name) that uses running
+    statistics (eval mode), or ``None`` for a batch norm that normalizes with batch
+    statistics."""
     x, mean, var = bound.get("input"), bound.get("running_mean"), bound.get("running_var")
     if bound.get("training", False) or not isinstance(x, Tensor):
         return None

@@ -28,16 +28,16 @@ its gradient, which redistributes relevance exactly (winner takes all, split by 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
-from ..._hooks import _relu_args, eval_mode, frozen_parameters
+from ..._engine import GRADIENT, Engine, Rule, RuleSet
+from ..._hooks import eval_mode, frozen_parameters
+from ..._ops import Call, Kind
 from ...errors import InputError
 from ...targets import Target
 from ._affine import Affine, conv2d_call, linear_call
@@ -45,7 +45,7 @@ from .canonizers import batch_norm_call, fold_batch_norm
 from .composites import Composite
 from .rules import AffineRule, divide
 
-__all__ = ["Flow", "LRPMode", "LRPResult", "relevance"]
+__all__ = ["Flow", "LRPResult", "lrp_rules", "relevance"]
 
 
 @dataclass(frozen=True)
@@ -163,160 +163,276 @@ class _SumNode(torch.autograd.Function):
         return ra, rb, None, None, None
 
 
-_ADDS: dict[Callable[..., Any], float] = {
-    Tensor.__add__: 1.0,
-    Tensor.__radd__: 1.0,
-    Tensor.__iadd__: 1.0,
-    Tensor.add: 1.0,
-    Tensor.add_: 1.0,
-    torch.add: 1.0,
-    Tensor.__sub__: -1.0,
-    Tensor.__isub__: -1.0,
-    Tensor.sub: -1.0,
-    Tensor.sub_: -1.0,
-    torch.sub: -1.0,
-}
-_POOLS: frozenset[Callable[..., Any]] = frozenset(
-    {
-        F.avg_pool1d,
-        F.avg_pool2d,
-        F.avg_pool3d,
-        F.adaptive_avg_pool1d,
-        F.adaptive_avg_pool2d,
-        F.adaptive_avg_pool3d,
-        torch.mean,
-        Tensor.mean,
-    }
-)
+class _ShareNode(torch.autograd.Function):
+    """``fn()`` of two operands ``a`` and ``b`` (``b`` may be a constant): relevance goes
+    to each operand in a fixed share of the output relevance, summed to its shape."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, a: Tensor, b: Tensor | None, fn: Callable[[], Tensor], shares: tuple[float, float]
+    ) -> Tensor:
+        ctx.shapes = (a.shape, None if b is None else b.shape)
+        ctx.shares = shares
+        return fn()
+
+    @staticmethod
+    def backward(ctx: Any, upper: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        (sa, sb), (share_a, share_b) = ctx.shapes, ctx.shares
+        ra = None if share_a == 0 else (upper * share_a).sum_to_size(sa)
+        rb = None if sb is None or share_b == 0 else (upper * share_b).sum_to_size(sb)
+        return ra, rb, None, None
+
+
+class _NormNode(torch.autograd.Function):
+    """A normalization with its scale σ held constant (Ali et al. 2022): the centring and
+    the affine weight are a linear map ``lin`` of x (the bias added after), and relevance
+    follows the epsilon rule on it, R_in = x · lin^T(R / stab(y)) with y the output."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, call: Call, lin: Callable[[Tensor], Tensor], eps: float, run: _Run
+    ) -> Tensor:
+        y: Tensor = call.apply(x)
+        ctx.save_for_backward(x, y)
+        ctx.lin, ctx.eps, ctx.run, ctx.name = lin, eps, run, call.op
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, upper: Tensor) -> tuple[Tensor, None, None, None, None]:
+        x, y = ctx.saved_tensors
+        with torch.enable_grad():
+            probe = x.detach().requires_grad_(True)
+            (back,) = torch.autograd.grad(ctx.lin(probe), probe, divide(upper, y, ctx.eps))
+        lower = back.mul_(x)
+        ctx.run.log(ctx.name, "sigma-detached epsilon", upper, lower)
+        return lower, None, None, None, None
 
 
 def _activation(value: object) -> bool:
     return isinstance(value, Tensor) and value.requires_grad and value.is_floating_point()
 
 
-class LRPMode(TorchFunctionMode):
-    """Route the calls of one forward pass through LRP nodes (see the module docstring)."""
+@dataclass
+class _State:
+    """What the LRP rules of one forward pass share."""
 
-    def __init__(self, composite: Composite, names: dict[int, str], run: _Run) -> None:
-        super().__init__()
-        self.composite = composite
-        self.names = names
-        self.run = run
-        self.first_open = composite.first is not None
-        self.layers = 0
-        self._last: tuple[Tensor, Tensor, Affine, AffineRule] | None = None
-        # ids of the tensors LRP nodes keep for backward: in-place writes must spare them
-        self._kept: set[int] = set()
+    composite: Composite
+    names: dict[int, str]
+    run: _Run
+    first_open: bool
+    layers: int = 0
+    last: tuple[Tensor, Tensor, Affine, AffineRule] | None = None
+    # ids of the tensors LRP nodes keep for backward: in-place writes must spare them
+    kept: set[int] = field(default_factory=set)
 
-    def _keep(self, *tensors: Tensor) -> None:
-        self._kept.update(id(t) for t in tensors)
+    def keep(self, *tensors: Tensor) -> None:
+        self.kept.update(id(t) for t in tensors)
 
-    def _name(self, tensor: Tensor, fallback: str) -> str:
+    def name(self, tensor: Tensor, fallback: str) -> str:
         return self.names.get(id(tensor), f"{fallback}#{self.layers}")
 
-    def _affine(self, func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-        parse = conv2d_call if func is F.conv2d else linear_call
-        weight = args[1] if len(args) > 1 else kwargs.get("weight")
-        name = (
-            self._name(weight, "conv2d" if func is F.conv2d else "linear")
-            if isinstance(weight, Tensor)
-            else "?"
-        )
-        parsed = parse(args, kwargs, name)
-        if parsed is None or not _activation(parsed[0]):
-            return func(*args, **kwargs)
+
+class _LRPRule(Rule):
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+
+class _AffineRule(_LRPRule):
+    """Convolutions and dense layers: the composite's rule for the layer."""
+
+    name = "composite rule"
+
+    def describe(self, call: Call) -> str | None:
+        return None if call.op not in ("conv2d", "linear") else self.name
+
+    def __call__(self, call: Call) -> Any:
+        if call.op not in ("conv2d", "linear"):
+            return NotImplemented
+        state = self.state
+        parse = conv2d_call if call.op == "conv2d" else linear_call
+        weight = call.bound["weight"]
+        parsed = parse(call.bound, state.name(weight, call.op))
+        if parsed is None:
+            return NotImplemented
         x, layer = parsed
-        self.layers += 1
+        state.layers += 1
         rule: AffineRule | None = None
-        if self.first_open:
-            rule = self.composite.first_rule(layer.kind)
+        if state.first_open:
+            rule = state.composite.first_rule(layer.kind)
             if rule is not None:
-                self.first_open = False
+                state.first_open = False
                 rule.check(x)
         if rule is None:
-            rule = self.composite.rule_for(layer.kind)
-        out: Tensor = _AffineNode.apply(x, layer, rule, self.run, None)
-        self._keep(x)
+            rule = state.composite.rule_for(layer.kind)
+        call.options["rule"] = rule.name
+        out: Tensor = _AffineNode.apply(x, layer, rule, state.run, None)
+        state.keep(x)
         if rule.uses_output:
-            self._keep(out)
-        self._last = (out, x, layer, rule)
+            state.keep(out)
+        state.last = (out, x, layer, rule)
         return out
 
-    def _batch_norm(
-        self, func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
-    ) -> Any:
-        if not args or not _activation(args[0]):
-            return func(*args, **kwargs)
-        x: Tensor = args[0]
-        bn = batch_norm_call(args, kwargs)
-        last = self._last
+
+class _BatchNormRule(_LRPRule):
+    """An eval-mode batch norm right after a conv/linear call is folded into it (one
+    node, the composite's rule); any other passes relevance through (as zennit)."""
+
+    name = "pass"
+
+    def __call__(self, call: Call) -> Any:
+        state = self.state
+        x = call.x
+        bn = batch_norm_call(call.bound)
+        last = state.last
         if bn is not None and last is not None and last[0] is x:
             _, source, layer, rule = last
             if layer.kind == "conv" or x.dim() == 2:
                 bn_weight = bn[3] if bn[3] is not None else bn[1]
                 folded = fold_batch_norm(
-                    layer, bn, f"{layer.name}+{self._name(bn_weight, 'batch_norm')}"
+                    layer, bn, f"{layer.name}+{state.name(bn_weight, 'batch_norm')}"
                 )
                 if folded is not None:
-                    self._last = None
+                    state.last = None
                     detached = x.detach()
 
                     def compute() -> Tensor:
-                        return func(detached, *args[1:], **kwargs)
+                        out: Tensor = call.apply(detached)
+                        return out
 
-                    out: Tensor = _AffineNode.apply(source, folded, rule, self.run, compute)
+                    call.options["rule"] = f"folded into {layer.name} ({rule.name})"
+                    out: Tensor = _AffineNode.apply(source, folded, rule, state.run, compute)
                     if rule.uses_output:
-                        self._keep(out)
+                        state.keep(out)
                     return out
+        return _PassNode.apply(x, call.apply, False)
 
-        def apply(t: Tensor) -> Tensor:
-            return func(t, *args[1:], **kwargs)
 
-        return _PassNode.apply(x, apply, False)
+class _PassRule(_LRPRule):
+    """Elementwise activations (rectifiers included): relevance passes unchanged. In
+    place as the model asked, unless an LRP node keeps the input (or it is the input)."""
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Iterable[type],
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is F.conv2d or func is F.linear:
-            return self._affine(func, args, kwargs)
-        if func is F.batch_norm:
-            return self._batch_norm(func, args, kwargs)
-        alpha = _ADDS.get(func)
-        if alpha is not None and len(args) >= 2:
-            a, b = args[0], args[1]
-            if _activation(a) and _activation(b):
-                scale = float(kwargs.get("alpha", 1.0)) * alpha
-                self._keep(a, b)
-                return _SumNode.apply(a, b, scale, self.composite.stabilizer, self.run)
-            return func(*args, **kwargs)
-        if func in _POOLS and args and _activation(args[0]):
-            rest, options = tuple(args[1:]), dict(kwargs)
+    name = "pass"
 
-            def pool(t: Tensor) -> Tensor:
-                return func(t, *rest, **options)
+    def __call__(self, call: Call) -> Any:
+        x = call.x
+        inplace = call.inplace and not x.is_leaf and id(x) not in self.state.kept
+        if inplace:
+            return _PassNode.apply(x, lambda _t: call.run(), True)
+        return _PassNode.apply(x, call.apply, False)
 
-            name = getattr(func, "__name__", "pool")
-            self._keep(args[0])
-            return _ProportionalNode.apply(args[0], pool, self.composite.stabilizer, self.run, name)
-        matched = _relu_args(func, tuple(args), kwargs)
-        if matched is not None and _activation(matched[0]):
-            x, upper = matched[0], matched[1]
-            # In place as asked, unless an LRP node keeps x (or x is the input leaf).
-            inplace = bool(matched[2]) if len(matched) > 2 else False
-            inplace = inplace and not x.is_leaf and id(x) not in self._kept
 
-            def rectify(t: Tensor) -> Tensor:
-                if inplace:
-                    return t.clamp_(min=0.0) if upper is None else t.clamp_(0.0, upper)
-                return t.clamp(min=0.0) if upper is None else t.clamp(0.0, upper)
+class _SumRule(_LRPRule):
+    """Sums of two activations: each term in proportion to its contribution."""
 
-            return _PassNode.apply(x, rectify, inplace)
-        return func(*args, **kwargs)
+    name = "proportional"
+
+    def __call__(self, call: Call) -> Any:
+        a, b = call.x, call.other
+        assert b is not None
+        self.state.keep(a, b)
+        return _SumNode.apply(
+            a, b, call.options["alpha"], self.state.composite.stabilizer, self.state.run
+        )
+
+
+class _PoolRule(_LRPRule):
+    """Average pooling, means and sums: in proportion to each input's contribution."""
+
+    name = "proportional"
+
+    def __call__(self, call: Call) -> Any:
+        self.state.keep(call.x)
+        return _ProportionalNode.apply(
+            call.x, call.apply, self.state.composite.stabilizer, self.state.run, call.op
+        )
+
+
+class _ScaleRule(_LRPRule):
+    """A product with a constant (layer scale, a number): the epsilon rule on a diagonal
+    map, which is the pass rule."""
+
+    name = "pass"
+
+    def __call__(self, call: Call) -> Any:
+        return _ShareNode.apply(call.x, None, lambda: call.apply(call.x), (1.0, 0.0))
+
+
+class _ProductRule(_LRPRule):
+    """A product of two activations. A gate (a squeeze-excitation scale broadcast over the
+    signal, or a sigmoid-type output) is held constant and the signal gets all the
+    relevance (Arras et al. 2017); a product of two signals splits it evenly."""
+
+    name = "gate held constant"
+
+    def describe(self, call: Call) -> str | None:
+        gate = call.options.get("gate")
+        return "uniform (½ each)" if gate is None else "signal (gate held constant)"
+
+    def __call__(self, call: Call) -> Any:
+        gate = call.options.get("gate")
+        shares = (0.5, 0.5) if gate is None else ((0.0, 1.0) if gate == 0 else (1.0, 0.0))
+        b = call.other
+        assert b is not None
+        return _ShareNode.apply(call.x, b, lambda: torch.mul(call.x, b), shares)
+
+
+class _QuotientRule(_LRPRule):
+    """a / b with b depending on the input: the divisor is held constant."""
+
+    name = "signal (divisor held constant)"
+
+    def __call__(self, call: Call) -> Any:
+        b = call.other
+        assert b is not None
+        return _ShareNode.apply(call.x, b, lambda: torch.div(call.x, b), (1.0, 0.0))
+
+
+class _NormRule(_LRPRule):
+    """Layer/group/instance/RMS norm with σ held constant (Ali et al. 2022)."""
+
+    name = "sigma-detached epsilon"
+
+    def __call__(self, call: Call) -> Any:
+        parts = call.options
+        view: Callable[[Tensor], Tensor] = parts["view"]
+        eps_norm: float = parts["eps"]
+        x = call.x
+        with torch.no_grad():
+            v = view(x)
+            c = v - v.mean(-1, keepdim=True) if parts["center"] else v
+            inv = torch.rsqrt((c * c).mean(-1, keepdim=True) + eps_norm)
+        weight_only = parts["weight_only"]
+
+        def lin(t: Tensor) -> Tensor:
+            u = view(t)
+            if parts["center"]:
+                u = u - u.mean(-1, keepdim=True)
+            out: Tensor = weight_only((u * inv).reshape(t.shape))
+            return out
+
+        self.state.keep(x)
+        return _NormNode.apply(x, call, lin, self.state.composite.stabilizer, self.state.run)
+
+
+def lrp_rules(state: _State) -> RuleSet:
+    """LRP's rules by kind (see the module docstring)."""
+    passing = _PassRule(state)
+    rules: dict[Kind, Rule] = {
+        Kind.AFFINE: _AffineRule(state),
+        Kind.BATCH_NORM: _BatchNormRule(state),
+        Kind.RECTIFIER: passing,
+        Kind.ACTIVATION: passing,
+        Kind.SUM: _SumRule(state),
+        Kind.AVG_POOL: _PoolRule(state),
+        Kind.SCALE: _ScaleRule(state),
+        Kind.PRODUCT: _ProductRule(state),
+        Kind.QUOTIENT: _QuotientRule(state),
+        Kind.NORMALIZATION: _NormRule(state),
+        Kind.MAX_POOL: GRADIENT,
+        Kind.MAX_REDUCE: GRADIENT,
+        Kind.DROPOUT: GRADIENT,
+    }
+    return RuleSet("lrp", rules, lost="relevance is not conserved there")
 
 
 @dataclass(frozen=True)
@@ -364,13 +480,15 @@ def relevance(
     composite: Composite,
     *,
     record: bool = False,
+    strict: bool = False,
 ) -> LRPResult:
     """Run LRP on ``module`` for ``inputs``: the relevance put in at the output is
     ``output * d score / d output`` (the target logit for class targets)."""
     run = _Run(record)
     x = inputs.detach().requires_grad_(True)
     with eval_mode(module), frozen_parameters(module), torch.enable_grad():
-        with LRPMode(composite, _parameter_names(module), run):
+        state = _State(composite, _parameter_names(module), run, composite.first is not None)
+        with Engine(lrp_rules(state), model=module, strict=strict):
             output = module(x)
         scores = target.score(output)
         leaves = [t for t in _tensor_leaves(output) if t.requires_grad]

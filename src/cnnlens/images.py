@@ -9,13 +9,14 @@ import struct
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-__all__ = ["MAX_PIXELS", "load_image", "sample_image", "sample_images"]
+__all__ = ["MAX_PIXELS", "decode_image", "load_image", "sample_image", "sample_images"]
 
 MAX_PIXELS = 100_000_000
 """Images with more pixels than this are refused before they are decoded."""
@@ -43,6 +44,15 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             raise InputError(f"{file}: empty file, not an image")
     except OSError as exc:
         raise InputError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    return decode_image(file, name=str(file))
+
+
+def decode_image(
+    source: str | os.PathLike[str] | IO[bytes], *, name: str, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """The picture in ``source`` (a path or a binary file object) as an RGB image, fully
+    decoded, as :func:`load_image` describes. The pixel count is checked from the header
+    before anything is decoded; every failure raises ``InputError`` starting with ``name``."""
     truncated_setting = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         # Our own size limit applies, checked before decoding; Pillow's bomb warning
@@ -50,32 +60,36 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             ImageFile.LOAD_TRUNCATED_IMAGES = False
-            with Image.open(file) as image:
+            with Image.open(source) as image:
                 width, height = image.size
-                if width * height > MAX_PIXELS:
+                if width * height > max_pixels:
                     raise InputError(
-                        f"{file}: {width}x{height} is over the limit of "
-                        f"{MAX_PIXELS // 1_000_000} megapixels"
+                        f"{name}: {width}x{height} is over the limit of "
+                        f"{_megapixels(max_pixels)} megapixels"
                     )
                 image.seek(0)
                 image.load()
-                return _to_rgb(ImageOps.exif_transpose(image), file)
+                return _to_rgb(ImageOps.exif_transpose(image), name)
     except InputError:
         raise
     except Image.DecompressionBombError:
-        raise InputError(f"{file}: image too large (over Pillow's decompression limit)") from None
+        raise InputError(f"{name}: image too large (over Pillow's decompression limit)") from None
     except UnidentifiedImageError:
-        raise InputError(f"{file}: not an image file (Pillow cannot identify it)") from None
+        raise InputError(f"{name}: not an image file (Pillow cannot identify it)") from None
     except PermissionError:
-        raise InputError(f"{file}: permission denied") from None
+        raise InputError(f"{name}: permission denied") from None
     except _DECODE_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{file}: truncated or corrupt image ({reason})") from None
+        raise InputError(f"{name}: truncated or corrupt image ({reason})") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated_setting
 
 
-def _to_rgb(image: Image.Image, file: Path) -> Image.Image:
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1_000_000:g}"
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image.copy()
@@ -89,7 +103,7 @@ def _to_rgb(image: Image.Image, file: Path) -> Image.Image:
     try:
         return image.convert("RGB")
     except ValueError as exc:
-        raise InputError(f"{file}: cannot convert a {mode} picture to RGB ({exc})") from None
+        raise InputError(f"{name}: cannot convert a {mode} picture to RGB ({exc})") from None
 
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:

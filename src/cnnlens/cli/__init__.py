@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "_evaluate",
     "_report",
     "_atlas",
+    "_serve",
 )
 
 

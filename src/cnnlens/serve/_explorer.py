@@ -1,0 +1,696 @@
+"""The explorer's state and computation, apart from HTTP: images and their cached forward
+pass, explanations, curves, activations, channel views, and the long jobs.
+
+Everything returns plain JSON-ready dicts; pictures inside them are PNG data URIs.
+Calls on the served model hold its lock (requests for one model are serialized, so no two
+of them interleave their hooks or flags); long jobs run on the worker thread on a private
+copy of the model, so a minute of occlusion does not hold up a Grad-CAM request.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from .._modules import resolve_layer
+from ..attribution.api import Explanation, explain, method_spec, registry
+from ..behaviour import activations, filters, visualize
+from ..behaviour._inspect import top_channels
+from ..dataset import FeatureStore, open_dataset, pixel_nearest, top_patches
+from ..errors import InputError
+from ..evaluate import deletion_insertion
+from ..images import sample_description, sample_image, sample_images
+from ..layers import LayerInfo, layers, receptive_field
+from ..models import LoadedModel
+from ..render import grid, tensor_to_image
+from ..render._behaviour import filter_tiles, rgb_filter_tiles
+from ._jobs import Job, Jobs, Progress, counting_forwards
+from ._options import LONG_METHODS, METHOD_OPTIONS, parse_options
+from ._pictures import ColorScale, data_uri, map_picture, png_bytes, scale_for, tile_picture
+
+__all__ = ["Explorer", "Limits", "NotFoundError"]
+
+
+class NotFoundError(InputError):
+    """A named thing (image, job, sample, index) that does not exist: HTTP 404."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    images: int = 8  # images kept with their caches (least recently used dropped)
+    explanations: int = 48  # cached explanations per image
+    top_channels: int = 256
+    visualize_steps: int = 512
+    curve_steps: int = 64
+
+
+JOB_BATCH = 32  # copies per forward pass for occlusion and Score-CAM
+
+ExplainKey = tuple[str, int, str | None, tuple[tuple[str, Any], ...]]
+
+
+@dataclass
+class ImageEntry:
+    """One image and everything computed for it."""
+
+    id: str
+    name: str
+    picture: Image.Image  # the crop the model saw
+    inputs: Tensor
+    probabilities: Tensor  # (classes,)
+    activations: dict[str, Tensor] = field(default_factory=dict)
+    explanations: OrderedDict[ExplainKey, tuple[Explanation, float]] = field(
+        default_factory=OrderedDict
+    )
+    curves: dict[tuple[ExplainKey, int], dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    method: str
+    target: int
+    layer: str | None
+    options: dict[str, Any]
+
+    @property
+    def key(self) -> ExplainKey:
+        return (self.method, self.target, self.layer, tuple(sorted(self.options.items())))
+
+
+class Explorer:
+    """The served model, its images and caches, and the job runner."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        store: FeatureStore | None = None,
+        dataset: Any = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.model = model
+        self.limits = limits or Limits()
+        self.store = store
+        self._dataset = dataset
+        self.lock = threading.RLock()  # one per served model: calls on it are serialized
+        self.jobs = Jobs()
+        self._images: OrderedDict[str, ImageEntry] = OrderedDict()
+        self._images_lock = threading.Lock()
+        self._layers: list[LayerInfo] | None = None
+        self._worker: LoadedModel | None = None
+
+    # -- model ------------------------------------------------------------------------------
+    def worker_model(self) -> LoadedModel:
+        """A private copy of the model for the job thread (made once, on the first job)."""
+        if self._worker is None:
+            with self.lock:
+                module = copy.deepcopy(self.model.module)
+            self._worker = dataclasses.replace(self.model, module=module)
+        return self._worker
+
+    def model_json(self) -> dict[str, Any]:
+        methods = []
+        for name, spec in sorted(registry().items()):
+            methods.append(
+                {
+                    "name": name,
+                    "kind": spec.kind,
+                    "uses_layer": spec.uses_layer,
+                    "signed": spec.kind in ("input", "occlusion", "cam"),
+                    "long": name in LONG_METHODS,
+                    "summary": spec.summary,
+                    "options": [o.as_json() for o in METHOD_OPTIONS.get(name, ())],
+                }
+            )
+        return {
+            "name": self.model.name,
+            "input_size": list(self.model.input_size),
+            "classes": len(self.model.labels),
+            "methods": methods,
+            "samples": [{"name": n, "description": sample_description(n)} for n in sample_images()],
+            "limits": dataclasses.asdict(self.limits),
+            "index": self.index_json() if self.store is not None else None,
+        }
+
+    def classes_json(self, query: str, limit: int) -> list[dict[str, Any]]:
+        """Class labels for completion: those starting with ``query`` first, then those
+        containing it, then close spellings."""
+        labels = self.model.labels
+        q = query.strip().lower()
+        if not q:
+            hits = list(range(len(labels)))
+        else:
+            starts = [i for i, label in enumerate(labels) if label.lower().startswith(q)]
+            inside = [i for i, label in enumerate(labels) if q in label.lower() and i not in starts]
+            hits = starts + inside
+            if not hits:
+                close = difflib.get_close_matches(q, [label.lower() for label in labels], n=limit)
+                hits = [i for c in close for i, label in enumerate(labels) if label.lower() == c]
+        return [{"index": i, "label": labels[i]} for i in hits[:limit]]
+
+    def class_index(self, text: str | None, entry: ImageEntry) -> int:
+        """A class given as an index or an exact label (any case); none: the top class."""
+        if text is None or text == "":
+            return int(entry.probabilities.argmax())
+        classes = len(entry.probabilities)
+        if text.lstrip("-").isdigit():
+            index = int(text)
+            if not 0 <= index < classes:
+                raise InputError(f"class {index} is out of range for {classes} classes")
+            return index
+        lowered = text.strip().lower()
+        for i, label in enumerate(self.model.labels):
+            if label.lower() == lowered:
+                return i
+        close = difflib.get_close_matches(text, self.model.labels, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise InputError(f"unknown class {text!r}{hint}")
+
+    def layer_infos(self) -> list[LayerInfo]:
+        """The layers with a spatial feature map (C, h, w) larger than 1×1, with receptive
+        fields; computed once (seconds on a large model: the CLI does it before serving)."""
+        if self._layers is None:
+            with self.lock:
+                found = layers(self.model)
+            self._layers = [
+                info
+                for info in found
+                if info.calls
+                and info.output_shape is not None
+                and len(info.output_shape) == 3
+                and info.output_shape[1] * info.output_shape[2] > 1
+            ]
+        return self._layers
+
+    def layers_json(self) -> list[dict[str, Any]]:
+        named = dict(self.model.module.named_modules())
+        out = []
+        for info in self.layer_infos():
+            rf = info.receptive_field
+            out.append(
+                {
+                    "name": info.name,
+                    "type": info.type,
+                    "shape": list(info.output_shape or ()),
+                    "receptive_field": None
+                    if rf is None
+                    else {"size": list(rf.size), "stride": list(rf.stride)},
+                    "weights": isinstance(named.get(info.name), nn.Conv2d),
+                }
+            )
+        return out
+
+    def check_layer(self, name: str) -> str:
+        """``name`` if it is one of the layers the explorer lists, else ``InputError``."""
+        known = [info.name for info in self.layer_infos()]
+        if name not in known:
+            resolve_layer(self.model.module, name)  # unknown name: the usual hint
+            raise InputError(f"layer {name!r} has no (C, h, w) feature map to show")
+        return name
+
+    # -- images -----------------------------------------------------------------------------
+    def add_picture(self, picture: Image.Image, name: str) -> ImageEntry:
+        """Register a picture: preprocess, run the model once, keep the result."""
+        with self.lock:
+            inputs = self.model.preprocess(picture)
+            with torch.inference_mode():
+                logits = self.model.module(inputs)
+        if logits.dim() != 2:
+            raise InputError(
+                f"the model's output has shape {tuple(logits.shape)}, not (1, classes)"
+            )
+        crop = self.model.deprocess(inputs)
+        digest = hashlib.sha256(inputs.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+        with self._images_lock:
+            entry = self._images.get(digest)
+            if entry is None:
+                entry = ImageEntry(
+                    id=digest,
+                    name=name,
+                    picture=crop,
+                    inputs=inputs.detach(),
+                    probabilities=logits.float().softmax(dim=1)[0].cpu(),
+                )
+                self._images[digest] = entry
+            self._images.move_to_end(digest)
+            while len(self._images) > self.limits.images:
+                self._images.popitem(last=False)
+        return entry
+
+    def add_sample(self, name: str) -> ImageEntry:
+        if name not in sample_images():
+            raise NotFoundError(f"no sample image {name!r}; samples: {', '.join(sample_images())}")
+        return self.add_picture(sample_image(name), name)
+
+    def entry(self, image_id: str) -> ImageEntry:
+        with self._images_lock:
+            entry = self._images.get(image_id)
+            if entry is None:
+                raise NotFoundError(f"no image {image_id!r} (upload it or choose a sample first)")
+            self._images.move_to_end(image_id)
+            return entry
+
+    def top(self, entry: ImageEntry, k: int) -> list[dict[str, Any]]:
+        values, ids = entry.probabilities.topk(max(1, min(k, len(entry.probabilities))))
+        return [
+            {"index": int(i), "label": self.model.label(int(i)), "probability": float(v)}
+            for v, i in zip(values, ids, strict=True)
+        ]
+
+    def image_json(self, entry: ImageEntry) -> dict[str, Any]:
+        return {
+            "id": entry.id,
+            "name": entry.name,
+            "size": [entry.picture.height, entry.picture.width],
+            "picture": data_uri(png_bytes(entry.picture)),
+            "top": self.top(entry, 5),
+        }
+
+    # -- explanations -----------------------------------------------------------------------
+    def explain_request(
+        self,
+        entry: ImageEntry,
+        method: str,
+        target: str | None,
+        layer: str | None,
+        query: Mapping[str, str],
+    ) -> ExplainRequest:
+        spec = method_spec(method)
+        if layer and not spec.uses_layer:
+            raise InputError(f"method {method!r} works on the input and takes no layer")
+        return ExplainRequest(
+            method=method,
+            target=self.class_index(target, entry),
+            layer=self.check_layer(layer) if layer else None,
+            options=parse_options(method, query),
+        )
+
+    def explanation(
+        self, entry: ImageEntry, request: ExplainRequest, progress: Progress | None = None
+    ) -> tuple[Explanation, float, bool]:
+        """The explanation (cached per image), the seconds it took, and whether it was cached.
+        With ``progress`` it runs on the worker's copy, counting forward passes."""
+        cached = entry.explanations.get(request.key)
+        if cached is not None:
+            return cached[0], cached[1], True
+        options = dict(request.options)
+        accepted = method_spec(request.method).options
+        if "progress" in accepted:
+            options["progress"] = False
+        if "batch_size" in accepted:  # stated, so the progress estimate counts right
+            options["batch_size"] = JOB_BATCH
+        start = time.perf_counter()
+        if progress is None:
+            with self.lock:
+                result = explain(
+                    self.model,
+                    entry.inputs,
+                    request.method,
+                    target=request.target,
+                    layer=request.layer,
+                    **options,
+                )
+        else:
+            worker = self.worker_model()
+            total = self._forward_estimate(entry, request)
+            with counting_forwards(worker.module, progress, total):
+                result = explain(
+                    worker,
+                    entry.inputs,
+                    request.method,
+                    target=request.target,
+                    layer=request.layer,
+                    **options,
+                )
+        seconds = time.perf_counter() - start
+        entry.explanations[request.key] = (result, seconds)
+        while len(entry.explanations) > self.limits.explanations:
+            entry.explanations.popitem(last=False)
+        return result, seconds, False
+
+    def _forward_estimate(self, entry: ImageEntry, request: ExplainRequest) -> int:
+        """How many forward passes a long method makes (for its progress bar)."""
+        height, width = entry.inputs.shape[-2:]
+        if request.method == "occlusion":
+            window, stride = int(request.options["window"]), int(request.options["stride"])
+            rows = math.ceil(max(0, height - window) / stride) + 1
+            cols = math.ceil(max(0, width - window) / stride) + 1
+            return 1 + math.ceil(rows * cols / JOB_BATCH)
+        if request.method == "scorecam":
+            name = request.layer or self.layer_infos()[-1].name
+            shape = next((i.output_shape for i in self.layer_infos() if i.name == name), None)
+            channels = int(shape[0]) if shape else 1
+            return 1 + math.ceil(channels / JOB_BATCH)
+        return 1
+
+    def explain_json(
+        self,
+        entry: ImageEntry,
+        request: ExplainRequest,
+        *,
+        display: str = "heatmap",
+        values: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        if display not in ("heatmap", "signed"):
+            raise InputError(f"display must be 'heatmap' or 'signed', got {display!r}")
+        explanation, seconds, cached = self.explanation(entry, request, progress)
+        shown = self._display_map(explanation, display)
+        size = (entry.picture.height, entry.picture.width)
+        clip = 0.995 if explanation.kind == "input" else None
+        scale = scale_for(shown, signed=display == "signed", clip=clip)
+        out: dict[str, Any] = {
+            "image": entry.id,
+            "method": request.method,
+            "target": request.target,
+            "label": self.model.label(request.target),
+            "layer": explanation.layer,
+            "options": request.options,
+            "kind": explanation.kind,
+            "signed": explanation.signed,
+            "display": display,
+            "seconds": seconds,
+            "cached": cached,
+            "map": data_uri(map_picture(shown, scale, size)),
+            "scale": scale.as_json(),
+        }
+        if values:
+            out["values"] = shown.tolist()
+        return out
+
+    def _display_map(self, explanation: Explanation, display: str) -> Tensor:
+        """``heatmap``: the contract's [0, 1] map; ``signed``: the raw signed map in the
+        attribution's units (summed over colour channels for input-space methods)."""
+        if display == "heatmap":
+            return explanation.heatmap()[0].cpu()
+        if not explanation.signed:
+            raise InputError(f"{explanation.method} gives a non-negative map; use display=heatmap")
+        raw = explanation.attribution[0].detach().float().cpu()
+        return raw.sum(dim=0) if raw.dim() == 3 else raw
+
+    def curves_json(self, entry: ImageEntry, request: ExplainRequest, steps: int) -> dict[str, Any]:
+        if not 2 <= steps <= self.limits.curve_steps:
+            raise InputError(f"steps must be between 2 and {self.limits.curve_steps}, got {steps}")
+        key = (request.key, steps)
+        found = entry.curves.get(key)
+        if found is not None:
+            return found
+        explanation, _, _ = self.explanation(entry, request)
+        start = time.perf_counter()
+        with self.lock:
+            curves = deletion_insertion(
+                self.model,
+                entry.inputs,
+                explanation,
+                steps=steps,
+                target=request.target,
+                progress=False,
+            )
+        result = {
+            "image": entry.id,
+            "method": request.method,
+            "target": request.target,
+            "layer": explanation.layer,
+            "steps": steps,
+            "deletion_auc": float(curves.deletion_auc[0]),
+            "insertion_auc": float(curves.insertion_auc[0]),
+            "deletion": [float(v) for v in curves.deletion_curve[0]],
+            "insertion": [float(v) for v in curves.insertion_curve[0]],
+            "seconds": time.perf_counter() - start,
+        }
+        entry.curves[key] = result
+        return result
+
+    # -- look inside ------------------------------------------------------------------------
+    def layer_maps(self, entry: ImageEntry, layer: str) -> Tensor:
+        """(C, h, w) activations of ``layer`` for the image (recorded once per image)."""
+        self.check_layer(layer)
+        maps = entry.activations.get(layer)
+        if maps is None:
+            with self.lock:
+                maps = activations(self.model, entry.inputs, layer)[0].detach().float().cpu()
+            entry.activations[layer] = maps
+        return maps
+
+    def activations_json(self, entry: ImageEntry, layer: str, top: int) -> dict[str, Any]:
+        if not 1 <= top <= self.limits.top_channels:
+            raise InputError(f"top must be between 1 and {self.limits.top_channels}, got {top}")
+        maps = self.layer_maps(entry, layer)
+        values, ids = top_channels(maps[None], top)
+        shown = maps[ids[0]]
+        scale = ColorScale("inferno", min(0.0, float(shown.min())), float(shown.max()) or 1.0)
+        return {
+            "image": entry.id,
+            "layer": layer,
+            "shape": list(maps.shape),
+            "channels": int(maps.shape[0]),
+            "order": "mean activation, highest first",
+            "scale": scale.as_json(),
+            "tiles": [
+                {
+                    "channel": int(c),
+                    "mean": float(v),
+                    "max": float(maps[int(c)].max()),
+                    "png": data_uri(tile_picture(maps[int(c)], scale)),
+                }
+                for v, c in zip(values[0], ids[0], strict=True)
+            ],
+        }
+
+    def channel_json(self, entry: ImageEntry, layer: str, channel: int) -> dict[str, Any]:
+        maps = self.layer_maps(entry, layer)
+        if not 0 <= channel < maps.shape[0]:
+            raise InputError(f"channel {channel} is out of range for {maps.shape[0]} channels")
+        values = maps[channel]
+        scale = ColorScale("inferno", min(0.0, float(values.min())), float(values.max()) or 1.0)
+        peak = int(values.flatten().argmax())
+        y, x = divmod(peak, values.shape[1])
+        info = next(i for i in self.layer_infos() if i.name == layer)
+        box = None
+        if info.receptive_field is not None:
+            box = list(info.receptive_field.box(y, x))
+        else:
+            with self.lock:
+                try:
+                    box = list(receptive_field(self.model, layer).box(y, x))
+                except InputError:
+                    box = None
+        size = (entry.picture.height, entry.picture.width)
+        return {
+            "image": entry.id,
+            "layer": layer,
+            "channel": channel,
+            "mean": float(values.mean()),
+            "max": float(values.max()),
+            "peak": [y, x],
+            "peak_box": box,
+            "map": data_uri(map_picture(values, scale, size)),
+            "scale": scale.as_json(),
+        }
+
+    def weights_json(self, layer: str, channel: int) -> dict[str, Any]:
+        self.check_layer(layer)
+        module = resolve_layer(self.model.module, layer)
+        if not isinstance(module, nn.Conv2d):
+            return {
+                "layer": layer,
+                "channel": channel,
+                "picture": None,
+                "note": f"{type(module).__name__} has no convolution weights to show",
+            }
+        if not 0 <= channel < module.out_channels:
+            raise InputError(
+                f"channel {channel} is out of range for {module.out_channels} channels"
+            )
+        weights = filters(self.model.module, module)[channel]  # (in / groups, kh, kw)
+        if weights.shape[0] == 3:
+            picture = rgb_filter_tiles(weights[None], scale=max(1, 96 // weights.shape[-1]))[0]
+            note = f"RGB filter {weights.shape[-2]}×{weights.shape[-1]} (grey = 0)"
+        else:
+            strongest = weights.flatten(1).norm(dim=1).argsort(descending=True)[:64]
+            tiles = filter_tiles(weights[strongest], scale=max(1, 24 // weights.shape[-1]))
+            picture = grid(tiles, columns=min(8, len(tiles)), pad=2)
+            note = (
+                f"{len(tiles)} of {weights.shape[0]} input kernels "
+                f"{weights.shape[-2]}×{weights.shape[-1]}, strongest first (blue −, red +)"
+            )
+        return {
+            "layer": layer,
+            "channel": channel,
+            "picture": data_uri(png_bytes(picture)),
+            "note": note,
+        }
+
+    # -- jobs -------------------------------------------------------------------------------
+    def explain_job(self, entry: ImageEntry, request: ExplainRequest, display: str) -> Job:
+        params = {
+            "image": entry.id,
+            "method": request.method,
+            "target": request.target,
+            "layer": request.layer,
+            "options": request.options,
+            "display": display,
+        }
+
+        def work(progress: Progress) -> dict[str, Any]:
+            return self.explain_json(entry, request, display=display, progress=progress)
+
+        return self.jobs.submit(
+            "explain", ("explain", entry.id, request.key, display), params, work
+        )
+
+    def visualize_job(self, layer: str, channel: int, steps: int, size: int) -> Job:
+        self.check_layer(layer)
+        shape = next(i.output_shape for i in self.layer_infos() if i.name == layer)
+        assert shape is not None
+        if not 0 <= channel < shape[0]:
+            raise InputError(f"channel {channel} is out of range for {shape[0]} channels")
+        if not 1 <= steps <= self.limits.visualize_steps:
+            raise InputError(f"steps must be between 1 and {self.limits.visualize_steps}")
+        if not 32 <= size <= 512:
+            raise InputError(f"size must be between 32 and 512 pixels, got {size}")
+        params = {"layer": layer, "channel": channel, "steps": steps, "size": size}
+
+        def work(progress: Progress) -> dict[str, Any]:
+            worker = self.worker_model()
+            start = time.perf_counter()
+            with counting_forwards(worker.module, progress, steps):
+                image = visualize(
+                    worker,
+                    f"{layer}:{channel}",
+                    steps=steps,
+                    seed=0,
+                    size=(size, size),
+                    progress=False,
+                )
+            return {
+                **params,
+                "picture": data_uri(png_bytes(tensor_to_image(image[0]))),
+                "seconds": time.perf_counter() - start,
+            }
+
+        return self.jobs.submit(
+            "visualize", ("visualize", layer, channel, steps, size), params, work
+        )
+
+    # -- the feature store ------------------------------------------------------------------
+    def dataset(self) -> Any:
+        if self.store is None:
+            raise NotFoundError("no feature store: start the server with --index STORE")
+        if self._dataset is None:
+            if self.store.dataset is None:
+                raise InputError("the feature store does not record which dataset it indexes")
+            self._dataset = open_dataset(self.store.dataset)
+        return self._dataset
+
+    def index_json(self) -> dict[str, Any]:
+        if self.store is None:
+            raise NotFoundError("no feature store: start the server with --index STORE")
+        return {
+            "rows": self.store.count,
+            "dim": self.store.dim,
+            "model": self.store.model_name,
+            "layer": self.store.layer,
+            "dataset": self.store.dataset,
+        }
+
+    def item_png(self, row: int) -> bytes:
+        data = self.dataset()
+        if not 0 <= row < len(data):
+            raise NotFoundError(f"no item {row}: the dataset has {len(data)} items")
+        picture = data[row][0]
+        if not isinstance(picture, Image.Image):
+            picture = tensor_to_image(torch.as_tensor(picture))
+        return png_bytes(self.model.preprocessing.crop_image(picture))
+
+    def _item(self, row: int, distance: float) -> dict[str, Any]:
+        assert self.store is not None
+        return {
+            "row": row,
+            "distance": distance,
+            "label": self.store.label_name(row) if row < self.store.count else None,
+            "picture": f"/api/index/items/{row}.png",
+        }
+
+    def neighbors_job(self, entry: ImageEntry, k: int) -> Job:
+        store = self.store
+        if store is None:
+            raise NotFoundError("no feature store: start the server with --index STORE")
+        if not 1 <= k <= min(64, store.count):
+            raise InputError(f"k must be between 1 and {min(64, store.count)}, got {k}")
+        params = {"image": entry.id, "k": k}
+
+        def work(progress: Progress) -> dict[str, Any]:
+            worker = self.worker_model()
+            progress.update(0, 2, "feature space")
+            rows, distances = store.nearest(entry.picture, k, model=worker)
+            features = [self._item(int(r), float(d)) for r, d in zip(rows, distances, strict=True)]
+            progress.check()
+            progress.update(1, 2, "pixel space")
+            rows, distances = pixel_nearest(
+                self.dataset(), entry.picture, k, model=worker, progress=False
+            )
+            pixels = [self._item(int(r), float(d)) for r, d in zip(rows, distances, strict=True)]
+            progress.update(2, 2, "done")
+            return {
+                **params,
+                "feature_space": features,
+                "pixel_space": pixels,
+                "layer": store.layer,
+            }
+
+        return self.jobs.submit("neighbors", ("neighbors", entry.id, k), params, work)
+
+    def patches_job(self, layer: str, channel: int, k: int) -> Job:
+        self.check_layer(layer)
+        data = self.dataset()
+        if not 1 <= k <= 36:
+            raise InputError(f"k must be between 1 and 36, got {k}")
+        params = {"layer": layer, "channel": channel, "k": k}
+
+        def work(progress: Progress) -> dict[str, Any]:
+            worker = self.worker_model()
+            with counting_forwards(worker.module, progress, 1 + math.ceil(len(data) / 64)):
+                found = top_patches(worker, data, layer, channels=[channel], k=k, progress=False)
+            patches = []
+            for patch in found[channel]:
+                pixels = worker.preprocessing.invert(patch.pixels)
+                picture = tensor_to_image(pixels)
+                side = max(picture.size)
+                if side < 64:  # tiny patches (28-pixel datasets) are shown enlarged
+                    factor = max(1, 64 // side)
+                    picture = picture.resize(
+                        (picture.width * factor, picture.height * factor), Image.Resampling.NEAREST
+                    )
+                patches.append(
+                    {
+                        "row": patch.index,
+                        "activation": patch.activation,
+                        "position": list(patch.position),
+                        "box": list(patch.box),
+                        "picture": data_uri(png_bytes(picture)),
+                        "label": self.store.label_name(patch.index)
+                        if self.store is not None and patch.index < self.store.count
+                        else None,
+                    }
+                )
+            return {**params, "patches": patches}
+
+        return self.jobs.submit("patches", ("patches", layer, channel, k), params, work)

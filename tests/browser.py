@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +34,9 @@ requires_chromium = pytest.mark.skipif(
 )
 
 
-def check_page(path: Path, screenshot: Path) -> PageCheck:
+@contextmanager
+def chromium(width: int = 1400, height: int = 1000) -> Iterator[Any]:
+    """A headless Chromium driven by selenium, with the browser console log kept."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -48,26 +53,35 @@ def check_page(path: Path, screenshot: Path) -> PageCheck:
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
+        f"--window-size={width},{height}",
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def console_errors(driver: Any) -> list[str]:
+    """SEVERE browser console entries since the last call."""
+    return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def check_page(path: Path, screenshot: Path) -> PageCheck:
+    with chromium() as driver:
         driver.get(path.resolve().as_uri())
         driver.execute_script("return document.readyState")
         broken = driver.execute_script(
             "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt || i.src.slice(0, 60));"
         )
         count = driver.execute_script("return document.images.length;")
-        logs = driver.get_log("browser")
-        errors = [entry["message"] for entry in logs if entry.get("level") == "SEVERE"]
+        errors = console_errors(driver)
         height = driver.execute_script("return document.documentElement.scrollHeight;")
         driver.set_window_size(1400, min(int(height) + 40, 6000))
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot))
         return PageCheck(int(count), list(broken), errors, driver.title)
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)

@@ -306,6 +306,7 @@ async function chooseChannel(layer, channel) {
   $("channel-title").textContent = `${layer} · channel ${channel}`;
   $("visual").hidden = true;
   $("visual-job").textContent = "";
+  $("visual-caption").textContent = "Gradient ascent on the input for this channel (background job, cached).";
   $("patches").replaceChildren();
   $("patches-job").textContent = "";
   $("dataset").hidden = !state.model.index;
@@ -440,7 +441,7 @@ async function init() {
     const box = el("input", { type: "checkbox", value: method.name });
     box.checked = defaults.includes(method.name);
     box.addEventListener("change", () => { buildOptions(); refreshExplain(); });
-    $("methods").append(el("label", { title: method.summary }, box, method.name + (method.long ? " ⏱" : "")));
+    $("methods").append(el("label", { title: method.summary }, box, method.name + (method.long ? " (job)" : "")));
   }
   $("layer").append(el("option", { value: "", text: "default: last feature map" }));
   for (const info of state.layers) {

@@ -128,6 +128,9 @@ def test_several_methods_grid_with_other_methods_options(
     torch.testing.assert_close(saved["occlusion"], occlusion.attribution)
 
 
+# Two steps leave integrated gradients far from complete, which it says; the test is about
+# the option reaching the method.
+@pytest.mark.filterwarnings("ignore::cnnlens.CompletenessWarning")
 def test_generic_option_flag(tmp_path: Path) -> None:
     raw = tmp_path / "raw.pt"
     argv = ["explain", "cat", "-m", "integrated_gradients", "--option", "steps=2"]

@@ -10,6 +10,11 @@ from torch import Tensor, nn
 import cnnlens
 from cnnlens import InputError
 
+# The generic tests run integrated gradients with few steps, which warns that the path
+# integral is under-resolved; completeness and its warning are tested in
+# test_integrated_gradients.py.
+pytestmark = pytest.mark.filterwarnings("ignore::cnnlens.CompletenessWarning")
+
 GRADIENT_METHODS = [
     "saliency",
     "smoothgrad",

@@ -180,7 +180,10 @@ def test_per_item_targets_and_tensor_baseline() -> None:
     torch.testing.assert_close(as_float.attribution, as_tensor.attribution)
     # per-item baseline: item 1 occluded with its own values changes nothing
     per_item = torch.stack([torch.zeros(2, 6, 6, dtype=torch.float64), x[1]])
-    a = cnnlens.explain(model, x, "occlusion", target=0, window=3, baseline=per_item).attribution
+    with pytest.warns(cnnlens.ZeroAttributionWarning, match=r"for items \[1\]: covering"):
+        a = cnnlens.explain(
+            model, x, "occlusion", target=0, window=3, baseline=per_item
+        ).attribution
     assert bool((a[1] == 0).all())
     assert bool((a[0] != 0).any())
 

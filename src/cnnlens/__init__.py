@@ -14,7 +14,13 @@ from .attribution.api import METHODS, Explanation, explain
 from .attribution.cam import cam_model
 from .behaviour import Factorization, activations, factorize, filters, visualize
 from .dataset import FeatureStore, embed, extract_features, pixel_nearest, top_patches
-from .errors import InputError, ModelLoadError
+from .errors import (
+    CnnlensWarning,
+    CompletenessWarning,
+    InputError,
+    ModelLoadError,
+    ZeroAttributionWarning,
+)
 from .evaluate import (
     data_randomization_test,
     deletion_insertion,
@@ -35,6 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "Box",
+    "CnnlensWarning",
+    "CompletenessWarning",
     "DetectionTarget",
     "Explanation",
     "Factorization",
@@ -45,6 +53,7 @@ __all__ = [
     "ModelLoadError",
     "ReceptiveField",
     "SegmentationTarget",
+    "ZeroAttributionWarning",
     "activations",
     "cam_model",
     "data_randomization_test",

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "ModelLoadError"]
+__all__ = [
+    "CnnlensWarning",
+    "CompletenessWarning",
+    "InputError",
+    "ModelLoadError",
+    "ZeroAttributionWarning",
+]
 
 
 class InputError(ValueError):
@@ -14,3 +20,19 @@ class InputError(ValueError):
 
 class ModelLoadError(InputError):
     """A model could not be loaded (unknown name, weights not available offline, bad file)."""
+
+
+class CnnlensWarning(UserWarning):
+    """Base class of cnnlens's warnings: a result was computed but may mislead, and the
+    message says why and what to try. Filter them all with
+    ``warnings.simplefilter("ignore", cnnlens.CnnlensWarning)``."""
+
+
+class CompletenessWarning(CnnlensWarning):
+    """Integrated gradients: the attributions' sum misses score(x) − score(baseline) by more
+    than the tolerance (the path integral is under-resolved); more steps close the gap."""
+
+
+class ZeroAttributionWarning(CnnlensWarning):
+    """An explanation is identically zero for some items: it shows nothing, and the message
+    says why that happens with this method and what to try instead."""

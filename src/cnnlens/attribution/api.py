@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -14,10 +15,19 @@ from torch import Tensor, nn
 from .._hooks import eval_mode, frozen_parameters
 from .._modules import as_module, layer_name, resolve_layer
 from .._trace import default_feature_layer
-from ..errors import InputError
+from ..errors import InputError, ZeroAttributionWarning
 from ..targets import Target, TargetSpec, resolve_target
 
-__all__ = ["METHODS", "Explanation", "MethodSpec", "explain"]
+__all__ = ["METHODS", "Explanation", "MethodResult", "MethodSpec", "explain"]
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """What a method returns when it has more to report than the attribution: ``extras``
+    become :attr:`Explanation.extras` (integrated gradients' completeness gap, ...)."""
+
+    attribution: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 class MethodFn(Protocol):
@@ -28,7 +38,7 @@ class MethodFn(Protocol):
         target: Target,
         layer: nn.Module | None,
         **options: Any,
-    ) -> Tensor: ...
+    ) -> Tensor | MethodResult: ...
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,8 @@ class MethodSpec:
 
     ``kind``: ``"input"`` (attribution (B, C, H, W) in input space, signed),
     ``"occlusion"`` (mean score drop, (B, C|1, H, W)), ``"cam"`` (signed (B, h, w) at a
-    layer), ``"gradcam"`` (non-negative (B, h, w) at a layer).
+    layer), ``"gradcam"`` (non-negative (B, h, w) at a layer). ``if_zero`` overrides the
+    kind's explanation of an all-zero result (see :data:`ZERO_HINTS`).
     """
 
     fn: MethodFn
@@ -45,6 +56,9 @@ class MethodSpec:
     uses_layer: bool = False
     options: frozenset[str] = frozenset()
     summary: str = ""
+    if_zero: str = ""
+    """Why this method can give an all-zero result and what to try then (for the warning
+    :func:`warn_if_zero` issues)."""
 
 
 class _MethodNames:
@@ -98,7 +112,10 @@ def registry() -> dict[str, MethodSpec]:
 @dataclass(frozen=True)
 class Explanation:
     """The result of :func:`explain`. ``attribution`` is the raw tensor (see the contract
-    for each method's shape and meaning); :meth:`heatmap` gives a [0, 1] map at input size."""
+    for each method's shape and meaning); :meth:`heatmap` gives a [0, 1] map at input size.
+    ``extras`` holds what a method reports besides it, per item: for integrated gradients
+    ``delta`` (Σ attribution − (score − baseline score)), ``relative_delta``, ``score`` and
+    ``baseline_score``."""
 
     method: str
     targets: Tensor | None
@@ -159,6 +176,49 @@ def check_inputs(inputs: object) -> Tensor:
     return inputs
 
 
+ZERO_HINTS: dict[str, str] = {
+    "input": (
+        "no signal reached the input: the score does not change with the input locally "
+        "(every unit feeding it inactive, or the input equal to the baseline); try "
+        "occlusion or integrated_gradients, or check the target"
+    ),
+    "occlusion": (
+        "covering any window leaves the score unchanged; try a larger window or another "
+        "baseline value"
+    ),
+    "cam": "the layer's feature maps or the class weights are zero; try another layer",
+    "gradcam": (
+        "ReLU(Σ_k w_k A^k) is zero everywhere: the weighted feature maps are negative at "
+        "every position (common at the last block of MobileNetV3, EfficientNet and ConvNeXt, "
+        "whose feature maps are mostly negative); try another layer (layer=...), or 'cam', "
+        "which keeps the sign"
+    ),
+}
+"""Per method kind: why a result can be identically zero and what to try."""
+
+
+def zero_items(attribution: Tensor) -> list[int]:
+    """The items (first dimension) whose attribution is identically zero."""
+    return [int(i) for i in torch.nonzero(~attribution.flatten(1).ne(0).any(dim=1)).flatten()]
+
+
+def warn_if_zero(method: str, spec: MethodSpec, attribution: Tensor, layer: str | None) -> None:
+    """One check for every method: an all-zero result shows nothing and must not pass in
+    silence, so it gets a :class:`~cnnlens.ZeroAttributionWarning` saying why it happens
+    with this method and what to try."""
+    items = zero_items(attribution)
+    if not items:
+        return
+    where = f" at layer {layer!r}" if layer is not None else ""
+    which = "every item" if len(items) == attribution.shape[0] else f"items {items}"
+    warnings.warn(
+        f"{method}: the result is identically zero for {which}{where}: "
+        + (spec.if_zero or ZERO_HINTS.get(spec.kind, "try another method")),
+        ZeroAttributionWarning,
+        stacklevel=3,
+    )
+
+
 def explain(
     model: Any,
     inputs: Tensor,
@@ -171,7 +231,9 @@ def explain(
     """Explain the model's score for each item of ``inputs`` with ``method``.
 
     The model is run in eval mode with parameter gradients off; both are restored
-    afterwards, and no hook is left behind, also when an error is raised.
+    afterwards, and no hook is left behind, also when an error is raised. A result that is
+    identically zero for some item comes with a :class:`~cnnlens.ZeroAttributionWarning`
+    saying why and what to try.
     """
     module = as_module(model)
     inputs = check_inputs(inputs)
@@ -193,11 +255,15 @@ def explain(
     inputs = inputs.detach()
     with eval_mode(module), frozen_parameters(module):
         attribution = spec.fn(module, inputs, resolved, layer_module, **options)
+    result = attribution if isinstance(attribution, MethodResult) else MethodResult(attribution)
+    name = None if layer_module is None else layer_name(module, layer_module)
+    warn_if_zero(method, spec, result.attribution, name)
     return Explanation(
         method=method,
         targets=None if resolved.is_callable else resolved.classes,
-        attribution=attribution.detach(),
+        attribution=result.attribution.detach(),
         kind=spec.kind,
         input_size=(int(inputs.shape[-2]), int(inputs.shape[-1])),
-        layer=None if layer_module is None else layer_name(module, layer_module),
+        layer=name,
+        extras={k: v.detach() for k, v in result.extras.items()},
     )

@@ -32,6 +32,7 @@ from ..errors import InputError
 from ..targets import Target
 from ._cam_model import CamModel, cam_model
 from .api import MethodSpec
+from .gradient import guided_backprop
 
 __all__ = [
     "METHODS",
@@ -307,10 +308,8 @@ def _guided_gradcam(
 ) -> Tensor:
     """Selvaraju et al. 2017: guided backpropagation ⊙ Grad-CAM upsampled (bilinearly) to
     the input size. (B, C, H, W), signed as guided backpropagation is."""
-    from .api import method_spec
-
     cam = _GRADCAM(module, inputs, target, layer)  # fixes top-class targets first
-    guided = method_spec("guided_backprop").fn(module, inputs, target, None)
+    guided = guided_backprop(module, inputs, target, None)
     upsampled = F.interpolate(
         cam.unsqueeze(1), size=inputs.shape[-2:], mode="bilinear", align_corners=False
     )
@@ -354,5 +353,10 @@ METHODS: dict[str, MethodSpec] = {
         "input",
         uses_layer=True,
         summary="guided backpropagation times upsampled Grad-CAM (Selvaraju et al. 2017)",
+        if_zero=(
+            "its Grad-CAM factor is zero everywhere (the weighted feature maps are negative "
+            "at every position) or no positive gradient passed the rectifiers; try another "
+            "layer (layer=...), or guided_backprop alone"
+        ),
     ),
 }

@@ -149,5 +149,9 @@ METHODS: dict[str, MethodSpec] = {
         kind="input",
         options=frozenset({"baseline", "baselines", "progress", "strict"}),
         summary="DeepLIFT-Rescale: sums to score(input) − score(baseline) (Shrikumar et al. 2017)",
+        if_zero=(
+            "the input equals the baseline, or no difference from the baseline reached the "
+            "score; try another baseline"
+        ),
     ),
 }

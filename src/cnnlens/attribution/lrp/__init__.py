@@ -55,5 +55,10 @@ METHODS: dict[str, MethodSpec] = {
         kind="input",
         options=frozenset({"composite", "epsilon", "gamma", "stabilizer", "low", "high"}),
         summary="layer-wise relevance propagation (composites as in zennit)",
+        if_zero=(
+            "no relevance reached the input: the score is zero, or biases and stabilizers "
+            "absorbed all of it (a logit that is its classifier's bias alone); check the "
+            "target, or try another composite"
+        ),
     )
 }

@@ -1,4 +1,4 @@
-"""The hook engine: Recorder, RectifierMode, eval_mode, frozen_parameters."""
+"""The hook engine: Recorder, RectifierMode."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from cnnlens._guard import guard
 from cnnlens._hooks import (
     Recorder,
     RectifierMode,
     RectifierRule,
     count_hooks,
-    eval_mode,
-    frozen_parameters,
 )
 
 
@@ -140,7 +139,7 @@ def test_model_left_untouched(resnet: nn.Module, image: Tensor, untouched: type)
     snap = untouched.take(resnet, image)
     x = image.clone().requires_grad_(True)
     with (
-        frozen_parameters(resnet),
+        guard(resnet),
         Recorder([resnet.layer3]) as rec,
         RectifierMode(RectifierRule()),
     ):
@@ -247,29 +246,3 @@ def test_rectifier_mode_on_resnet_keeps_outputs(resnet: nn.Module, image: Tensor
     torch.testing.assert_close(out, expected)
     assert mode.calls == 1 + 8 * 2  # stem + two per BasicBlock (shared module)
     assert no_hooks_anywhere(resnet)
-
-
-# --------------------------------------------------------------------------- flags
-
-
-def test_eval_mode_and_frozen_parameters_restore_flags() -> None:
-    model = torchvision.models.resnet18(weights=None)
-    model.train()
-    model.layer2.eval()
-    model.fc.weight.requires_grad_(False)
-    training = [m.training for m in model.modules()]
-    flags = [p.requires_grad for p in model.parameters()]
-    with eval_mode(model), frozen_parameters(model):
-        assert not any(m.training for m in model.modules())
-        assert not any(p.requires_grad for p in model.parameters())
-    assert [m.training for m in model.modules()] == training
-    assert [p.requires_grad for p in model.parameters()] == flags
-
-    def fail() -> None:
-        with eval_mode(model), frozen_parameters(model):
-            raise KeyError("inside")
-
-    with pytest.raises(KeyError):
-        fail()
-    assert [m.training for m in model.modules()] == training
-    assert [p.requires_grad for p in model.parameters()] == flags

@@ -19,8 +19,7 @@ Two parts, each a context manager that undoes everything it did in ``finally``:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -35,8 +34,6 @@ __all__ = [
     "RectifierMode",
     "RectifierRule",
     "count_hooks",
-    "eval_mode",
-    "frozen_parameters",
 ]
 
 
@@ -178,32 +175,6 @@ class RectifierMode(Engine):
     @property
     def calls(self) -> int:
         return self.counts[Kind.RECTIFIER]
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode; restore each one's own flag afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        module.eval()
-        yield module
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
-@contextlib.contextmanager
-def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
-    """Turn off ``requires_grad`` on every parameter so no parameter gradient is computed or
-    accumulated; each flag is restored afterwards."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield module
-    finally:
-        for p, requires_grad in flags:
-            p.requires_grad_(requires_grad)
 
 
 def count_hooks(module: nn.Module) -> int:

@@ -1,28 +1,15 @@
-"""Resolving the user's ``model`` and ``layer`` arguments."""
+"""Resolving the user's ``layer`` argument (the ``model`` argument is bound by
+:mod:`cnnlens._guard`)."""
 
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from .errors import InputError
 
-if TYPE_CHECKING:
-    from .models import LoadedModel
-
-__all__ = ["as_module", "layer_name", "resolve_layer"]
-
-
-def as_module(model: nn.Module | LoadedModel) -> nn.Module:
-    """The ``nn.Module`` behind a plain module or a :class:`LoadedModel`."""
-    if isinstance(model, nn.Module):
-        return model
-    module = getattr(model, "module", None)
-    if isinstance(module, nn.Module):
-        return module
-    raise InputError(f"expected a torch.nn.Module or a LoadedModel, got {type(model).__name__}")
+__all__ = ["layer_name", "resolve_layer"]
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:

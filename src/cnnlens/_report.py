@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ._guard import guard
 from ._modules import layer_name
 from ._trace import trace_calls
 from .attribution.api import Explanation, explain, registry
@@ -123,8 +124,8 @@ def depth_layers(
 
 
 def _top(model: LoadedModel, inputs: Tensor, n: int) -> list[tuple[int, str, float]]:
-    with torch.inference_mode():
-        probs = model.module(inputs).softmax(dim=1)[0]
+    with torch.inference_mode(), guard(model) as module:
+        probs = module(inputs).softmax(dim=1)[0]
     values, ids = probs.topk(min(n, probs.shape[0]))
     return [(int(i), model.label(int(i)), float(v)) for v, i in zip(values, ids, strict=True)]
 

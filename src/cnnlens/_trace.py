@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._hooks import eval_mode
+from ._guard import guard
 
 __all__ = ["ModuleCall", "default_feature_layer", "trace_calls"]
 
@@ -36,7 +36,7 @@ def trace_calls(model: nn.Module, inputs: Tensor) -> list[ModuleCall]:
         for module in names:
             if module is not model:
                 handles.append(module.register_forward_hook(hook))
-        with torch.inference_mode(), eval_mode(model):
+        with torch.inference_mode(), guard(model, needs="tracing the layers"):
             model(inputs)
     finally:
         for handle in handles:

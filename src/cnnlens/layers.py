@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
 from ._engine import Engine, Rule, RuleSet
-from ._modules import as_module, layer_name, resolve_layer
+from ._guard import guard
+from ._modules import layer_name, resolve_layer
 from ._ops import Call, Kind
 from ._trace import trace_calls
 from .errors import InputError
@@ -132,7 +133,17 @@ def layers(
     ``channels`` to the input channels of the first convolution (else 3). With
     ``receptive_fields=False`` the (cheaper) listing leaves them ``None``.
     """
-    module = as_module(model)
+    with guard(model, needs="the layer listing") as module:
+        return _layers(model, module, input_size, receptive_fields, channels)
+
+
+def _layers(
+    model: nn.Module | LoadedModel,
+    module: nn.Module,
+    input_size: int | tuple[int, int] | None,
+    receptive_fields: bool,
+    channels: int | None,
+) -> list[LayerInfo]:
     size = _input_size(model, input_size)
     chans = _channels(model, module, channels)
     device, dtype = _device_dtype(module)
@@ -151,7 +162,7 @@ def layers(
         count[call.module] = count.get(call.module, 0) + 1
         shape[call.module] = None if call.output_shape is None else call.output_shape[1:]
     fields: dict[str, ReceptiveField | None] = {}
-    if receptive_fields and not isinstance(module, torch.jit.ScriptModule):
+    if receptive_fields:
         fields = _Probe(module, size, chans).fields()
     return [
         LayerInfo(
@@ -180,13 +191,11 @@ def receptive_field(
     Raises :class:`InputError` for an unknown layer or one without a spatial map (after
     global pooling, a linear layer, one that did not run).
     """
-    module = as_module(model)
-    target = resolve_layer(module, layer)
-    name = layer_name(module, target)
-    if isinstance(module, torch.jit.ScriptModule):
-        raise InputError("receptive fields need a Python nn.Module, not a TorchScript model")
-    size = _input_size(model, input_size)
-    fields = _Probe(module, size, _channels(model, module, channels)).fields()
+    with guard(model, needs="receptive fields") as module:
+        target = resolve_layer(module, layer)
+        name = layer_name(module, target)
+        size = _input_size(model, input_size)
+        fields = _Probe(module, size, _channels(model, module, channels)).fields()
     if name not in fields:
         raise InputError(f"layer {name!r} did not run in a forward pass of the model")
     field = fields[name]

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .._hooks import eval_mode
-from .._modules import as_module, layer_name, resolve_layer
+from .._guard import guard
+from .._modules import layer_name, resolve_layer
 from .._progress import track
 from ..errors import InputError
 
@@ -64,7 +64,7 @@ class CamModel(nn.Module):
         device = self.head.weight.device
         pooled: list[Tensor] = []
         labels: list[Tensor] = []
-        with eval_mode(self.backbone):
+        with guard(self.backbone, needs="cam_model"):
             for batch in track(loader, "features", enabled=None if progress else False):
                 if not isinstance(batch, Sequence) or len(batch) != 2:
                     raise InputError("the dataset must give (image tensor, class index) pairs")
@@ -219,18 +219,17 @@ def cam_model(
     The number of channels is read from one dry forward pass of a blank image of
     ``input_size`` (default: the ``LoadedModel``'s input size, else 224×224).
     """
-    module = as_module(model)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
-    name = layer_name(module, resolve_layer(module, layer))
     if input_size is None:
         size = getattr(model, "input_size", None)
         input_size = tuple(size) if isinstance(size, tuple) else (224, 224)  # type: ignore[assignment]
     assert input_size is not None
-    parameter = next(module.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    probe = torch.zeros(1, _probe_channels(module), *input_size, device=device)
-    with torch.inference_mode(), eval_mode(module):
+    with torch.inference_mode(), guard(model, needs="cam_model") as module:
+        name = layer_name(module, resolve_layer(module, layer))
+        parameter = next(module.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        probe = torch.zeros(1, _probe_channels(module), *input_size, device=device)
         channels = int(_layer_features(module, name, probe).shape[1])
     converted = CamModel(module, name, channels, num_classes)
     converted.head.to(device)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._hooks import eval_mode, frozen_parameters
-from .._modules import as_module, layer_name, resolve_layer
+from .._guard import guard
+from .._modules import layer_name, resolve_layer
 from .._trace import default_feature_layer
 from ..errors import InputError, ZeroAttributionWarning
 from ..targets import Target, TargetSpec, resolve_target
@@ -49,11 +49,16 @@ class MethodSpec:
     ``"occlusion"`` (mean score drop, (B, C|1, H, W)), ``"cam"`` (signed (B, h, w) at a
     layer), ``"gradcam"`` (non-negative (B, h, w) at a layer). ``if_zero`` overrides the
     kind's explanation of an all-zero result (see :data:`ZERO_HINTS`).
+
+    ``torchscript``: the method is made of forward and input-gradient passes only, so it
+    gives the eager answer on a TorchScript model; the others intercept operations or hook
+    layers, which TorchScript runs outside Python, and refuse it.
     """
 
     fn: MethodFn
     kind: str
     uses_layer: bool = False
+    torchscript: bool = False
     options: frozenset[str] = frozenset()
     summary: str = ""
     if_zero: str = ""
@@ -230,12 +235,15 @@ def explain(
 ) -> Explanation:
     """Explain the model's score for each item of ``inputs`` with ``method``.
 
-    The model is run in eval mode with parameter gradients off; both are restored
-    afterwards, and no hook is left behind, also when an error is raised. A result that is
-    identically zero for some item comes with a :class:`~cnnlens.ZeroAttributionWarning`
-    saying why and what to try.
+    ``model``: a module, a ``LoadedModel``, ``torch.compile`` output or a
+    ``DataParallel``/``DistributedDataParallel`` wrapper (the eager module inside is used);
+    a TorchScript model runs the methods made of forward and input-gradient passes and
+    refuses the others with :class:`InputError`. The model is run in eval mode with
+    parameter gradients off, under a lock that serializes calls on it from several threads;
+    flags are restored afterwards, and no hook is left behind, also when an error is raised.
+    A result that is identically zero for some item comes with a
+    :class:`~cnnlens.ZeroAttributionWarning` saying why and what to try.
     """
-    module = as_module(model)
     inputs = check_inputs(inputs)
     spec = method_spec(method)
     unknown = set(options) - spec.options
@@ -245,18 +253,19 @@ def explain(
             + (f"; options: {', '.join(sorted(spec.options))}" if spec.options else "")
         )
     resolved = resolve_target(target, inputs.shape[0])
-    layer_module: nn.Module | None = None
-    if spec.uses_layer:
-        layer_module = (
-            default_feature_layer(module, inputs) if layer is None else resolve_layer(module, layer)
-        )
-    elif layer is not None:
+    if not spec.uses_layer and layer is not None:
         raise InputError(f"method {method!r} works on the input and takes no layer")
-    inputs = inputs.detach()
-    with eval_mode(module), frozen_parameters(module):
-        attribution = spec.fn(module, inputs, resolved, layer_module, **options)
+    with guard(model, needs=None if spec.torchscript else method) as module:
+        layer_module: nn.Module | None = None
+        if spec.uses_layer:
+            layer_module = (
+                default_feature_layer(module, inputs)
+                if layer is None
+                else resolve_layer(module, layer)
+            )
+        attribution = spec.fn(module, inputs.detach(), resolved, layer_module, **options)
+        name = None if layer_module is None else layer_name(module, layer_module)
     result = attribution if isinstance(attribution, MethodResult) else MethodResult(attribution)
-    name = None if layer_module is None else layer_name(module, layer_module)
     warn_if_zero(method, spec, result.attribution, name)
     return Explanation(
         method=method,

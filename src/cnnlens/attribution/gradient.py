@@ -438,11 +438,15 @@ _RECTIFIED_ZERO = (
 
 METHODS: dict[str, MethodSpec] = {
     "saliency": MethodSpec(
-        _method(saliency), "input", summary="gradient of the score w.r.t. the input (Simonyan 2013)"
+        _method(saliency),
+        "input",
+        torchscript=True,
+        summary="gradient of the score w.r.t. the input (Simonyan 2013)",
     ),
     "smoothgrad": MethodSpec(
         _method(smoothgrad),
         "input",
+        torchscript=True,
         options=frozenset({"samples", "noise", "seed", "squared"}) | _COPIES,
         summary="gradient averaged over noisy copies of the input (Smilkov 2017)",
     ),
@@ -461,11 +465,15 @@ METHODS: dict[str, MethodSpec] = {
         if_zero=_RECTIFIED_ZERO,
     ),
     "input_x_gradient": MethodSpec(
-        _method(input_x_gradient), "input", summary="input times gradient (Shrikumar 2016)"
+        _method(input_x_gradient),
+        "input",
+        torchscript=True,
+        summary="input times gradient (Shrikumar 2016)",
     ),
     "integrated_gradients": MethodSpec(
         _method(integrated_gradients),
         "input",
+        torchscript=True,
         options=frozenset({"steps", "rule", "baseline"}) | _COPIES,
         summary="path-integrated gradients from a baseline (Sundararajan 2017)",
     ),

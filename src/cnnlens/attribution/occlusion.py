@@ -192,6 +192,7 @@ METHODS: dict[str, MethodSpec] = {
     "occlusion": MethodSpec(
         fn=_method(occlusion),
         kind="occlusion",
+        torchscript=True,
         options=frozenset({"window", "stride", "baseline", "batch_size", "score", "progress"}),
         summary="mean score drop when a sliding window covers each pixel (Zeiler & Fergus 2014)",
     ),

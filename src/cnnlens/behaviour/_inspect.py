@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._hooks import Recorder, eval_mode
-from .._modules import as_module, resolve_layer
+from .._guard import guard, require_eager, unwrap
+from .._hooks import Recorder
+from .._modules import resolve_layer
 from .._trace import ModuleCall, trace_calls
 from ..errors import InputError
 
@@ -42,7 +43,8 @@ def filters(model: Any, layer: nn.Module | str | None = None) -> Tensor:
     A copy: changing it does not change the model. For grouped and depthwise convolutions
     filter ``o`` sees input channels ``(o // (out / groups)) * (in / groups) + i``.
     """
-    module = as_module(model)
+    module = unwrap(model)
+    require_eager(module, "filters")
     conv = first_convolution(module) if layer is None else resolve_layer(module, layer)
     if not isinstance(conv, nn.Conv2d):
         raise InputError(f"layer is a {type(conv).__name__}, not a 2-D convolution")
@@ -53,7 +55,11 @@ def _layer_output(module: nn.Module, inputs: Tensor, layer: nn.Module) -> Tensor
     if not isinstance(inputs, Tensor) or inputs.dim() != 4:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise InputError(f"inputs must be a (B, C, H, W) tensor, got {shape}")
-    with Recorder([layer], detach=True) as recorder, torch.inference_mode(), eval_mode(module):
+    with (
+        guard(module, needs="layer activations"),
+        Recorder([layer], detach=True) as recorder,
+        torch.inference_mode(),
+    ):
         module(inputs)
         if not recorder.records[layer]:
             raise InputError(f"layer {type(layer).__name__} was not called in the forward pass")
@@ -68,8 +74,8 @@ def _layer_output(module: nn.Module, inputs: Tensor, layer: nn.Module) -> Tensor
 def activations(model: Any, inputs: Tensor, layer: nn.Module | str) -> Tensor:
     """The feature maps (B, C, h, w) of ``layer`` for ``inputs`` (its last call if the
     module runs several times). A (B, C) output is returned as (B, C, 1, 1)."""
-    module = as_module(model)
-    return _layer_output(module, inputs, resolve_layer(module, layer))
+    with guard(model, needs="layer activations") as module:
+        return _layer_output(module, inputs, resolve_layer(module, layer))
 
 
 def top_channels(maps: Tensor, n: int, *, by: str = "mean") -> tuple[Tensor, Tensor]:

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import functional as TF
 
-from .._hooks import eval_mode
-from .._modules import as_module, layer_name, resolve_layer
+from .._guard import guard, require_eager, unwrap
+from .._modules import layer_name, resolve_layer
 from .._progress import progress as progress_bar
 from .._trace import default_feature_layer, trace_calls
 from ..errors import InputError
@@ -246,7 +246,7 @@ class LayerTap:
         self._seen = 0
         self._output: Tensor | None = None
         self._handle: torch.utils.hooks.RemovableHandle | None = None
-        self._eval = eval_mode(module)
+        self._eval = guard(module, needs="feature extraction")
 
     def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
         self._seen += 1
@@ -340,7 +340,8 @@ class ModelInfo:
 def model_info(model: Any, layer: Any, probe: Tensor) -> ModelInfo:
     """Resolve ``model`` and ``layer`` (default: the last 4-D feature map) and run ``probe``
     (1, C, H, W) once to learn how often the layer runs and its output shape."""
-    module = as_module(model)
+    module = unwrap(model)
+    require_eager(module, "feature extraction")
     preprocessing = model.preprocessing if isinstance(model, LoadedModel) else None
     device = _device(module)
     probe = probe.to(device)

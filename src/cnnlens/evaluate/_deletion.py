@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from .._modules import as_module
+from .._guard import unwrap
 from .._progress import track
 from ..attribution.api import Explanation, check_inputs
 from ..errors import InputError
@@ -87,7 +87,7 @@ def deletion_insertion(
     for gradient-type maps (see :mod:`cnnlens.evaluate._maps`). ``target`` defaults to the
     explanation's targets, else each item's top class.
     """
-    module = as_module(model)
+    module = unwrap(model)
     inputs = check_inputs(inputs).detach()
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}")

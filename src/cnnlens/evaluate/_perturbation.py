@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._modules import as_module
+from .._guard import unwrap
 from ..attribution.api import Explanation, check_inputs, explain
 from ..errors import InputError
 from ..targets import TargetSpec
@@ -151,7 +151,7 @@ def infidelity(
     do, so methods whose maps have arbitrary scale (Grad-CAM, occlusion) can be compared.
     ``score``: the target's logit (captum's forward output) or probability.
     """
-    module = as_module(model)
+    module = unwrap(model)
     inputs = check_inputs(inputs).detach()
     _check_samples(samples)
     kind = check_score(score)
@@ -210,7 +210,7 @@ def max_sensitivity(
     attribution. ``perturbation``: ``inputs -> perturbed inputs``; default
     :func:`uniform_perturbation` with ``radius`` (captum's default, 0.02). ``options`` go to
     the method."""
-    module = as_module(model)
+    module = unwrap(model)
     inputs = check_inputs(inputs).detach()
     _check_samples(samples)
     original = explain(module, inputs, method, target=target, **options)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._modules import as_module, layer_name
+from .._guard import guard
+from .._modules import layer_name
 from .._progress import track
 from .._trace import trace_calls
 from ..attribution.api import Explanation, explain
@@ -157,16 +158,16 @@ def randomization_test(
     the new weights; other keyword options go to the method (e.g. SmoothGrad's ``seed``;
     a ``layer`` is given by name so that it resolves in the copy).
     """
-    module = as_module(model)
     if stages < 1:
         raise InputError(f"stages must be at least 1, got {stages}")
     if mode not in ("cascading", "independent"):
         raise InputError(f"mode must be 'cascading' or 'independent', got {mode!r}")
-    if isinstance(options.get("layer"), nn.Module):
-        options["layer"] = layer_name(module, options["layer"])
-    original = explain(module, inputs, method, target=target, **options)
+    with guard(model, needs="randomization_test") as module:
+        if isinstance(options.get("layer"), nn.Module):
+            options["layer"] = layer_name(module, options["layer"])
+        original = explain(module, inputs, method, target=target, **options)
+        work = copy.deepcopy(module)
     targets: TargetSpec = original.targets if original.targets is not None else target
-    work = copy.deepcopy(module)
     layers = list(reversed(_parameterized_layers(work, inputs)))
     if not layers:
         raise InputError("the model has no parameters to randomize")
@@ -218,10 +219,9 @@ def data_randomization_test(
     """Compare ``method``'s maps on ``model`` with those on ``random_model``, the same
     architecture trained on permuted labels (for the bundled Fashion-MNIST CNN:
     ``load_model("fashion_cnn_permuted")``). Both explain the trained model's targets."""
-    module, other = as_module(model), as_module(random_model)
-    original = explain(module, inputs, method, target=target, **options)
+    original = explain(model, inputs, method, target=target, **options)
     targets: TargetSpec = original.targets if original.targets is not None else target
-    randomized = explain(other, inputs, method, target=targets, **options)
+    randomized = explain(random_model, inputs, method, target=targets, **options)
     measures = {name: torch.tensor(v) for name, v in _similarities(original, randomized).items()}
     return DataRandomization(
         method=method,

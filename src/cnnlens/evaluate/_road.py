@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._modules import as_module
+from .._guard import unwrap
 from ..attribution.api import Explanation, check_inputs
 from ..errors import InputError
 from ..targets import TargetSpec
@@ -128,7 +128,7 @@ def road(
     (most relevant first, then least relevant first) by noisy linear imputation and score
     the copy. ``noise``: σ of the Gaussian noise added to imputed values, in input units
     (pytorch-grad-cam's 0.01); ``rank`` as in :func:`deletion_insertion`."""
-    module = as_module(model)
+    module = unwrap(model)
     inputs = check_inputs(inputs).detach()
     kind = check_score(score)
     levels = torch.tensor([float(f) for f in fractions], dtype=torch.float64)

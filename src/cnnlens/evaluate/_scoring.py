@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._hooks import eval_mode
+from .._guard import guard
 from ..attribution.api import Explanation
 from ..errors import InputError
 from ..targets import Target, TargetSpec, resolve_target
@@ -32,7 +32,7 @@ def evaluation_target(
         target = explanation.targets
     resolved = resolve_target(target, inputs.shape[0])
     if resolved.classes is None and not resolved.is_callable:
-        with torch.inference_mode(), eval_mode(module):
+        with torch.inference_mode(), guard(module):
             resolved.resolve(module(inputs))
     return resolved
 
@@ -47,7 +47,7 @@ def copy_scores(
 ) -> Tensor:
     """Scores (N,) of ``copies`` (N, C, H, W); copy n is scored for item ``items[n]``."""
     out = []
-    with torch.inference_mode(), eval_mode(module):
+    with torch.inference_mode(), guard(module):
         for first in range(0, copies.shape[0], batch_size):
             chunk = slice(first, first + batch_size)
             output = module(copies[chunk])

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._modules import as_module
+from .._guard import unwrap
 from .._progress import progress as progress_bar
 from ..attribution.api import Explanation
 from ..errors import InputError
@@ -119,7 +119,7 @@ def trust_table(
     Each explanation is evaluated for its own targets (pass ``target`` for a callable
     target, which an explanation does not keep); ``seed`` seeds every random draw.
     """
-    module = as_module(model)
+    module = unwrap(model)
     chosen = tuple(metrics)
     unknown = [m for m in chosen if m not in BETTER]
     if unknown or not chosen:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .._hooks import eval_mode
+from .._guard import guard
 from ..errors import InputError
 from ._loaded import LoadedModel
 
@@ -44,8 +44,8 @@ def predict(model: LoadedModel, image: Image.Image | Tensor, top: int = 5) -> li
                 f"got shape {tuple(image.shape)}"
             )
         inputs = inputs.to(model.device)
-    with torch.no_grad(), eval_mode(model.module):
-        output = model.module(inputs)
+    with torch.no_grad(), guard(model) as module:
+        output = module(inputs)
     if not isinstance(output, Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise InputError(f"{model.name} does not output class scores (B, classes): got {shape}")

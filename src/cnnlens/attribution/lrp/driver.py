@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._engine import GRADIENT, Engine, Rule, RuleSet
-from ..._hooks import eval_mode, frozen_parameters
+from ..._guard import guard
 from ..._ops import Call, Kind
 from ...errors import InputError
 from ...targets import Target
@@ -486,7 +486,7 @@ def relevance(
     ``output * d score / d output`` (the target logit for class targets)."""
     run = _Run(record)
     x = inputs.detach().requires_grad_(True)
-    with eval_mode(module), frozen_parameters(module), torch.enable_grad():
+    with guard(module, needs="lrp"), torch.enable_grad():
         state = _State(composite, _parameter_names(module), run, composite.first is not None)
         with Engine(lrp_rules(state), model=module, strict=strict):
             output = module(x)

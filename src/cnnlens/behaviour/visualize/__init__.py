@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..._modules import as_module, layer_name
+from ..._guard import guard
+from ..._modules import layer_name
 from ..._trace import default_feature_layer
 from .objectives import (
     Context,
@@ -117,21 +118,21 @@ def visualize(
     Deterministic for a given ``seed`` on the CPU. The model is left as it was: eval mode
     and ``requires_grad`` flags restored, no parameter gradients, no hooks.
     """
-    module = as_module(model)
     objectives = _objective_list(objective)
     settings = resolve_settings(model, recipe, **regularizers)
-    if settings.diversity > 0 and len(objectives) > 1:
-        layer = settings.diversity_layer
-        if layer is None:
-            layered = [name for o in objectives for name in sorted(o.layers)]
-            if layered:
-                layer = layered[0]
-            else:
-                assert settings.size is not None
-                device = next((p.device for p in module.parameters()), torch.device("cpu"))
-                probe = torch.zeros(1, 3, *settings.size, device=device)
-                with torch.no_grad():
-                    layer = layer_name(module, default_feature_layer(module, probe))
-        term = settings.diversity * diversity(layer)
-        objectives = [o + term for o in objectives]
-    return render(module, objectives, settings, steps=steps, seed=seed).images
+    with guard(model) as module:
+        if settings.diversity > 0 and len(objectives) > 1:
+            layer = settings.diversity_layer
+            if layer is None:
+                layered = [name for o in objectives for name in sorted(o.layers)]
+                if layered:
+                    layer = layered[0]
+                else:
+                    assert settings.size is not None
+                    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+                    probe = torch.zeros(1, 3, *settings.size, device=device)
+                    with torch.no_grad():
+                        layer = layer_name(module, default_feature_layer(module, probe))
+            term = settings.diversity * diversity(layer)
+            objectives = [o + term for o in objectives]
+        return render(module, objectives, settings, steps=steps, seed=seed).images

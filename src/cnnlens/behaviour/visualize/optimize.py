@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..._hooks import Recorder, eval_mode, frozen_parameters
+from ..._guard import guard
+from ..._hooks import Recorder
 from ..._modules import resolve_layer
 from ..._progress import progress as progress_bar
 from ...errors import InputError
@@ -250,8 +251,7 @@ def render(
     items = torch.arange(n, device=device)
 
     with (
-        eval_mode(module),
-        frozen_parameters(module),
+        guard(module, needs="a layer objective" if layers else None),
         Recorder(layers.values()) as recorder,
         progress_bar(steps, "visualize", enabled=settings.progress) as bar,
     ):

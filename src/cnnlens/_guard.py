@@ -1,0 +1,186 @@
+"""The model guard: the one place where a user's ``model`` argument is bound and run.
+
+Every public call that runs a model enters :class:`guard`. It
+
+* unwraps the model to the eager ``nn.Module`` that cnnlens can intercept
+  (:func:`unwrap`): a :class:`LoadedModel` to its ``.module``, ``torch.compile`` output to
+  the module it compiled (so dynamo never traces, let alone recompiles, our intercepted
+  calls), ``nn.DataParallel``/``DistributedDataParallel`` to the wrapped module (so no
+  replica runs in a worker thread where our per-thread interception is absent);
+* refuses a TorchScript model, with the reason and what to do, for work that needs to
+  intercept operations or hook layers (TorchScript runs its graph outside Python, where
+  neither happens: the answer would silently be a plain gradient); gradient-only and
+  forward-only work runs on TorchScript unchanged and gives the eager answer;
+* serializes calls on one model with a per-model re-entrant lock, weakly keyed by the eager
+  module: module hooks are process-wide and train flags are shared state, so two threads
+  explaining one model at once would see each other's hooks and undo each other's flags.
+  Re-entrant, so a guarded call may make guarded calls (``randomization_test`` ->
+  ``explain``);
+* snapshots every submodule's train flag and every parameter's ``requires_grad`` once, at
+  the outermost entry, runs in eval mode with parameters frozen (no parameter gradient is
+  computed or accumulated), and restores both at the outermost exit, also after an error.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+__all__ = ["guard", "is_torchscript", "require_eager", "unwrap"]
+
+_PARALLEL: tuple[type[nn.Module], ...] = (
+    nn.DataParallel,
+    nn.parallel.DistributedDataParallel,
+)
+
+
+def _optimized_module_type() -> type[nn.Module] | None:
+    """``torch.compile``'s module wrapper class, when dynamo has been imported (a compiled
+    module cannot exist before; importing dynamo only to check would cost seconds)."""
+    if "torch._dynamo.eval_frame" not in sys.modules:
+        return None
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return OptimizedModule
+
+
+def unwrap(model: Any) -> nn.Module:
+    """The eager ``nn.Module`` behind ``model``: a module, a :class:`LoadedModel`,
+    ``torch.compile`` output or a ``DataParallel``/``DistributedDataParallel`` wrapper (in any
+    nesting). Anything else raises :class:`InputError`."""
+    current = model
+    while True:
+        compiled = _optimized_module_type()
+        if isinstance(current, _PARALLEL):
+            current = current.module
+        elif compiled is not None and isinstance(current, compiled):
+            current = current._orig_mod
+        elif isinstance(current, nn.Module):
+            return current
+        else:
+            # a LoadedModel (matched by shape: models/ imports this module)
+            inner = getattr(current, "module", None)
+            if not isinstance(inner, nn.Module):
+                raise InputError(
+                    f"expected a torch.nn.Module or a LoadedModel, got {type(model).__name__}"
+                )
+            current = inner
+
+
+def is_torchscript(module: nn.Module) -> bool:
+    """Whether any part of ``module`` is TorchScript (scripted or traced)."""
+    return any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
+
+
+def require_eager(module: nn.Module, needs: str) -> None:
+    """Raise :class:`InputError` when ``module`` is TorchScript: ``needs`` names the work
+    that has to intercept its operations or hook its layers."""
+    if is_torchscript(module):
+        raise InputError(
+            f"{needs} cannot run on a TorchScript model: TorchScript executes its operations "
+            "outside Python, where cnnlens cannot intercept them or hook its layers; load the "
+            "eager model instead (its architecture and state dict: "
+            "load_model(path, arch=NAME), CLI --arch NAME). Saliency, smoothgrad, "
+            "input_x_gradient, integrated_gradients and occlusion run on TorchScript as is"
+        )
+
+
+class _ModelState:
+    """Per eager module: its lock, the nesting depth of guarded calls (read and written only
+    by the thread holding the lock) and the flags to restore at the outermost exit."""
+
+    __slots__ = ("depth", "lock", "requires_grad", "training")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.depth = 0
+        self.training: list[tuple[nn.Module, bool]] = []
+        self.requires_grad: list[tuple[nn.Parameter, bool]] = []
+
+    def enter(self, module: nn.Module) -> None:
+        self.training = [(m, m.training) for m in module.modules()]
+        self.requires_grad = [(p, p.requires_grad) for p in module.parameters()]
+        try:
+            module.eval()
+            for p, _ in self.requires_grad:
+                p.requires_grad_(False)
+        except BaseException:
+            self.restore()
+            raise
+
+    def restore(self) -> None:
+        # The lists hold the only strong references the registry has to the model; clearing
+        # them lets the weak key (and this state) go with the model.
+        training, self.training = self.training, []
+        requires_grad, self.requires_grad = self.requires_grad, []
+        for p, flag in requires_grad:
+            p.requires_grad_(flag)
+        for m, flag in training:
+            m.training = flag
+
+
+_STATES: weakref.WeakKeyDictionary[nn.Module, _ModelState] = weakref.WeakKeyDictionary()
+_STATES_LOCK = threading.Lock()
+
+
+def _state(module: nn.Module) -> _ModelState:
+    with _STATES_LOCK:
+        state = _STATES.get(module)
+        if state is None:
+            state = _STATES[module] = _ModelState()
+        return state
+
+
+class guard:  # noqa: N801 (used like a function: ``with guard(model) as module``)
+    """``with guard(model, needs=...) as module``: ``module`` is the eager module, locked to
+    this thread, in eval mode with frozen parameters until the outermost guard exits.
+
+    ``needs`` names the work when it intercepts operations or hooks layers (``"deeplift"``,
+    ``"layer activations"``): a TorchScript model is then refused with
+    :class:`InputError`. Leave it ``None`` for work made of forward and input-gradient
+    passes only, which TorchScript runs exactly.
+    """
+
+    def __init__(self, model: Any, *, needs: str | None = None) -> None:
+        self.module = unwrap(model)
+        self.needs = needs
+        self._state: _ModelState | None = None
+
+    def __enter__(self) -> nn.Module:
+        if self.needs is not None:
+            require_eager(self.module, self.needs)
+        state = _state(self.module)
+        state.lock.acquire()
+        try:
+            if state.depth == 0:
+                state.enter(self.module)
+            state.depth += 1
+        except BaseException:
+            state.lock.release()
+            raise
+        self._state = state
+        return self.module
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        state, self._state = self._state, None
+        if state is None:
+            return
+        try:
+            state.depth -= 1
+            if state.depth == 0:
+                state.restore()
+        finally:
+            state.lock.release()

@@ -1,0 +1,304 @@
+"""The model guard: model forms (torch.compile, DataParallel, TorchScript), one lock per
+model for calls from several threads, and flags restored once, at the outermost exit."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import torchvision
+from torch import Tensor, nn
+
+import cnnlens
+from cnnlens import InputError, explain
+from cnnlens._guard import guard, unwrap
+
+from .conftest import ModelSnapshot
+
+THREADED_METHODS = ("saliency", "gradcam", "deeplift", "lrp", "guided_backprop")
+
+
+def _randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (a fresh BN is the identity
+    in eval mode, which would hide a train/eval mix-up)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model
+
+
+def _small_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
+    return _randomize_batchnorm(net)
+
+
+def _inputs(n: int = 2, size: int = 12, seed: int = 1) -> Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train-mode", "eval-mode"])
+def test_threads_get_sequential_answers_and_leave_the_model(train: bool) -> None:
+    net = _small_net().train(train)
+    # a mix of flags to restore: the first convolution's weight frozen by the user
+    net[0].weight.requires_grad_(False)
+    x = _inputs()
+    before = ModelSnapshot.take(net)
+    expected = {m: explain(net, x, m).attribution for m in THREADED_METHODS}
+    before.assert_same(net)
+
+    def calls(thread: int) -> list[tuple[str, Tensor]]:
+        out = []
+        for i in range(20):
+            method = THREADED_METHODS[(thread + i) % len(THREADED_METHODS)]
+            out.append((method, explain(net, x, method).attribution))
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for rs in pool.map(calls, range(4)) for r in rs]
+    assert len(results) == 80
+    wrong = [m for m, a in results if not torch.equal(a, expected[m])]
+    assert not wrong, f"{len(wrong)} of 80 threaded results differ: {sorted(set(wrong))}"
+    before.assert_same(net)
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def test_error_inside_a_guarded_call_restores_every_flag_and_the_lock() -> None:
+    net = _small_net().train()
+    x = _inputs()
+    before = ModelSnapshot.take(net)
+
+    def failing(_output: Tensor) -> Tensor:
+        assert not net.training, "explain runs the model in eval mode"
+        assert not any(p.requires_grad for p in net.parameters())
+        raise RuntimeError("boom")
+
+    for method in ("saliency", "gradcam", "deeplift", "lrp"):
+        with pytest.raises(RuntimeError, match="boom"):
+            explain(net, x, method, target=failing)
+        before.assert_same(net)
+    # the lock was released: another thread gets through
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(lambda: explain(net, x, "saliency")).result(timeout=30) is not None
+
+
+def test_nested_guarded_calls_restore_at_the_outermost_exit() -> None:
+    net = _small_net().train()
+    x = _inputs()
+    before = ModelSnapshot.take(net)
+    with guard(net) as module:
+        assert module is net
+        assert not net.training and not any(p.requires_grad for p in net.parameters())
+        inner = explain(net, x, "deeplift").attribution
+        # the inner call did not restore the outer call's flags
+        assert not net.training and not any(p.requires_grad for p in net.parameters())
+        with guard(net):
+            pass
+        assert not net.training
+    before.assert_same(net)
+    torch.testing.assert_close(inner, explain(net, x, "deeplift").attribution, rtol=0, atol=0)
+    # randomization_test explains the model from inside its own guarded call
+    result = cnnlens.randomization_test(net, x, "saliency", stages=2, progress=False)
+    assert result.spearman.shape == (2, 2)
+    before.assert_same(net)
+
+
+# --------------------------------------------------------------------------- model forms
+
+
+def test_unwrap_reaches_the_eager_module() -> None:
+    net = _small_net()
+    loaded = cnnlens.LoadedModel(module=nn.DataParallel(net), name="net", labels=[])
+    assert unwrap(loaded) is net
+    assert unwrap(nn.DataParallel(nn.DataParallel(net))) is net
+    with pytest.raises(InputError, match="expected a torch"):
+        unwrap("resnet18")
+
+
+def test_torch_compile_output_runs_the_eager_module_without_dynamo() -> None:
+    from torch._dynamo.utils import counters
+
+    net = _small_net()
+    x = _inputs()
+    eager = explain(net, x, "deeplift").attribution
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # any deprecation noise from the compile stack
+        compiled = torch.compile(net)
+    counters.clear()
+    for method in ("deeplift", "lrp", "gradcam"):
+        before = ModelSnapshot.take(net)
+        result = explain(compiled, x, method).attribution
+        torch.testing.assert_close(result, explain(net, x, method).attribution, rtol=0, atol=0)
+        before.assert_same(net)
+    torch.testing.assert_close(explain(compiled, x, "deeplift").attribution, eager)
+    assert not counters["frames"], f"dynamo compiled frames: {dict(counters['frames'])}"
+    assert not counters["stats"].get("calls_captured"), "dynamo captured calls"
+
+
+def test_data_parallel_on_cpu_equals_eager() -> None:
+    net = _small_net()
+    x = _inputs()
+    parallel = nn.DataParallel(net)
+    for method in ("saliency", "guided_backprop", "deeplift", "lrp", "gradcam"):
+        torch.testing.assert_close(
+            explain(parallel, x, method).attribution,
+            explain(net, x, method).attribution,
+            rtol=0,
+            atol=0,
+        )
+    # the layer argument is resolved on the eager module: its names, not "module.*"
+    assert explain(parallel, x, "gradcam", layer="3").layer == "3"
+
+
+# --------------------------------------------------------------------------- TorchScript
+
+
+def _resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return _randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
+
+
+@pytest.fixture(scope="module")
+def scripted() -> dict[str, nn.Module]:
+    net = _resnet()
+    x = _inputs(1, 32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is deprecated")  # TorchScript, upstream
+        return {
+            "eager": net,
+            "script": torch.jit.script(net),
+            "trace": torch.jit.trace(net, x),
+        }
+
+
+EXACT_ON_TORCHSCRIPT: dict[str, dict[str, object]] = {
+    "saliency": {},
+    "smoothgrad": {"samples": 4, "seed": 0},
+    "input_x_gradient": {},
+    "integrated_gradients": {"steps": 8},
+    "occlusion": {"window": 8, "stride": 8},
+}
+
+
+@pytest.mark.parametrize("form", ["script", "trace"])
+@pytest.mark.parametrize("method", sorted(EXACT_ON_TORCHSCRIPT))
+def test_gradient_and_forward_methods_on_torchscript_equal_eager(
+    scripted: dict[str, nn.Module], form: str, method: str
+) -> None:
+    x = _inputs(1, 32)
+    options = EXACT_ON_TORCHSCRIPT[method]
+    model = scripted[form]
+    before = ModelSnapshot.take(model)
+    result = explain(model, x, method, **options).attribution  # type: ignore[arg-type]
+    eager = explain(scripted["eager"], x, method, **options).attribution  # type: ignore[arg-type]
+    torch.testing.assert_close(result, eager, rtol=1e-5, atol=1e-6)
+    before.assert_same(model)
+
+
+def _intercepting_methods() -> list[str]:
+    return [m for m in cnnlens.METHODS if m not in EXACT_ON_TORCHSCRIPT]
+
+
+@pytest.mark.parametrize("form", ["script", "trace"])
+def test_intercepting_methods_refuse_torchscript_with_the_reason(
+    scripted: dict[str, nn.Module], form: str
+) -> None:
+    x = _inputs(1, 32)
+    model = scripted[form]
+    for method in _intercepting_methods():
+        with pytest.raises(InputError, match="TorchScript") as info:
+            explain(model, x, method)
+        message = str(info.value)
+        assert method in message and "intercept" in message and "arch" in message
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: cnnlens.activations(m, x, "layer4"),
+        lambda m, x: cnnlens.factorize(m, x, "layer4", 2),
+        lambda m, x: cnnlens.layers(m, 32),
+        lambda m, x: cnnlens.receptive_field(m, "layer4", 32),
+        lambda m, x: cnnlens.cam_model(m, "layer4", 3, input_size=(32, 32)),
+        lambda m, x: cnnlens.randomization_test(m, x, "saliency", stages=1, progress=False),
+        lambda m, x: cnnlens.visualize(m, "layer4:0", steps=1, size=(32, 32)),
+    ],
+    ids=["activations", "factorize", "layers", "receptive_field", "cam_model", "random", "vis"],
+)
+def test_hooking_calls_refuse_torchscript(
+    scripted: dict[str, nn.Module], call: Callable[[nn.Module, Tensor], object]
+) -> None:
+    with pytest.raises(InputError, match="TorchScript"):
+        call(scripted["script"], _inputs(1, 32))
+
+
+def test_forward_only_calls_run_on_torchscript(scripted: dict[str, nn.Module]) -> None:
+    x = _inputs(1, 32)
+    explanation = explain(scripted["eager"], x, "saliency")
+    for form in ("script", "trace"):
+        model = scripted[form]
+        scores = cnnlens.deletion_insertion(model, x, explanation, steps=4, progress=False)
+        eager = cnnlens.deletion_insertion(
+            scripted["eager"], x, explanation, steps=4, progress=False
+        )
+        torch.testing.assert_close(scores.deletion_curve, eager.deletion_curve)
+        image = cnnlens.visualize(model, 3, steps=2, size=(32, 32), progress=False)
+        torch.testing.assert_close(
+            image, cnnlens.visualize(scripted["eager"], 3, steps=2, size=(32, 32), progress=False)
+        )
+
+
+def test_the_lock_is_weakly_keyed() -> None:
+    import gc
+
+    from cnnlens import _guard
+
+    net = _small_net()
+    explain(net, _inputs(), "saliency")
+    assert net in _guard._STATES
+    count = len(_guard._STATES)
+    del net
+    gc.collect()
+    assert len(_guard._STATES) == count - 1
+
+
+def test_guard_restores_per_module_flags_also_after_an_error() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    model.train()
+    model.layer2.eval()
+    model.fc.weight.requires_grad_(False)
+    training = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    with guard(model):
+        assert not any(m.training for m in model.modules())
+        assert not any(p.requires_grad for p in model.parameters())
+    assert [m.training for m in model.modules()] == training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    with pytest.raises(KeyError), guard(model):
+        raise KeyError("inside")
+    assert [m.training for m in model.modules()] == training
+    assert [p.requires_grad for p in model.parameters()] == flags

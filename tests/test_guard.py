@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,6 +160,39 @@ def test_torch_compile_output_runs_the_eager_module_without_dynamo() -> None:
     assert not counters["stats"].get("calls_captured"), "dynamo captured calls"
 
 
+@pytest.mark.parametrize("where", ["in-place", "submodule"])
+def test_compiled_parts_inside_the_model_run_eagerly(where: str) -> None:
+    from torch._dynamo.utils import counters
+
+    net = _small_net()
+    x = _inputs()
+    expected = {m: explain(net, x, m).attribution for m in ("deeplift", "guided_backprop")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if where == "in-place":
+            net.compile()
+        else:
+            net[3] = torch.compile(net[3])
+    compiled_parts = {
+        k: v
+        for m in net.modules()
+        for k, v in vars(m).items()
+        if k in ("forward", "_compiled_call_impl")
+    }
+    counters.clear()
+    for method, attribution in expected.items():
+        torch.testing.assert_close(explain(net, x, method).attribution, attribution, rtol=0, atol=0)
+    assert not counters["frames"], f"dynamo compiled frames: {dict(counters['frames'])}"
+    # the compiled parts are back in place afterwards
+    after = {
+        k: v
+        for m in net.modules()
+        for k, v in vars(m).items()
+        if k in ("forward", "_compiled_call_impl")
+    }
+    assert after == compiled_parts and any(v is not None for v in after.values())
+
+
 def test_data_parallel_on_cpu_equals_eager() -> None:
     net = _small_net()
     x = _inputs()
@@ -302,3 +336,21 @@ def test_guard_restores_per_module_flags_also_after_an_error() -> None:
         raise KeyError("inside")
     assert [m.training for m in model.modules()] == training
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_cli_refuses_torchscript_for_intercepting_methods_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlens.cli import main
+
+    path = tmp_path / "small.pt"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is deprecated")
+        torch.jit.script(_small_net().eval()).save(str(path))
+    capsys.readouterr()
+    common = ["explain", "cat", "--model", str(path)]
+    assert main([*common, "--method", "deeplift", "-o", str(tmp_path / "d.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TorchScript" in err and "--arch" in err
+    assert main([*common, "--method", "saliency", "-o", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").exists()

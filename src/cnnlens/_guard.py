@@ -19,6 +19,8 @@ Every public call that runs a model enters :class:`guard`. It
 * snapshots every submodule's train flag and every parameter's ``requires_grad`` once, at
   the outermost entry, runs in eval mode with parameters frozen (no parameter gradient is
   computed or accumulated), and restores both at the outermost exit, also after an error.
+  Compiled parts inside the eager module (``module.compile()`` in place, or a submodule
+  replaced by ``torch.compile`` output) run their eager code for the same span.
 """
 
 from __future__ import annotations
@@ -86,10 +88,11 @@ def require_eager(module: nn.Module, needs: str) -> None:
     if is_torchscript(module):
         raise InputError(
             f"{needs} cannot run on a TorchScript model: TorchScript executes its operations "
-            "outside Python, where cnnlens cannot intercept them or hook its layers; load the "
-            "eager model instead (its architecture and state dict: "
-            "load_model(path, arch=NAME), CLI --arch NAME). Saliency, smoothgrad, "
-            "input_x_gradient, integrated_gradients and occlusion run on TorchScript as is"
+            "outside Python, where cnnlens cannot intercept them or hook its layers. Use the "
+            "eager model: save the weights (torch.save(scripted.state_dict(), PATH)) and load "
+            "them with the architecture (load_model(PATH, arch=NAME); CLI: --model PATH --arch "
+            "NAME). saliency, smoothgrad, input_x_gradient, integrated_gradients and occlusion "
+            "run on TorchScript as it is"
         )
 
 
@@ -97,13 +100,14 @@ class _ModelState:
     """Per eager module: its lock, the nesting depth of guarded calls (read and written only
     by the thread holding the lock) and the flags to restore at the outermost exit."""
 
-    __slots__ = ("depth", "lock", "requires_grad", "training")
+    __slots__ = ("compiled", "depth", "lock", "requires_grad", "training")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.depth = 0
         self.training: list[tuple[nn.Module, bool]] = []
         self.requires_grad: list[tuple[nn.Parameter, bool]] = []
+        self.compiled: list[tuple[nn.Module, str, object]] = []
 
     def enter(self, module: nn.Module) -> None:
         self.training = [(m, m.training) for m in module.modules()]
@@ -112,15 +116,38 @@ class _ModelState:
             module.eval()
             for p, _ in self.requires_grad:
                 p.requires_grad_(False)
+            self._run_compiled_parts_eagerly(module)
         except BaseException:
             self.restore()
             raise
+
+    def _run_compiled_parts_eagerly(self, module: nn.Module) -> None:
+        """Dynamo would trace our interception and recompile at every call: point compiled
+        parts at their eager code (instance attributes, put back by :meth:`restore`)."""
+        compiled = _optimized_module_type()
+        if compiled is None:
+            return
+        for m in module.modules():
+            # module.compile(): nn.Module.__call__ uses _compiled_call_impl when set
+            impl = m.__dict__.get("_compiled_call_impl")
+            if impl is not None:
+                self.compiled.append((m, "_compiled_call_impl", impl))
+                m._compiled_call_impl = None
+            # torch.compile(submodule) kept as a submodule: its forward is dynamo's wrapper
+            if isinstance(m, compiled) and "forward" in m.__dict__:
+                eager = m._orig_mod
+                assert isinstance(eager, nn.Module)
+                self.compiled.append((m, "forward", m.__dict__["forward"]))
+                m.forward = eager.__call__
 
     def restore(self) -> None:
         # The lists hold the only strong references the registry has to the model; clearing
         # them lets the weak key (and this state) go with the model.
         training, self.training = self.training, []
         requires_grad, self.requires_grad = self.requires_grad, []
+        compiled, self.compiled = self.compiled, []
+        for m, name, value in compiled:
+            setattr(m, name, value)
         for p, flag in requires_grad:
             p.requires_grad_(flag)
         for m, flag in training:

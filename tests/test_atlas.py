@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cnnlens
@@ -59,8 +62,54 @@ def test_atlas_content(fashion_atlas: object) -> None:
 
 
 @needs_fashion
+def test_every_channel_shows_a_picture_or_says_why(fashion_atlas: object) -> None:
+    from cnnlens._atlas import Atlas
+
+    assert isinstance(fashion_atlas, Atlas)
+    pages = atlas_pages(fashion_atlas)
+    for view in fashion_atlas.layers:
+        page = pages[layer_filename(view.name)]
+        for channel in view.channels:
+            card = re.search(rf'id="channel-{channel.channel}".*?</article>', page, re.S)
+            assert card is not None
+            if channel.flat:
+                assert "could not drive this unit" in card.group(0)
+                assert "Feature visualization" not in card.group(0)
+            else:
+                assert "Feature visualization" in card.group(0)
+            assert card.group(0).count("<img") >= len(channel.patches)
+
+
+def test_a_flat_unit_says_so_and_shows_its_patches() -> None:
+    """A unit the optimizer cannot drive gets the reason and its patches, not a grey square."""
+    from cnnlens._atlas import Atlas, ChannelView, LayerView
+    from cnnlens.dataset import Patch
+
+    patch = Patch(
+        index=7,
+        channel=0,
+        position=(0, 0),
+        activation=2.5,
+        box=(0, 0, 4, 4),
+        pixels=torch.rand(3, 4, 4),
+    )
+    flat = ChannelView(0, torch.full((3, 8, 8), 0.5), [patch], None, pixel_std=0.001, reached=0.0)
+    lively = ChannelView(1, torch.rand(3, 8, 8), [patch], None, pixel_std=0.3, reached=1.5)
+    assert flat.flat and not lively.flat
+    picture = Image.new("RGB", (4, 4))
+    layer = LayerView("a.b", [flat, lively], (5, 5), {0: [picture], 1: [picture]})
+    atlas = Atlas("m", "d", [layer], "a.b", np.zeros((1, 2)), [""], [picture], [])
+    page = atlas_pages(atlas)[layer_filename("a.b")]
+    first, second = page.split('id="channel-1"')
+    assert "could not drive this unit" in first and "pixel standard deviation 0.001" in first
+    assert "#7 · 2.50" in first
+    assert "could not drive" not in second and "mean activation reached: 1.5" in second
+
+
+@needs_fashion
 @requires_chromium
-def test_atlas_pages_load_in_chromium(fashion_atlas: object, tmp_path: Path) -> None:
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_atlas_pages_in_chromium(fashion_atlas: object, tmp_path: Path, width: int) -> None:
     pages = atlas_pages(fashion_atlas)
     assert set(pages) == {
         "index.html",
@@ -72,13 +121,17 @@ def test_atlas_pages_load_in_chromium(fashion_atlas: object, tmp_path: Path) -> 
         assert layer_filename("features.relu1") in pages["index.html"]
     shots = Path(os.environ.get("CNNLENS_SCREENSHOTS", tmp_path))
     for name, shot in (
-        ("index.html", "atlas_index.png"),
-        (layer_filename("features.relu3"), "atlas_layer.png"),
+        ("index.html", f"atlas-index-{width}.png"),
+        (layer_filename("features.relu1"), f"atlas-layer-{width}.png"),
     ):
-        result = check_page(tmp_path / name, shots / shot)
+        result = check_page(tmp_path / name, shots / shot, width=width)
         assert result.images > 0
         assert result.broken == []
         assert result.console_errors == []
+        assert result.clipped == []
+        assert result.heatmaps_without_bar == []
+        assert not result.horizontal_scroll
+        assert result.used_width > 0.9
 
 
 def test_atlas_cli_on_a_photo_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

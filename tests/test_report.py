@@ -1,31 +1,50 @@
-"""The HTML report: computed for the bundled cat with the bundled model, opened in a real
-browser (headless Chromium): every image loads, the console stays clean."""
+"""The HTML report: computed for the bundled cat with the bundled model (with non-default
+options, so the captions must follow them), then opened in a real browser (headless
+Chromium) at 1280 and 1920 px: every image loads, the console stays clean, no text is
+clipped, every heatmap has a colour bar, maps are at least 224 px, the panels fill the
+window, and each caption names the options the method ran with."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 import cnnlens
-from cnnlens._report import REPORT_METHODS, build_report
+from cnnlens._report import REPORT_METHODS, Report, build_report
 from cnnlens.cli import main
+from cnnlens.render._captions import baseline_words, method_text
 from cnnlens.render._html import report_html
 
 from .browser import check_page, requires_chromium
 
+OPTIONS = {
+    "occlusion": {"window": 40, "stride": 20, "baseline": 0.0},
+    "smoothgrad": {"samples": 6, "noise": 0.2, "seed": 3},
+    "lrp": {"composite": "epsilon_gamma_box"},
+}
+
+# What each caption must say for the options above (EfficientNet-Lite0 normalizes with mean
+# 0.5, so a zero input is mid-grey).
+EXPECTED = {
+    "occlusion": ["window 40×40 px", "stride 20×20 px", "mid-grey, RGB(128, 128, 128)"],
+    "smoothgrad": ["6 noisy copies", "σ = 0.2", "seed 3"],
+    "lrp": ["composite epsilon_gamma_box", "γ-rule"],
+    "deeplift": ["baseline: 0 in the normalized input", "mid-grey, RGB(128, 128, 128)"],
+    "gradcam": ["layer _head_relu", "stage 5 of 5", "7×7", "receptive field"],
+    "cam": ["layer _head_relu", "stage 5 of 5"],
+}
+
 
 @pytest.fixture(scope="module")
-def cat_report() -> object:
+def cat_report() -> Report:
     model = cnnlens.load_model("efficientnet_lite0")
-    return build_report(model, [("cat", cnnlens.sample_image("cat"))], steps=8)
+    return build_report(model, [("cat", cnnlens.sample_image("cat"))], steps=8, options=OPTIONS)
 
 
-def test_report_has_every_method_with_metrics(cat_report: object) -> None:
-    from cnnlens._report import Report
-
-    assert isinstance(cat_report, Report)
+def test_report_has_every_method_with_metrics(cat_report: Report) -> None:
     (image,) = cat_report.images
     assert 281 <= image.top[0][0] <= 285  # a cat
     (results,) = image.explained.values()
@@ -33,28 +52,91 @@ def test_report_has_every_method_with_metrics(cat_report: object) -> None:
     for r in results:
         assert r.error is None, f"{r.method}: {r.error}"
         assert r.explanation is not None
+        assert r.curves is not None
+        assert r.curves.deletion_curve.shape == (1, 9)
         assert r.deletion_auc is not None
         assert 0.0 <= r.deletion_auc <= 1.0
         assert r.insertion_auc is not None
         assert 0.0 <= r.insertion_auc <= 1.0
         assert r.seconds > 0
+        assert r.options == OPTIONS.get(r.method, r.options)
     assert cat_report.behaviour is not None
     assert len(cat_report.behaviour.depths) == 3
+    assert cat_report.zero_colour == (128, 128, 128)
+
+
+def test_cam_and_gradcam_coincide_and_the_report_says_why(cat_report: Report) -> None:
+    """For a GAP + linear head Grad-CAM = ReLU(CAM)/(h·w): found by measurement, explained."""
+    (image,) = cat_report.images
+    (found,) = image.coincidences.values()
+    exact = [c for c in found if c.exact]
+    assert [(c.first, c.second) for c in exact] == [("cam", "gradcam")]
+    assert exact[0].difference < 1e-3
+    page = report_html(cat_report)
+    assert "up to the ReLU and a scale" in page
+    assert "global average pooling and a linear layer" in page
+
+
+def test_layer_notes(cat_report: Report) -> None:
+    note = cat_report.layers["_head_relu"]
+    assert (note.stage, note.stages, note.size, note.stride) == (5, 5, (7, 7), 32)
+    assert note.receptive_field is not None and note.receptive_field[0] > 224
+    shallow = cat_report.layers["_blocks.3._expand_relu"]
+    assert (shallow.stage, shallow.size, shallow.receptive_field) == (2, (56, 56), (19, 19))
+
+
+def test_captions_follow_the_options(cat_report: Report) -> None:
+    page = report_html(cat_report)
+    for method, phrases in EXPECTED.items():
+        panel = re.search(
+            rf'<article class="card method"[^>]*data-method="{method}".*?</article>', page, re.S
+        )
+        assert panel is not None, method
+        settings = re.search(r'<p class="text settings">(.*?)</p>', panel.group(0), re.S)
+        assert settings is not None
+        for phrase in phrases:
+            assert phrase in settings.group(1), f"{method}: {phrase!r} not in {settings.group(1)!r}"
+    assert "black baseline" not in page
+
+
+def test_baseline_words() -> None:
+    assert "mid-grey" in baseline_words("zeros", (128, 128, 128))
+    assert "black" in baseline_words(0.0, (0, 0, 0))
+    assert baseline_words(0.3, (128, 128, 128)) == "0.3 in the normalized input (a constant image)"
+    text = method_text(
+        "occlusion", {"window": (8, 12), "stride": 4}, target="x", zero_colour=(1, 2, 3)
+    )
+    assert "window 8×12 px" in text.settings and "stride 4×4 px" in text.settings
 
 
 @requires_chromium
-def test_report_page_loads_in_chromium(cat_report: object, tmp_path: Path) -> None:
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_report_page_in_chromium(cat_report: Report, tmp_path: Path, width: int) -> None:
     page = tmp_path / "report.html"
     page.write_text(report_html(cat_report), encoding="utf-8")
     text = page.read_text()
     assert "http://" not in text.replace("http://www.w3.org", "")  # nothing fetched
     assert "https://" not in text
     shots = Path(os.environ.get("CNNLENS_SCREENSHOTS", tmp_path))
-    result = check_page(page, shots / "report.png")
-    assert result.images >= len(REPORT_METHODS) + 4
+    result = check_page(page, shots / f"report-{width}.png", width=width)
+    assert result.images >= 2 * len(REPORT_METHODS) + 4
     assert result.broken == []
     assert result.console_errors == []
-    assert (shots / "report.png").stat().st_size > 10_000
+    assert result.clipped == []
+    assert result.heatmaps >= 2 * len(REPORT_METHODS) + 24  # the maps and the activation tiles
+    assert result.heatmaps_without_bar == []
+    assert not result.horizontal_scroll
+    assert result.used_width > 0.9  # no third of the page left empty
+    assert result.smallest_map >= 224
+    panels = result.panels
+    assert [p["method"] for p in panels] == list(REPORT_METHODS)
+    assert len({round(p["width"]) for p in panels}) == 1  # equal panels
+    for p in panels:  # the caption in the page names the options the method ran with
+        for phrase in EXPECTED.get(p["method"], []):
+            assert phrase in p["settings"], (p["method"], phrase)
+        for key, value in OPTIONS.get(p["method"], {}).items():
+            assert p["options"][key.replace("_", "-")] == str(value)
+    assert (shots / f"report-{width}.png").stat().st_size > 10_000
 
 
 def test_report_cli_on_a_small_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,16 +5,20 @@ only; ``render/_atlas.py`` writes the pages."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
 from ._modules import layer_name, resolve_layer
+from ._progress import Progress
+from ._progress import progress as _progress
 from ._trace import default_feature_layer, trace_calls
-from .behaviour import filters, visualize
+from .behaviour import activations, filters, visualize
 from .behaviour._inspect import first_convolution
 from .dataset import Patch, embed, extract_features, pixel_nearest, top_patches
 from .dataset._batches import split_item, to_input
@@ -23,7 +27,20 @@ from .errors import InputError
 from .layers import receptive_field
 from .models import LoadedModel
 
-__all__ = ["Atlas", "ChannelView", "LayerView", "NeighbourQuery", "build_atlas"]
+__all__ = [
+    "FLAT_STD",
+    "Atlas",
+    "ChannelView",
+    "LayerView",
+    "NeighbourQuery",
+    "atlas_steps",
+    "build_atlas",
+]
+
+
+# A feature visualization whose pixels vary less than this (std, [0, 1] scale) is flat: the
+# optimizer could not drive the unit away from the plain start.
+FLAT_STD = 0.02
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,23 @@ class ChannelView:
     visualization: Tensor | None  # (C, H, W) in [0, 1]
     patches: list[Patch]
     weights: Tensor | None  # the channel's filter, first convolution only
+    pixel_std: float = 1.0  # the visualization's pixel standard deviation
+    reached: float | None = None  # the channel's mean activation on the visualization
+
+    @property
+    def flat(self) -> bool:
+        """The optimizer could not drive this unit: a featureless picture (no more contrast
+        than its starting noise) or one on which the unit stays silent."""
+        return (
+            self.visualization is None
+            or self.pixel_std < FLAT_STD
+            or (self.reached is not None and self.reached <= 0)
+        )
+
+    @property
+    def silent(self) -> bool:
+        """The unit never fired on the sampled items (every top patch at <= 0)."""
+        return all(p.activation <= 0 for p in self.patches)
 
 
 @dataclass(frozen=True)
@@ -93,15 +127,40 @@ def build_atlas(
     queries: int = 3,
     neighbours: int = 6,
     seed: int = 0,
-    progress: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> Atlas:
     """Compute the atlas for ``layers`` (dotted names) of ``model`` over ``dataset``.
 
     ``channels``: the first N channels of each layer; ``sample``: items used for patches,
-    the map and the neighbour queries (the first N of the dataset)."""
+    the map and the neighbour queries (the first N of the dataset). ``progress``: a bar on
+    stderr counting finished steps (see :mod:`cnnlens._progress`)."""
     if not layers:
         raise InputError("the atlas needs at least one layer")
-    tick = progress or (lambda _stage: None)
+    with _progress(atlas_steps(len(layers)), "atlas", enabled=progress) as bar:
+        return _build(
+            model, dataset, layers, channels, k, steps, sample, queries, neighbours, seed, bar
+        )
+
+
+def atlas_steps(layers: int) -> int:
+    """The steps :func:`build_atlas` counts: patches and visualizations per layer, the map,
+    the neighbour queries."""
+    return 2 * layers + 2
+
+
+def _build(
+    model: LoadedModel,
+    dataset: object,
+    layers: Sequence[str],
+    channels: int,
+    k: int,
+    steps: int,
+    sample: int,
+    queries: int,
+    neighbours: int,
+    seed: int,
+    bar: Progress,
+) -> Atlas:
     module = model.module
     resolved = [resolve_layer(module, name) for name in layers]
     subset = Head(dataset, sample)
@@ -110,14 +169,17 @@ def build_atlas(
     first_group = _first_layer_group(module, probe, first_conv)
     views = []
     for name, layer in zip(layers, resolved, strict=True):
-        tick(f"{name}: top patches")
+        bar.describe(f"{name}: top patches")
         found = top_patches(
             model, subset, layer, channels=list(range(channels)), k=k, progress=False
         )
         chosen = sorted(found)
-        tick(f"{name}: feature visualization")
+        bar.advance()
+        bar.describe(f"{name}: feature visualization")
         objectives = [f"{name}:{c}" for c in chosen]
         pictures = visualize(model, objectives, steps=steps, seed=seed, progress=False)
+        reached = _reached(model, layer, pictures, chosen, probe)
+        bar.advance()
         try:
             rf = receptive_field(module, layer, model.input_size)
             size: tuple[int, int] | None = rf.size
@@ -133,6 +195,8 @@ def build_atlas(
                         pictures[i],
                         found[c],
                         None if weights is None or c >= weights.shape[0] else weights[c],
+                        float(pictures[i].float().std()),
+                        reached[i],
                     )
                     for i, c in enumerate(chosen)
                 ],
@@ -140,7 +204,7 @@ def build_atlas(
                 patch_pictures={c: [_patch_picture(model, p) for p in found[c]] for c in chosen},
             )
         )
-    tick("dataset map")
+    bar.describe("dataset map")
     map_layer = default_feature_layer(module, probe)
     store = extract_features(model, subset, map_layer, progress=False)
     features = np.asarray(store.features)
@@ -158,7 +222,8 @@ def build_atlas(
         for _, lab in items
     ]
     pictures_all = [_picture(model, image) for image, _ in items]
-    tick("nearest neighbours")
+    bar.advance()
+    bar.describe("nearest neighbours")
     rng = np.random.default_rng(seed)
     chosen_queries = rng.choice(len(items), size=min(queries, len(items)), replace=False)
     found_queries = []
@@ -170,6 +235,7 @@ def build_atlas(
         )
         pixel_rows = [int(i) for i in np.atleast_1d(pidx) if int(i) != q][:neighbours]
         found_queries.append(NeighbourQuery(q, feature_rows, pixel_rows))
+    bar.advance()
     spec = getattr(dataset, "spec", None)
     return Atlas(
         model=model.name,
@@ -181,6 +247,23 @@ def build_atlas(
         pictures=pictures_all,
         queries=found_queries,
     )
+
+
+def _reached(
+    model: LoadedModel, layer: nn.Module, pictures: Tensor, channels: Sequence[int], probe: Tensor
+) -> list[float]:
+    """Each channel's mean activation on its own visualization (the objective it reached)."""
+    x = pictures.detach().float()
+    c_in = probe.shape[1]
+    if x.shape[1] != c_in:
+        x = x.mean(dim=1, keepdim=True).expand(-1, c_in, -1, -1)
+    if x.shape[-2:] != probe.shape[-2:]:
+        x = F.interpolate(x, size=probe.shape[-2:], mode="bilinear", align_corners=False)
+    pre = model.preprocessing
+    mean = torch.tensor(pre.mean[:c_in], dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std[:c_in], dtype=x.dtype).view(1, -1, 1, 1)
+    maps = activations(model.module, ((x - mean) / std).to(probe.device), layer)
+    return [float(maps[i, c].mean()) for i, c in enumerate(channels)]
 
 
 def _first_layer_group(module: nn.Module, probe: Tensor, conv: nn.Module) -> set[int]:

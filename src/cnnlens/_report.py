@@ -1,11 +1,12 @@
 """The report's computation: every explanation method side by side for an image, with
-timings and deletion/insertion AUCs, plus a look at model behaviour. Returns data only;
-``render/_html.py`` turns it into a page."""
+the options each ran with, timings and deletion/insertion curves, where two methods give
+the same map, the layers shown described (stage, resolution, receptive field), plus a look
+at model behaviour. Returns data only; ``render/_html.py`` turns it into a page."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,21 +16,29 @@ from torch import Tensor, nn
 
 from ._guard import guard
 from ._modules import layer_name
+from ._progress import Progress
+from ._progress import progress as _progress
 from ._trace import trace_calls
 from .attribution.api import Explanation, explain, registry
 from .behaviour import Factorization, activations, factorize, filters
 from .behaviour._inspect import first_convolution, mid_feature_layer, prefer_rectified, top_channels
 from .errors import InputError
-from .evaluate import deletion_insertion
+from .evaluate import DeletionInsertion, deletion_insertion
+from .layers import layers
 from .models import LoadedModel
 
 __all__ = [
+    "DEFAULT_OPTIONS",
     "REPORT_METHODS",
+    "Coincidence",
     "ImageReport",
+    "LayerNote",
     "MethodResult",
     "ModelBehaviour",
+    "Report",
     "build_report",
     "depth_layers",
+    "report_steps",
 ]
 
 # The field's map, in the order the report shows it.
@@ -46,36 +55,48 @@ REPORT_METHODS: tuple[str, ...] = (
     "lrp",
 )
 
-# One line per method: what the panel shows and how to read it.
-METHOD_NOTES: dict[str, str] = {
-    "occlusion": "Score drop when a 32-px grey window covers each place (Zeiler & Fergus 2014): bright = the score fell most there.",
-    "saliency": "|gradient| of the class score w.r.t. each pixel (Simonyan et al. 2013): where small changes move the score most.",
-    "smoothgrad": "Gradients averaged over noisy copies of the image (Smilkov et al. 2017): saliency with the speckle averaged out.",
-    "deconvnet": "Backward pass keeping only positive signals at each rectifier (Zeiler & Fergus 2014): image-like patterns the units respond to, barely class-specific.",
-    "guided_backprop": "Gradient masked by both the forward and backward rectifier signs (Springenberg et al. 2015): sharp edges, weakly class-specific.",
-    "cam": "Class activation map: the class weights applied to the last feature maps before global pooling (Zhou et al. 2016).",
-    "gradcam": "Feature maps weighted by their mean gradient, rectified (Selvaraju et al. 2017): coarse, class-discriminative regions.",
-    "guided_gradcam": "Guided backprop multiplied by the upsampled Grad-CAM: sharp and class-discriminative.",
-    "deeplift": "Contributions relative to a black baseline, rescale rule (Shrikumar et al. 2017); they sum to score(image) - score(baseline).",
-    "lrp": "Layer-wise relevance propagation, epsilon-plus composite (Bach et al. 2015): relevance conserved layer by layer down to the pixels.",
-}
-
+# The options the report runs each method with; every one is written out (not left to
+# the method's default) so the page can say exactly what was used.
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "occlusion": {"window": 32, "stride": 16},
+    "occlusion": {"window": 32, "stride": 16, "baseline": 0.0},
     "smoothgrad": {"samples": 16, "noise": 0.15, "seed": 0},
+    "deeplift": {"baseline": "zeros"},
     "lrp": {"composite": "epsilon_plus"},
 }
+
+# Two maps this close (Pearson r of the heatmaps) are called the same picture.
+SAME_MAP = 0.99
 
 
 @dataclass(frozen=True)
 class MethodResult:
     method: str
-    note: str
     explanation: Explanation | None
     seconds: float
-    deletion_auc: float | None = None
-    insertion_auc: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    curves: DeletionInsertion | None = None
     error: str | None = None
+
+    @property
+    def deletion_auc(self) -> float | None:
+        return None if self.curves is None else float(self.curves.deletion_auc[0])
+
+    @property
+    def insertion_auc(self) -> float | None:
+        return None if self.curves is None else float(self.curves.insertion_auc[0])
+
+
+@dataclass(frozen=True)
+class Coincidence:
+    """Two methods that gave the same map here. ``exact``: one is a non-negative multiple
+    of the other's positive part (measured ``difference``: the largest deviation relative
+    to the map's peak); else they only correlate (``correlation``)."""
+
+    first: str
+    second: str
+    correlation: float
+    exact: bool
+    difference: float
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,23 @@ class ImageReport:
     inputs: Tensor
     top: list[tuple[int, str, float]]  # (class, label, probability)
     explained: dict[int, list[MethodResult]]  # class -> results
+    coincidences: dict[int, list[Coincidence]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerNote:
+    """A layer in plain terms: ``stage`` of ``stages`` (the network's distinct feature-map
+    resolutions, input side first), output ``channels`` × ``size``, ``stride`` (input
+    pixels per map position) and ``receptive_field`` (h, w) in input pixels."""
+
+    name: str
+    type: str
+    channels: int
+    size: tuple[int, int]
+    stride: int
+    stage: int
+    stages: int
+    receptive_field: tuple[int, int] | None
 
 
 @dataclass(frozen=True)
@@ -101,6 +139,9 @@ class Report:
     model: str
     images: list[ImageReport]
     behaviour: ModelBehaviour | None
+    layers: dict[str, LayerNote] = field(default_factory=dict)
+    zero_colour: tuple[int, ...] = ()  # the input tensor 0 as a pixel colour (0-255)
+    curve_steps: int = 24
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -123,6 +164,39 @@ def depth_layers(
     return chosen
 
 
+def describe_layers(
+    model: LoadedModel, inputs: Tensor, names: Sequence[str]
+) -> dict[str, LayerNote]:
+    """Each named layer's :class:`LayerNote` (one receptive-field probe for all of them)."""
+    wanted = set(names)
+    if not wanted:
+        return {}
+    infos = layers(model, (int(inputs.shape[-2]), int(inputs.shape[-1])))
+    maps = [i for i in infos if i.output_shape is not None and len(i.output_shape) == 3]
+    # Stages: the resolutions of the layers with weights (padding modules make odd sizes).
+    sizes = sorted(
+        {i.output_shape[-2:] for i in maps if min(i.output_shape[-2:]) > 1 and i.parameters},  # type: ignore[index]
+        key=lambda s: -s[0] * s[1],
+    )
+    side = int(inputs.shape[-1])
+    notes = {}
+    for info in maps:
+        if info.name not in wanted or info.output_shape is None:
+            continue
+        channels, h, w = info.output_shape
+        notes[info.name] = LayerNote(
+            name=info.name,
+            type=info.type,
+            channels=channels,
+            size=(h, w),
+            stride=max(1, round(side / w)),
+            stage=sizes.index((h, w)) + 1 if (h, w) in sizes else len(sizes),
+            stages=len(sizes),
+            receptive_field=None if info.receptive_field is None else info.receptive_field.size,
+        )
+    return notes
+
+
 def _top(model: LoadedModel, inputs: Tensor, n: int) -> list[tuple[int, str, float]]:
     with torch.inference_mode(), guard(model) as module:
         probs = module(inputs).softmax(dim=1)[0]
@@ -130,49 +204,60 @@ def _top(model: LoadedModel, inputs: Tensor, n: int) -> list[tuple[int, str, flo
     return [(int(i), model.label(int(i)), float(v)) for v, i in zip(values, ids, strict=True)]
 
 
-def _explain_all(
+def _explain_one(
     model: LoadedModel,
     inputs: Tensor,
     target: int,
-    methods: Sequence[str],
+    method: str,
+    options: dict[str, Any],
     steps: int,
-    tick: Callable[[str], None],
-) -> list[MethodResult]:
-    known = registry()
-    results = []
-    for method in methods:
-        tick(method)
-        note = METHOD_NOTES.get(method, "")
-        if method not in known:
-            results.append(
-                MethodResult(method, note, None, 0.0, error="not available in this build")
-            )
-            continue
-        start = time.perf_counter()
-        try:
-            explanation = explain(
-                model, inputs, method, target=target, **DEFAULT_OPTIONS.get(method, {})
-            )
-        except InputError as exc:  # e.g. CAM on a model without a GAP + linear head
-            results.append(
-                MethodResult(method, note, None, time.perf_counter() - start, error=str(exc))
-            )
-            continue
-        seconds = time.perf_counter() - start
-        curves = deletion_insertion(
-            model, inputs, explanation, steps=steps, target=target, progress=False
-        )
-        results.append(
-            MethodResult(
-                method,
-                note,
-                explanation,
-                seconds,
-                float(curves.deletion_auc[0]),
-                float(curves.insertion_auc[0]),
-            )
-        )
-    return results
+) -> MethodResult:
+    if method not in registry():
+        return MethodResult(method, None, 0.0, options, error="not available in this build")
+    start = time.perf_counter()
+    try:
+        explanation = explain(model, inputs, method, target=target, **options)
+    except InputError as exc:  # e.g. CAM on a model without a GAP + linear head
+        return MethodResult(method, None, time.perf_counter() - start, options, error=str(exc))
+    seconds = time.perf_counter() - start
+    curves = deletion_insertion(
+        model, inputs, explanation, steps=steps, target=target, progress=False
+    )
+    return MethodResult(method, explanation, seconds, options, curves)
+
+
+def _cam_multiple(cam: Tensor, gradcam: Tensor) -> float:
+    """max |gradcam − c·ReLU(cam)| / max gradcam for the best c ≥ 0 (0: the same map)."""
+    positive = cam.clamp(min=0).double().flatten()
+    other = gradcam.double().flatten()
+    scale = float(positive @ other / (positive @ positive).clamp(min=1e-30))
+    peak = float(other.abs().max()) or 1.0
+    return float((other - scale * positive).abs().max()) / peak
+
+
+def coincidences(results: Sequence[MethodResult]) -> list[Coincidence]:
+    """Pairs of methods whose heatmaps are the same picture here (see :data:`SAME_MAP`)."""
+    done = [r for r in results if r.explanation is not None]
+    found = []
+    for i, a in enumerate(done):
+        for b in done[i + 1 :]:
+            assert a.explanation is not None and b.explanation is not None
+            x = a.explanation.heatmap()[0].flatten().double()
+            y = b.explanation.heatmap()[0].flatten().double()
+            r = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if x.std() * y.std() > 0 else 0.0
+            pair = {a.method, b.method}
+            exact = pair == {"cam", "gradcam"} and a.explanation.layer == b.explanation.layer
+            difference = 0.0
+            if exact:
+                cam, grad = (a, b) if a.method == "cam" else (b, a)
+                assert cam.explanation is not None and grad.explanation is not None
+                difference = _cam_multiple(
+                    cam.explanation.attribution[0], grad.explanation.attribution[0]
+                )
+                exact = difference < 1e-3
+            if exact or r >= SAME_MAP:
+                found.append(Coincidence(a.method, b.method, r, exact, difference))
+    return found
 
 
 def _behaviour(model: LoadedModel, inputs: Tensor, k: int) -> ModelBehaviour:
@@ -193,6 +278,11 @@ def _behaviour(model: LoadedModel, inputs: Tensor, k: int) -> ModelBehaviour:
     )
 
 
+def report_steps(images: int, methods: int, classes: int = 1, behaviour: bool = True) -> int:
+    """How many steps :func:`build_report` counts (for a caller's own display)."""
+    return images * (1 + classes * methods) + (1 if behaviour else 0) + 1
+
+
 def build_report(
     model: LoadedModel,
     images: Sequence[tuple[str, Image.Image]],
@@ -200,33 +290,96 @@ def build_report(
     targets: Sequence[int | None] | None = None,
     second_class: bool = False,
     methods: Sequence[str] = REPORT_METHODS,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     steps: int = 24,
     factors: int = 6,
     behaviour: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> Report:
     """Compute everything the report shows. ``targets``: per image, a class or None (top
-    class); ``second_class`` adds the second most likely class."""
+    class); ``second_class`` adds the second most likely class. ``options``: per method,
+    options that replace :data:`DEFAULT_OPTIONS` for it. ``steps``: deletion/insertion
+    steps. ``progress``: a bar on stderr (see :mod:`cnnlens._progress`)."""
     if targets is not None and len(targets) != len(images):
         raise InputError(f"{len(targets)} targets for {len(images)} images")
-    tick = progress or (lambda _stage: None)
-    reports = []
-    for i, (name, image) in enumerate(images):
-        tick(f"{name}: predict")
-        inputs = model.preprocess(image)
-        top = _top(model, inputs, 5)
-        wanted = targets[i] if targets is not None else None
-        classes = [top[0][0] if wanted is None else wanted]
-        if second_class:
-            classes.append(next(c for c, _, _ in top if c != classes[0]))
+    chosen = {m: dict(DEFAULT_OPTIONS.get(m, {})) for m in methods}
+    for method, given in (options or {}).items():
+        if method not in chosen:
+            raise InputError(f"options for {method!r}, which is not among the methods")
+        chosen[method] = dict(given)
+    total = report_steps(len(images), len(methods), 2 if second_class else 1, behaviour)
+    with _progress(total, "report", enabled=progress) as bar:
+        reports = [
+            _image_report(
+                model,
+                name,
+                image,
+                None if targets is None else targets[i],
+                second_class,
+                chosen,
+                steps,
+                bar,
+            )
+            for i, (name, image) in enumerate(images)
+        ]
+        look = None
+        if behaviour and reports:
+            bar.describe("model behaviour")
+            look = _behaviour(model, reports[0].inputs, factors)
+            bar.advance()
+        bar.describe("layers: receptive fields")
+        shown = [
+            r.explanation.layer
+            for image in reports
+            for results in image.explained.values()
+            for r in results
+            if r.explanation is not None and r.explanation.layer is not None
+        ]
+        if look is not None:
+            shown += [name for name, *_ in look.depths] + [look.factor_layer]
+        notes = describe_layers(model, reports[0].inputs, shown) if reports else {}
+        bar.advance()
+    zero = model.preprocessing.invert(torch.zeros(3, 1, 1))
+    return Report(
+        model=model.name,
+        images=reports,
+        behaviour=look,
+        layers=notes,
+        zero_colour=tuple(round(255 * float(v)) for v in zero.flatten()),
+        curve_steps=steps,
+    )
 
-        def stage(method: str, image_name: str = name) -> None:
-            tick(f"{image_name}: {method}")
 
-        explained = {c: _explain_all(model, inputs, c, methods, steps, stage) for c in classes}
-        reports.append(ImageReport(name, model.deprocess(inputs), inputs, top, explained))
-    look = None
-    if behaviour and reports:
-        tick("model behaviour")
-        look = _behaviour(model, reports[0].inputs, factors)
-    return Report(model=model.name, images=reports, behaviour=look)
+def _image_report(
+    model: LoadedModel,
+    name: str,
+    image: Image.Image,
+    wanted: int | None,
+    second_class: bool,
+    options: dict[str, dict[str, Any]],
+    steps: int,
+    bar: Progress,
+) -> ImageReport:
+    bar.describe(f"{name}: predict")
+    inputs = model.preprocess(image)
+    top = _top(model, inputs, 5)
+    classes = [top[0][0] if wanted is None else wanted]
+    if second_class:
+        classes.append(next(c for c, _, _ in top if c != classes[0]))
+    bar.advance()
+    explained: dict[int, list[MethodResult]] = {}
+    for target in classes:
+        results = []
+        for method, method_options in options.items():
+            bar.describe(f"{name}: {method}")
+            results.append(_explain_one(model, inputs, target, method, method_options, steps))
+            bar.advance()
+        explained[target] = results
+    return ImageReport(
+        name,
+        model.deprocess(inputs),
+        inputs,
+        top,
+        explained,
+        {c: coincidences(r) for c, r in explained.items()},
+    )

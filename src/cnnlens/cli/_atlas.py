@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .._atlas import build_atlas
 from ..dataset._sources import open_dataset
 from ..errors import InputError
@@ -48,22 +46,15 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} must be at least 1")
     model = open_model(args)
     dataset = open_dataset(args.dataset)
-    with tqdm(total=3 * len(layers) + 2, desc="atlas", unit="step") as bar:
-
-        def tick(stage: str) -> None:
-            bar.set_postfix_str(stage[:40])
-            bar.update(1)
-
-        atlas = build_atlas(
-            model,
-            dataset,
-            layers,
-            channels=args.channels,
-            k=args.k,
-            steps=args.steps,
-            sample=args.sample,
-            progress=tick,
-        )
+    atlas = build_atlas(
+        model,
+        dataset,
+        layers,
+        channels=args.channels,
+        k=args.k,
+        steps=args.steps,
+        sample=args.sample,
+    )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in atlas_pages(atlas).items():

@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .._report import REPORT_METHODS, build_report
 from ..render._html import report_html
 from ._common import add_model_args, open_image, open_model, parse_target
@@ -51,22 +49,14 @@ def run(args: argparse.Namespace) -> int:
         )
     targets = None if args.target is None else [parse_target(model, t) for t in args.target]
     images = [(spec, open_image(spec)) for spec in specs]
-    stages = len(images) * len(methods) * (2 if args.second_class else 1) + len(images) + 1
-    with tqdm(total=stages, desc="report", unit="step") as bar:
-
-        def tick(stage: str) -> None:
-            bar.set_postfix_str(stage[:40])
-            bar.update(1)
-
-        report = build_report(
-            model,
-            images,
-            targets=targets,
-            second_class=args.second_class,
-            methods=methods,
-            behaviour=not args.no_behaviour,
-            progress=tick,
-        )
+    report = build_report(
+        model,
+        images,
+        targets=targets,
+        second_class=args.second_class,
+        methods=methods,
+        behaviour=not args.no_behaviour,
+    )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report_html(report), encoding="utf-8")

@@ -1,17 +1,23 @@
-"""The atlas as a static site: an index page and one page per layer, every picture
-embedded (nothing fetched when opened)."""
+"""The atlas as a static site from templates (``atlas_index.html``, ``atlas_layer.html``):
+an index page and one page per layer, every picture embedded (nothing fetched when opened),
+every label in HTML (wrapped, never clipped)."""
 
 from __future__ import annotations
 
-import html
 import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from .._atlas import FLAT_STD
 from ._behaviour import filter_tiles, rgb_filter_tiles
-from ._dataset import neighbours_figure, thumbnail_map
-from ._html import figure, page
-from ._images import grid, tensor_to_image
+from ._dataset import thumbnail_map
+from ._images import tensor_to_image
+from ._pages import data_uri, render_page
+
+if TYPE_CHECKING:
+    from .._atlas import Atlas, ChannelView, LayerView
 
 __all__ = ["atlas_pages", "layer_filename"]
 
@@ -27,116 +33,134 @@ def _enlarge(image: Image.Image, side: int) -> Image.Image:
     return image.resize((side, side), resample)
 
 
-def _layer_page(atlas: object, layer: object) -> str:
-    from .._atlas import Atlas, LayerView
+@dataclass(frozen=True)
+class Tile:
+    uri: str
+    label: str
+    alt: str
 
-    assert isinstance(atlas, Atlas)
-    assert isinstance(layer, LayerView)
+
+@dataclass(frozen=True)
+class ChannelCard:
+    channel: int
+    visualization: str | None  # data URI, None when flat
+    reason: str | None  # why there is no visualization
+    filter: str | None
+    patches: tuple[Tile, ...]
+    patch_note: str
+    reached: str
+
+
+def _channel(layer: LayerView, view: ChannelView, sample: int) -> ChannelCard:
+    reason = None
+    reached = "" if view.reached is None else f"mean activation reached {view.reached:.3g}, "
+    if view.flat:
+        reason = (
+            "No feature visualization: gradient ascent could not drive this unit — the picture "
+            f"stayed flat ({reached}pixel standard deviation {view.pixel_std:.3f}; the atlas calls "
+            f"a picture flat below {FLAT_STD} or when the unit stays silent on it). Its top "
+            "dataset patches below show what does excite it."
+        )
+    if view.silent:
+        reason = (reason + " " if reason else "") + (
+            f"The unit did not fire on any of the {sample} sampled items (every activation ≤ 0), "
+            "so the patches below are arbitrary."
+        )
+    picture = (
+        None
+        if view.flat or view.visualization is None
+        else data_uri(_enlarge(tensor_to_image(view.visualization), 224))
+    )
+    filt = None
+    if view.weights is not None:
+        tile = (
+            rgb_filter_tiles(view.weights[None])
+            if view.weights.shape[0] == 3
+            else filter_tiles(view.weights[:1])
+        )[0]
+        filt = data_uri(_enlarge(tile, 112))
+    pictures = layer.patch_pictures.get(view.channel, [])
+    side = 160 if view.flat else 112
+    tiles = tuple(
+        Tile(
+            data_uri(_enlarge(p, side)),
+            f"#{patch.index} · {patch.activation:.2f}",
+            f"item {patch.index}",
+        )
+        for p, patch in zip(pictures, view.patches, strict=False)
+    )
+    return ChannelCard(
+        view.channel,
+        picture,
+        reason,
+        filt,
+        tiles,
+        "Top dataset patches, strongest first: the receptive field of the most active position, "
+        "labelled with the dataset item and the activation.",
+        "" if view.reached is None else f"mean activation reached: {view.reached:.3g}",
+    )
+
+
+def _layer_page(atlas: Atlas, layer: LayerView) -> str:
     rf = (
         f"receptive field {layer.receptive_field[0]}×{layer.receptive_field[1]} px"
         if layer.receptive_field
-        else "receptive field: whole image"
+        else "receptive field: the whole image"
     )
-    parts = [
-        '<nav><a href="index.html">← atlas index</a></nav>',
-        f'<p class="lead">Layer <b>{html.escape(layer.name)}</b> ({rf}). For each channel: what maximizes it '
-        "(feature visualization by regularized gradient ascent), the dataset patches that excite it most "
-        "(the receptive field of the strongest position, strongest first)"
-        + (
-            ", and its filter (RGB, grey = 0)"
-            if any(c.weights is not None for c in layer.channels)
-            else ""
-        )
-        + ".</p>",
-    ]
-    for view in layer.channels:
-        parts.append(f'<h3>channel {view.channel}</h3><div class="panels">')
-        if view.visualization is not None:
-            parts.append(
-                figure(
-                    _enlarge(tensor_to_image(view.visualization), 160),
-                    "<b>feature visualization</b>",
-                    alt=f"visualization {view.channel}",
-                )
-            )
-        if view.weights is not None:
-            tile = (
-                rgb_filter_tiles(view.weights[None])
-                if view.weights.shape[0] == 3
-                else filter_tiles(view.weights[:1])
-            )[0]
-            parts.append(figure(_enlarge(tile, 96), "<b>filter</b>", alt=f"filter {view.channel}"))
-        pictures = layer.patch_pictures.get(view.channel, [])
-        if pictures:
-            captions = [f"#{p.index} {p.activation:.2f}" for p in view.patches]
-            strip = grid(
-                [_enlarge(p, 72) for p in pictures], columns=len(pictures), captions=captions, pad=3
-            )
-            parts.append(
-                figure(
-                    strip,
-                    "<b>top dataset patches</b> (item, activation)",
-                    wide=True,
-                    alt=f"patches {view.channel}",
-                )
-            )
-        parts.append("</div>")
-    return page(
-        f"{atlas.model} · {layer.name}", f"cnnlens atlas · dataset {atlas.dataset}", "".join(parts)
+    return render_page(
+        "atlas_layer.html",
+        title=f"{atlas.model} · {layer.name}",
+        subtitle=f"cnnlens atlas · dataset {atlas.dataset}",
+        layer=layer.name,
+        rf=rf,
+        has_filters=any(c.weights is not None for c in layer.channels),
+        channels=[_channel(layer, v, len(atlas.pictures)) for v in layer.channels],
     )
 
 
-def atlas_pages(atlas: object) -> dict[str, str]:
+def _tile(atlas: Atlas, index: int, side: int = 96) -> Tile:
+    label = atlas.labels[index]
+    return Tile(
+        data_uri(
+            atlas.pictures[index].convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
+        ),
+        f"#{index}" + (f" {label}" if label else ""),
+        f"item {index}",
+    )
+
+
+def atlas_pages(atlas: Atlas) -> dict[str, str]:
     """File name → HTML for the whole site (``index.html`` first)."""
-    from .._atlas import Atlas
-
-    assert isinstance(atlas, Atlas)
-    items = "".join(
-        f'<li><a href="{layer_filename(v.name)}">{html.escape(v.name)}</a> — {len(v.channels)} channels</li>'
-        for v in atlas.layers
-    )
-    parts = [
-        '<p class="lead">An atlas of what the network has learned: one page per layer with each channel\'s feature '
-        "visualization and top dataset patches; below, the dataset as the network sees it.</p>",
-        f"<h2>Layers</h2><ul>{items}</ul>",
-        "<h2>The dataset as the network sees it</h2>",
-        f'<p class="lead">t-SNE of the globally pooled <b>{html.escape(atlas.map_layer)}</b> features of '
-        f"{len(atlas.pictures)} items, each thumbnail in a grid cell near its point: similar images end up together.</p>",
-    ]
+    tmap = None
     if len(atlas.pictures):
         side = 32 if len(atlas.pictures) <= 900 else 24
-        tmap = thumbnail_map(atlas.points, atlas.pictures, tile=side)
-        parts.append(
-            '<div class="panels">'
-            + figure(tmap, "<b>t-SNE image map</b>", wide=True, alt="t-SNE map")
-            + "</div>"
-        )
-    if atlas.queries:
-        parts.append(
-            '<h2>Nearest neighbours: feature space vs pixel space</h2><p class="lead">For a query image, its nearest '
-            "neighbours by the network's features (top row) and by raw pixels (bottom row). Feature neighbours share "
-            'the concept even when pose or position differ; pixel neighbours share layout and colour.</p><div class="panels">'
-        )
-        for q in atlas.queries:
-            fig = neighbours_figure(
-                atlas.pictures[q.query],
-                f"query #{q.query} {atlas.labels[q.query]}",
-                [(atlas.pictures[i], atlas.labels[i]) for i in q.feature],
-                [(atlas.pictures[i], atlas.labels[i]) for i in q.pixel],
-                tile=72,
-            )
-            parts.append(
-                figure(
-                    fig,
-                    f"<b>query #{q.query}</b> {html.escape(atlas.labels[q.query])}",
-                    wide=True,
-                    alt=f"query {q.query}",
-                )
-            )
-        parts.append("</div>")
+        tmap = data_uri(thumbnail_map(atlas.points, atlas.pictures, tile=side))
+    queries = [
+        {
+            "query": _tile(atlas, q.query, 128),
+            "feature": [_tile(atlas, i) for i in q.feature],
+            "pixel": [_tile(atlas, i) for i in q.pixel],
+        }
+        for q in atlas.queries
+    ]
     pages = {
-        "index.html": page(
-            f"cnnlens atlas — {atlas.model}", f"dataset {atlas.dataset}", "".join(parts)
+        "index.html": render_page(
+            "atlas_index.html",
+            title=f"cnnlens atlas — {atlas.model}",
+            subtitle=f"dataset {atlas.dataset}",
+            layers=[
+                {
+                    "name": v.name,
+                    "file": layer_filename(v.name),
+                    "channels": len(v.channels),
+                    "flat": sum(c.flat for c in v.channels),
+                }
+                for v in atlas.layers
+            ],
+            map_layer=atlas.map_layer,
+            items=len(atlas.pictures),
+            tmap=tmap,
+            queries=queries,
         )
     }
     for view in atlas.layers:

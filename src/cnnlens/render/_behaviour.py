@@ -13,6 +13,7 @@ from torch import Tensor
 from ._images import _font, add_caption, colormap, diverging, grid, overlay, upsample
 
 __all__ = [
+    "FACTOR_COLOURS",
     "activation_grid",
     "factor_legend",
     "factor_overlay",
@@ -71,6 +72,10 @@ def activation_grid(
 
 
 _FACTOR_COLORS = colormaps["tab10"]
+# The same colours as CSS hex strings (for legends drawn in HTML).
+FACTOR_COLOURS: tuple[str, ...] = tuple(
+    "#{:02x}{:02x}{:02x}".format(*(int(255 * v) for v in _FACTOR_COLORS(i)[:3])) for i in range(10)
+)
 
 
 def factor_overlay(image: Image.Image, maps: Tensor, *, alpha: float = 0.65) -> Image.Image:
@@ -88,20 +93,21 @@ def factor_overlay(image: Image.Image, maps: Tensor, *, alpha: float = 0.65) -> 
 
 
 def factor_legend(strongest: Tensor, *, width: int = 320) -> Image.Image:
-    """A legend: each factor's colour and its strongest channels."""
+    """A legend: each factor's colour and its strongest channels (as wide as its longest
+    line needs, at least ``width``)."""
     rows = strongest.shape[0]
     font = _font(13)
+    texts = [
+        f"factor {i}: channels {', '.join(map(str, channels))}"
+        for i, channels in enumerate(strongest.tolist())
+    ]
+    width = max([width] + [int(font.getlength(t)) + 38 for t in texts])
     out = Image.new("RGB", (width, 22 * rows + 8), "white")
     draw = ImageDraw.Draw(out)
-    for i, channels in enumerate(strongest.tolist()):
+    for i, text in enumerate(texts):
         color = tuple(int(255 * v) for v in _FACTOR_COLORS(i % 10)[:3])
         draw.rectangle((6, 6 + 22 * i, 22, 22 + 22 * i), fill=color)
-        draw.text(
-            (30, 7 + 22 * i),
-            f"factor {i}: channels {', '.join(map(str, channels))}",
-            fill="black",
-            font=font,
-        )
+        draw.text((30, 7 + 22 * i), text, fill="black", font=font)
     return out
 
 

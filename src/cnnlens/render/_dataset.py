@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ._images import _font, grid
+from ._images import fit_text, grid
+from ._plots import fit_figure_text
 
 __all__ = [
     "embedding_html",
@@ -24,13 +25,15 @@ __all__ = [
 
 
 def _row_title(image: Image.Image, title: str, width: int = 150) -> Image.Image:
-    """``image`` with ``title`` written in a white column on its left."""
-    out = Image.new("RGB", (image.width + width, image.height), "white")
+    """``image`` with ``title`` written in a white column on its left, wrapped to fit."""
+    lines, font, line_height = fit_text(title, width - 10)
+    height = max(image.height, line_height * len(lines) + 4)
+    out = Image.new("RGB", (image.width + width, height), "white")
     out.paste(image, (width, 0))
     draw = ImageDraw.Draw(out)
-    font = _font(14)
-    for i, line in enumerate(title.split("\n")):
-        draw.text((6, image.height // 2 - 10 + 18 * i), line, fill="black", font=font)
+    top = max(2, (image.height - line_height * len(lines)) // 2)
+    for i, line in enumerate(lines):
+        draw.text((6, top + line_height * i), line, fill="black", font=font)
     return out
 
 
@@ -120,7 +123,7 @@ def embedding_scatter(
     axes.set_yticks([])
     if title:
         axes.set_title(title)
-    figure.tight_layout()
+    fit_figure_text(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     buffer.seek(0)

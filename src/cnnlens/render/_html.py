@@ -1,198 +1,343 @@
-"""Self-contained HTML pages: every picture embedded as a PNG data URI, no external files,
-scripts or fonts, so a page opens the same offline and anywhere."""
+"""The report page: turns a :class:`cnnlens._report.Report` into the views the
+``report.html`` template lays out (pictures as data URIs, colour bars, captions written
+from the options used). Nothing here computes an attribution."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+from torch import Tensor
 
-from ._images import colormap, diverging, grid, overlay
+from ._captions import MethodText, layer_words, method_text
+from ._images import colormap, diverging, grid, overlay, upsample
+from ._pages import ColorBar, color_bar, data_uri, render_page
 
-__all__ = ["PAGE_STYLE", "data_uri", "figure", "page", "report_html"]
+if TYPE_CHECKING:
+    from .._report import Coincidence, ImageReport, LayerNote, MethodResult, Report
 
-PAGE_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d232b;background:#f6f7f9}
-header{background:#1d2733;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;color:#b8c4d2;font-size:13px}
-main{padding:12px 28px 40px;max-width:1500px}
-h2{border-bottom:2px solid #d8dde4;padding-bottom:4px;margin-top:30px}
-h3{margin:18px 0 6px}
-.lead{color:#4a5563;font-size:13px;margin:2px 0 12px;max-width:980px}
-.panels{display:flex;flex-wrap:wrap;gap:12px}
-figure{margin:0;background:#fff;border:1px solid #dde2e8;border-radius:6px;padding:8px;width:236px}
-figure.wide{width:auto;max-width:100%}
-figure img{display:block;max-width:100%;image-rendering:auto;border-radius:3px}
-figcaption{font-size:12px;color:#39424e;margin-top:6px;line-height:1.35}
-figcaption b{font-size:13px;color:#111}
-.metric{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;color:#566}
-.why{font-size:12px;color:#8a4b00;background:#fff6e8;border:1px solid #f0d7b0;border-radius:4px;padding:6px}
-table{border-collapse:collapse;font-size:13px;background:#fff}td,th{border:1px solid #dde2e8;padding:3px 8px;text-align:left}
-nav a{margin-right:12px}
-"""
+__all__ = ["MapView", "data_uri", "method_maps", "report_html"]
+
+MAP_SIDE = 224  # every map is drawn at least this large (the model's usual input side)
 
 
-def data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+@dataclass(frozen=True)
+class MapView:
+    uri: str
+    alt: str
+    bar: ColorBar
+    caption: str
+    pixelated: bool = False
 
 
-def figure(image: Image.Image, caption_html: str, *, wide: bool = False, alt: str = "") -> str:
-    cls = ' class="wide"' if wide else ""
-    return (
-        f'<figure{cls}><img src="{data_uri(image)}" alt="{html.escape(alt)}" '
-        f'width="{image.width}" height="{image.height}"><figcaption>{caption_html}</figcaption></figure>'
-    )
+@dataclass(frozen=True)
+class CurvesView:
+    deletion: str  # SVG polyline points
+    insertion: str
+    top: str
+    deletion_auc: float
+    insertion_auc: float
+    short_target: str
+    caption: str
 
 
-def page(title: str, subtitle: str, body: str) -> str:
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head><body>"
-        f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></header><main>{body}</main></body></html>\n"
-    )
+@dataclass(frozen=True)
+class PanelView:
+    id: str
+    method: str
+    text: MethodText
+    seconds: float
+    maps: tuple[MapView, ...]
+    curves: CurvesView | None
+    notes: tuple[str, ...]
+    error: str | None
+    options: dict[str, str]
 
 
-def _method_panel(result: object, picture: Image.Image) -> str:
-    from .._report import MethodResult
+def _percentile(values: Tensor, q: float) -> float:
+    flat = values.detach().float().flatten()
+    value = float(flat.quantile(q)) if flat.numel() <= 16_000_000 else float(flat.max())
+    return value if value > 0 else float(flat.max()) or 1.0
 
-    assert isinstance(result, MethodResult)
-    title = f"<b>{html.escape(result.method)}</b>"
-    if result.explanation is None:
-        return (
-            f'<figure><div class="why">{title}<br>not shown: {html.escape(result.error or "")}</div>'
-            f"<figcaption>{html.escape(result.note)}</figcaption></figure>"
-        )
+
+def _side(picture: Image.Image) -> tuple[int, int]:
+    scale = max(1.0, MAP_SIDE / min(picture.size))
+    return round(picture.width * scale), round(picture.height * scale)
+
+
+def method_maps(
+    result: MethodResult, picture: Image.Image, text: MethodText
+) -> tuple[MapView, ...]:
+    """The two maps of a panel: importance over the photo, and the signed (or, for
+    Grad-CAM, one-sided) map, each with its colour bar in the method's own units."""
     explanation = result.explanation
-    heat = explanation.heatmap()[0]
-    if explanation.kind == "input":
-        # Pixel-level maps are sparse: show them directly, clipped at a high percentile.
-        limit = float(heat.flatten().quantile(0.995)) or 1.0
-        tiles = [colormap((heat / limit).clamp(0, 1), "inferno", vmin=0.0, vmax=1.0)]
+    assert explanation is not None
+    size = _side(picture)
+    # Drawn over a grey copy of the photo, so the colours read as the scale and not the scene.
+    base = picture.resize(size, Image.Resampling.BILINEAR).convert("L").convert("RGB")
+    a = explanation.attribution[0].detach().float().cpu()
+    kind = explanation.kind
+    if kind == "input":
+        importance = a.abs().amax(dim=0)
+        limit = _percentile(importance, 0.995)
+        signed: Tensor = a.sum(dim=0)
+        unit, coarse = "|attribution|, max over channels", False
+    elif kind == "occlusion":
+        signed = a.mean(dim=0)
+        importance = signed.clamp(min=0)
+        limit = float(importance.max()) or 1.0
+        unit, coarse = "score drop", False
+    else:  # cam / gradcam: (h, w) at the layer
+        signed = a
+        importance = a - a.min() if kind == "cam" else a
+        limit = float(importance.max()) or 1.0
+        unit, coarse = ("CAM − min(CAM)" if kind == "cam" else text.title), True
+    heat = (upsample(importance, (size[1], size[0])) / limit).clamp(0, 1)
+    left = MapView(
+        data_uri(overlay(base, heat, alpha=0.6)),
+        f"{result.method}: importance over the photo",
+        color_bar("jet", 0.0, limit, f"{unit} (opacity follows the value)"),
+        text.overlay,
+    )
+    if kind == "gradcam":
+        top = float(signed.max()) or 1.0
+        picture_right = colormap(signed, "Reds", vmin=0.0, vmax=top)
+        bar = color_bar("Reds", 0.0, top, f"{text.title} (≥ 0)")
     else:
-        tiles = [overlay(picture, heat)]
-    if explanation.signed and explanation.attribution.dim() == 4:
-        signed = explanation.attribution[0].sum(dim=0)
-        tiles.append(diverging(signed).resize(picture.size))
-    shown = (
-        tiles[0]
-        if len(tiles) == 1
-        else grid([t.resize((110, 110)) for t in tiles], columns=2, pad=2)
-    )
-    metric = (
-        f'<span class="metric">{result.seconds:.2f} s · deletion AUC {result.deletion_auc:.3f} ↓ · '
-        f"insertion AUC {result.insertion_auc:.3f} ↑</span>"
-    )
-    note = html.escape(result.note) + (
-        " Right: signed sum over channels (red +, blue −)." if len(tiles) > 1 else ""
-    )
-    return figure(
-        shown.resize((220, int(220 * shown.height / shown.width))),
-        f"{title}<br>{metric}<br>{note}",
-        alt=result.method,
-    )
-
-
-def _top_table(top: Sequence[tuple[int, str, float]]) -> str:
-    rows = "".join(
-        f"<tr><td>{i + 1}</td><td>{html.escape(label)}</td><td>{c}</td><td>{p:.3f}</td></tr>"
-        for i, (c, label, p) in enumerate(top)
-    )
-    return (
-        f"<table><tr><th>#</th><th>class</th><th>index</th><th>probability</th></tr>{rows}</table>"
-    )
-
-
-def report_html(report: object) -> str:
-    """The report page for a :class:`cnnlens._report.Report`."""
-    from .._report import Report
-    from ._behaviour import activation_grid, factor_legend, factor_overlay, rgb_filter_tiles
-
-    assert isinstance(report, Report)
-    parts = [
-        "<h2>Decision explanation</h2>",
-        '<p class="lead">Why did the model decide what it did? Each panel explains the same class with one method. '
-        "Heatmaps are scaled per panel (bright = more important). Deletion AUC: how fast the class probability falls when "
-        "the pixels the map ranks highest are removed first (lower = more faithful); insertion AUC: how fast it rises when they "
-        "are added to a blurred copy (higher = more faithful).</p>",
-    ]
-    for image_report in report.images:
-        parts.append(f"<h3>{html.escape(image_report.name)}</h3>")
-        parts.append('<div class="panels">')
-        parts.append(
-            figure(
-                image_report.picture.resize((220, 220)),
-                "<b>input</b><br>the crop the model saw",
-                alt="input",
-            )
+        bound = (
+            float(signed.abs().max())
+            if coarse or kind == "occlusion"
+            else _percentile(signed.abs(), 0.995)
         )
-        parts.append(
-            f'<figure class="wide">{_top_table(image_report.top)}<figcaption><b>top-5 predictions</b></figcaption></figure>'
+        bound = bound or 1.0
+        picture_right = diverging(signed, limit=bound)
+        label = {"occlusion": "change in score when hidden", "cam": "Σ_k w_k A^k"}.get(
+            kind, "sum over channels"
         )
-        parts.append("</div>")
-        for target, results in image_report.explained.items():
-            label = next((lb for c, lb, _ in image_report.top if c == target), str(target))
-            parts.append(
-                f'<p class="lead">Explaining class <b>{html.escape(label)}</b> ({target}).</p><div class="panels">'
+        bar = color_bar("bwr", -bound, bound, label)
+    resample = Image.Resampling.NEAREST if coarse else Image.Resampling.BILINEAR
+    right = MapView(
+        data_uri(picture_right.resize(size, resample)),
+        f"{result.method}: signed map",
+        bar,
+        text.signed + (f" Shown at {signed.shape[-2]}×{signed.shape[-1]}." if coarse else ""),
+        pixelated=coarse,
+    )
+    return left, right
+
+
+def _polyline(curve: Sequence[float], top: float) -> str:
+    n = len(curve) - 1
+    return " ".join(
+        f"{270 * i / n:.1f},{110 - 110 * min(v, top) / top:.1f}" for i, v in enumerate(curve)
+    )
+
+
+def _curves(result: MethodResult, target: str, steps: int, fill: str) -> CurvesView | None:
+    if result.curves is None:
+        return None
+    deletion = result.curves.deletion_curve[0].tolist()
+    insertion = result.curves.insertion_curve[0].tolist()
+    top = max(0.1, math.ceil(10 * max(deletion + insertion)) / 10)
+    return CurvesView(
+        _polyline(deletion, top),
+        _polyline(insertion, top),
+        f"{top:.1f}",
+        float(result.curves.deletion_auc[0]),
+        float(result.curves.insertion_auc[0]),
+        target if len(target) <= 14 else target[:13] + "…",
+        f"The probability of {target} as the pixels are deleted (set to {fill}) or inserted into a "
+        f"blurred copy, most important first by the left map, in {steps} steps.",
+    )
+
+
+def _coincidence_notes(
+    method: str, found: Sequence[Coincidence], titles: dict[str, str]
+) -> list[str]:
+    notes = []
+    for c in found:
+        if method != c.second:
+            continue
+        first, second = titles.get(c.first, c.first), titles.get(c.second, c.second)
+        if c.exact:
+            notes.append(
+                f"{second} gives the same map as {first} here, up to the ReLU and a scale (largest "
+                f"deviation {100 * c.difference:.2g}% of the peak). Why: this model ends in global "
+                "average pooling and a linear layer, so the gradient of the score with respect to "
+                "every position of feature map k is w_k/(h·w); Grad-CAM's channel weights are then "
+                "CAM's class weights divided by h·w, and Grad-CAM is ReLU(CAM)/(h·w)."
             )
-            parts.extend(_method_panel(r, image_report.picture) for r in results)
-            parts.append("</div>")
+        else:
+            notes.append(
+                f"{second} gives nearly the same map as {first} here (correlation of the "
+                f"heatmaps r = {c.correlation:.3f})."
+            )
+    return notes
+
+
+def _options_shown(options: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in options.items() if k not in ("progress", "batch_size")}
+
+
+def _panel(
+    result: MethodResult,
+    image: ImageReport,
+    target: int,
+    report: Report,
+    found: Sequence[Coincidence],
+) -> PanelView:
+    label = next((lb for c, lb, _ in image.top if c == target), str(target))
+    explanation = result.explanation
+    layer = explanation.layer if explanation is not None else None
+    total = None
+    if explanation is not None and result.method in ("deeplift", "lrp"):
+        total = float(explanation.attribution[0].sum())
+    text = method_text(
+        result.method,
+        result.options,
+        target=label,
+        zero_colour=report.zero_colour,
+        layer=layer_words(report.layers.get(layer) if layer else None, layer),
+        total=total,
+    )
+    titles = {
+        r: method_text(r, {}, target=label, zero_colour=()).title
+        for r in {c.first for c in found} | {c.second for c in found}
+    }
+    fill = "0 after normalization — the mean colour"
+    return PanelView(
+        id=f"{_slug(image.name)}-{target}-{result.method}",
+        method=result.method,
+        text=text,
+        seconds=result.seconds,
+        maps=method_maps(result, image.picture, text) if explanation is not None else (),
+        curves=_curves(result, label, report.curve_steps, fill),
+        notes=tuple(_coincidence_notes(result.method, found, titles)),
+        error=result.error,
+        options=_options_shown(result.options),
+    )
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-") or "image"
+
+
+@dataclass(frozen=True)
+class TileView:
+    uri: str
+    label: str
+
+
+@dataclass(frozen=True)
+class DepthView:
+    layer: str
+    description: str
+    tiles: tuple[TileView, ...]
+    bar: ColorBar
+    caption: str
+
+
+def _depth(
+    name: str, maps: Tensor, values: Tensor, ids: Tensor, note: LayerNote | None
+) -> DepthView:
+    channels = ids.tolist()
+    chosen = maps[channels].detach().float().cpu()
+    vmax = float(chosen.max()) if chosen.numel() else 1.0
+    vmin = min(0.0, float(chosen.min())) if chosen.numel() else 0.0
+    side = max(MAP_SIDE // 2, chosen.shape[-1])
+    tiles = tuple(
+        TileView(
+            data_uri(
+                colormap(m, "viridis", vmin=vmin, vmax=vmax).resize(
+                    (side, side), Image.Resampling.NEAREST
+                )
+            ),
+            f"ch {c} · {v:.2f}",
+        )
+        for c, m, v in zip(channels, chosen, values.tolist(), strict=True)
+    )
+    h, w = maps.shape[-2:]
+    return DepthView(
+        name,
+        layer_words(note, name, with_name=False),
+        tiles,
+        color_bar("viridis", vmin, vmax, "activation (one scale shared by these tiles)", count=5),
+        f"The {len(channels)} channels with the highest mean activation on this image. Each tile is one "
+        f"channel's {h}×{w} activation map over the whole image, labelled with the channel index "
+        "and its mean activation.",
+    )
+
+
+def _behaviour_view(report: Report) -> dict[str, Any] | None:
+    from ._behaviour import rgb_filter_tiles
+
     look = report.behaviour
-    if look is not None:
-        parts.append("<h2>Model behaviour</h2>")
-        parts.append(
-            '<p class="lead">What has the network learned? Its first-layer filters, the most active channels at three depths '
-            "for the first image, and the factorization lens.</p>"
-        )
-        tiles = (
-            rgb_filter_tiles(look.first_filters[:64]) if look.first_filters.shape[1] == 3 else []
-        )
-        if tiles:
-            parts.append(
-                '<div class="panels">'
-                + figure(
-                    grid(tiles, columns=8, pad=2),
-                    f"<b>first-layer filters</b> ({html.escape(look.first_layer)}): each filter's RGB weights, grey = 0, scaled per filter.",
-                    wide=True,
-                    alt="filters",
-                )
-                + "</div>"
+    if look is None:
+        return None
+    filters = None
+    if look.first_filters.shape[1] == 3:
+        tiles = rgb_filter_tiles(look.first_filters[:64])
+        filters = data_uri(grid(tiles, columns=min(len(tiles), 8), pad=2))
+    picture = report.images[0].picture
+    from ._behaviour import FACTOR_COLOURS, factor_overlay
+
+    size = _side(picture)
+    factors = look.factorization
+    legend = [
+        (FACTOR_COLOURS[i % len(FACTOR_COLOURS)], ", ".join(map(str, chans)))
+        for i, chans in enumerate(factors.strongest_channels(5).tolist())
+    ]
+    return {
+        "first_layer": look.first_layer,
+        "first_shape": tuple(look.first_filters.shape),
+        "filters": filters,
+        "depths": [_depth(n, m, v, i, report.layers.get(n)) for n, m, v, i in look.depths],
+        "factor_layer": layer_words(report.layers.get(look.factor_layer), look.factor_layer),
+        "factor_overlay": data_uri(factor_overlay(picture.resize(size), factors.maps[0])),
+        "factor_count": factors.maps.shape[1],
+        "factor_clipped": factors.clipped_negative,
+        "factor_legend": legend,
+    }
+
+
+def report_html(report: Report) -> str:
+    """The report page for a :class:`cnnlens._report.Report`: one self-contained file."""
+    images = []
+    for image in report.images:
+        size = _side(image.picture)
+        classes = []
+        for target, results in image.explained.items():
+            found = image.coincidences.get(target, [])
+            label = next((lb for c, lb, _ in image.top if c == target), str(target))
+            prob = next((p for c, _, p in image.top if c == target), None)
+            classes.append(
+                {
+                    "target": target,
+                    "label": label,
+                    "probability": prob,
+                    "panels": [_panel(r, image, target, report, found) for r in results],
+                }
             )
-        parts.append('<div class="panels">')
-        for name, maps, values, ids in look.depths:
-            picture = activation_grid(maps, ids.tolist(), values.tolist(), size=72)
-            parts.append(
-                figure(
-                    picture,
-                    f"<b>{html.escape(name)}</b> — the 8 channels with the highest mean activation ({maps.shape[-2]}×{maps.shape[-1]} maps, shared colour scale).",
-                    wide=True,
-                    alt=name,
-                )
-            )
-        parts.append("</div>")
-        picture = report.images[0].picture
-        overlay_picture = factor_overlay(picture, look.factorization.maps[0])
-        legend = factor_legend(look.factorization.strongest_channels(5))
-        note = (
-            "the positive part of the activations"
-            if look.factorization.clipped_negative
-            else "the activations"
+        images.append(
+            {
+                "name": image.name,
+                "id": _slug(image.name),
+                "picture": data_uri(image.picture.resize(size, Image.Resampling.BILINEAR)),
+                "size": image.picture.size,
+                "top": image.top,
+                "classes": classes,
+            }
         )
-        parts.append(
-            '<div class="panels">'
-            + figure(
-                overlay_picture.resize((300, 300)),
-                f"<b>factorization lens</b> ({html.escape(look.factor_layer)}): NMF of {note} into {look.factorization.maps.shape[1]} factors; each position is coloured by its strongest factor.",
-                alt="factors",
-            )
-            + figure(
-                legend, "<b>legend</b>: each factor's strongest channels", wide=True, alt="legend"
-            )
-            + "</div>"
-        )
-    subtitle = f"model {report.model} · {len(report.images)} image(s) · made by cnnlens"
-    return page(f"cnnlens report — {report.model}", subtitle, "".join(parts))
+    return render_page(
+        "report.html",
+        title=f"cnnlens report — {report.model}",
+        subtitle=f"model {report.model} · {len(report.images)} image(s) · every map computed by cnnlens",
+        model=report.model,
+        images=images,
+        behaviour=_behaviour_view(report),
+        zero=", ".join(map(str, report.zero_colour)),
+        steps=report.curve_steps,
+    )

@@ -14,8 +14,10 @@ from torch import Tensor
 
 __all__ = [
     "add_caption",
+    "caption_band",
     "colormap",
     "diverging",
+    "fit_text",
     "grid",
     "overlay",
     "save_png",
@@ -99,16 +101,81 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def add_caption(image: Image.Image, text: str, *, size: int = 14) -> Image.Image:
-    """The picture with ``text`` in a white band above it (lines split on newlines)."""
-    font = _font(size)
-    lines = text.split("\n")
-    band = (size + 4) * len(lines) + 4
-    out = Image.new("RGB", (image.width, image.height + band), "white")
-    out.paste(image.convert("RGB"), (0, band))
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _text_width(text: str, font: Font) -> float:
+    return float(font.getlength(text))
+
+
+def _wrap(text: str, width: float, font: Font) -> list[str] | None:
+    """``text`` broken at spaces into lines no wider than ``width``; None when a single
+    word is wider."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if _text_width(candidate, font) <= width:
+                line = candidate
+                continue
+            if _text_width(word, font) > width:
+                return None
+            lines.append(line)
+            line = word
+        lines.append(line)
+    return lines
+
+
+def _break_words(text: str, width: float, font: Font) -> list[str]:
+    """Lines no wider than ``width``, breaking inside words where one does not fit."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for char in paragraph:
+            if line and _text_width(line + char, font) > width:
+                lines.append(line)
+                line = "" if char == " " else char
+            else:
+                line += char
+        lines.append(line)
+    return lines
+
+
+def fit_text(
+    text: str, width: int, *, size: int = 14, min_size: int = 9
+) -> tuple[list[str], Font, int]:
+    """Lines of ``text`` that fit ``width`` pixels: wrapped at spaces, the font shrunk (down
+    to ``min_size``) only when a single word is too wide, words broken as a last resort.
+    Returns (lines, font, line height)."""
+    for points in range(size, min_size - 1, -1):
+        font = _font(points)
+        lines = _wrap(text, width, font)
+        if lines is not None:
+            return lines, font, points + 4
+    font = _font(min_size)
+    return _break_words(text, width, font), font, min_size + 4
+
+
+def caption_band(text: str, width: int, *, size: int = 14) -> int:
+    """The height of the white band :func:`add_caption` draws ``text`` in."""
+    lines, _, line_height = fit_text(text, max(1, width - 6), size=size)
+    return line_height * len(lines) + 4
+
+
+def add_caption(
+    image: Image.Image, text: str, *, size: int = 14, band: int | None = None
+) -> Image.Image:
+    """The picture with ``text`` in a white band above it, wrapped (and shrunk where a word
+    is too long) to the picture's width so nothing is cut off. ``band``: at least this tall
+    (to align the pictures of a grid)."""
+    lines, font, line_height = fit_text(text, max(1, image.width - 6), size=size)
+    height = max(line_height * len(lines) + 4, band or 0)
+    out = Image.new("RGB", (image.width, image.height + height), "white")
+    out.paste(image.convert("RGB"), (0, height))
     draw = ImageDraw.Draw(out)
     for i, line in enumerate(lines):
-        draw.text((3, 2 + i * (size + 4)), line, fill="black", font=font)
+        draw.text((3, 2 + i * line_height), line, fill="black", font=font)
     return out
 
 
@@ -135,7 +202,8 @@ def grid(
         for im in images
     ]
     if captions is not None:
-        cells = [add_caption(c, t) for c, t in zip(cells, captions, strict=True)]
+        band = max(caption_band(t, c.width) for c, t in zip(cells, captions, strict=True))
+        cells = [add_caption(c, t, band=band) for c, t in zip(cells, captions, strict=True)]
     columns = columns or min(len(cells), 8)
     rows = (len(cells) + columns - 1) // columns
     width = max(c.width for c in cells)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from torch import Tensor
 
-from ._captions import MethodText, layer_words, method_text
+from ._captions import MethodText, baseline_words, layer_words, method_text
 from ._images import colormap, diverging, grid, overlay, upsample
 from ._pages import ColorBar, color_bar, data_uri, render_page
 
@@ -136,21 +136,29 @@ def _polyline(curve: Sequence[float], top: float) -> str:
     )
 
 
-def _curves(result: MethodResult, target: str, steps: int, fill: str) -> CurvesView | None:
-    if result.curves is None:
+def _curves(result: MethodResult, target: str, zero_colour: Sequence[int]) -> CurvesView | None:
+    curves = result.curves
+    if curves is None:
         return None
-    deletion = result.curves.deletion_curve[0].tolist()
-    insertion = result.curves.insertion_curve[0].tolist()
+    deletion = curves.deletion_curve[0].tolist()
+    insertion = curves.insertion_curve[0].tolist()
     top = max(0.1, math.ceil(10 * max(deletion + insertion)) / 10)
+    order = (
+        "ranked by the signed map (right), most positive first"
+        if curves.ranking == "signed"
+        else "ranked by magnitude (the left map), largest first"
+    )
+    steps = len(deletion) - 1
     return CurvesView(
         _polyline(deletion, top),
         _polyline(insertion, top),
         f"{top:.1f}",
-        float(result.curves.deletion_auc[0]),
-        float(result.curves.insertion_auc[0]),
+        float(curves.deletion_auc[0]),
+        float(curves.insertion_auc[0]),
         target if len(target) <= 14 else target[:13] + "…",
-        f"The probability of {target} as the pixels are deleted (set to {fill}) or inserted into a "
-        f"blurred copy, most important first by the left map, in {steps} steps.",
+        f"The {curves.score} of {target} as pixels are deleted (set to "
+        f"{baseline_words(curves.baseline, zero_colour)}) or inserted into a copy blurred with "
+        f"σ = {curves.blur_sigma:g} px, {order}, in {steps} steps.",
     )
 
 
@@ -207,14 +215,13 @@ def _panel(
         r: method_text(r, {}, target=label, zero_colour=()).title
         for r in {c.first for c in found} | {c.second for c in found}
     }
-    fill = "0 after normalization — the mean colour"
     return PanelView(
         id=f"{_slug(image.name)}-{target}-{result.method}",
         method=result.method,
         text=text,
         seconds=result.seconds,
         maps=method_maps(result, image.picture, text) if explanation is not None else (),
-        curves=_curves(result, label, report.curve_steps, fill),
+        curves=_curves(result, label, report.zero_colour),
         notes=tuple(_coincidence_notes(result.method, found, titles)),
         error=result.error,
         options=_options_shown(result.options),

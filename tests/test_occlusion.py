@@ -214,10 +214,40 @@ class _Spy(nn.Module):
 def test_batches_are_bounded_and_run_in_inference_mode() -> None:
     spy = _Spy(small_cnn())
     x = torch.randn(2, 3, 16, 16)
-    cnnlens.explain(spy, x, "occlusion", window=4, stride=4, batch_size=6)
+    # the plain path: whole forwards of the occluded copies (the incremental engine calls
+    # the submodules instead; see the next test)
+    cnnlens.explain(spy, x, "occlusion", window=4, stride=4, batch_size=6, incremental=False)
     # 16 windows per item, 32 copies: the clean pass, then 6, 6, 6, 6, 6, 2
     assert spy.rows == [2, 6, 6, 6, 6, 6, 2]
     assert all(spy.inference)
+
+
+def test_incremental_batches_are_bounded_and_run_in_inference_mode() -> None:
+    model = small_cnn()
+    rows: list[int] = []
+    inference: list[bool] = []
+
+    def record(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        rows.append(args[0].shape[0])
+        inference.append(torch.is_inference_mode_enabled())
+
+    modules = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_pre_hook(record) for m in modules]
+    try:
+        cnnlens.explain(
+            model,
+            torch.randn(2, 3, 16, 16),
+            "occlusion",
+            window=4,
+            stride=4,
+            batch_size=6,
+            incremental=True,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert rows and max(rows) <= 6
+    assert all(inference)
 
 
 def test_model_untouched(untouched: type) -> None:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .._progress import progress as progress_bar
 from ..errors import InputError
 from ..targets import Target
+from ._incremental import Occluder, plan, trace
 from .api import MethodFn, MethodSpec
 
 __all__ = ["METHODS", "occlusion", "window_starts"]
@@ -126,6 +127,8 @@ def occlusion(
     batch_size: int = _DEFAULT_BATCH,
     score: str = "logit",
     progress: bool | None = None,
+    incremental: bool | None = None,
+    approximate: float | None = None,
 ) -> Tensor:
     """Mean score drop per pixel over the occluding windows that cover it, (B, 1, H, W).
 
@@ -133,7 +136,12 @@ def occlusion(
     ``stride`` (default half the window), ``baseline`` (fill value, or a tensor broadcast to
     the items: (C, H, W), (1, C, H, W) or (B, C, H, W)), ``batch_size`` (occluded copies per
     forward pass), ``score`` (``"logit"``: the raw target score, ``"probability"``: the
-    softmax of the output, then the target), ``progress`` (None: a bar on terminals only).
+    softmax of the output, then the target), ``progress`` (None: a bar on terminals only),
+    ``incremental`` (None: recompute only the changed cone of each layer when the model can
+    be traced, else the plain batched forwards; True: require the incremental engine; False:
+    plain forwards; both give the same result up to float rounding, see
+    ``attribution/_incremental.py``), ``approximate`` (Krypton's projective-field threshold
+    τ in (0, 1]: faster, not exact; needs the incremental engine).
     """
     del layer
     b, _, h, w = inputs.shape
@@ -147,9 +155,12 @@ def occlusion(
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     fill = _baseline_fill(baseline, inputs)
     scores = _scorer(target, score)
+    occluders = _incremental_engine(module, inputs, (wh, ww), incremental, approximate)
     rows_cover = _cover(h, wh, sh, inputs.device)  # (nh, H)
     cols_cover = _cover(w, ww, sw, inputs.device)  # (nw, W)
     nh, nw = rows_cover.shape[0], cols_cover.shape[0]
+    row_starts = torch.tensor(window_starts(h, wh, sh), device=inputs.device)
+    col_starts = torch.tensor(window_starts(w, ww, sw), device=inputs.device)
     windows = nh * nw
     total = b * windows
     with torch.inference_mode():
@@ -164,6 +175,14 @@ def occlusion(
                 rows = torch.arange(start, min(start + batch_size, total), device=inputs.device)
                 items = rows // windows
                 where = rows % windows
+                if occluders is not None:
+                    tops = row_starts[where // nw]
+                    lefts = col_starts[where % nw]
+                    outputs = _incremental_outputs(
+                        occluders, inputs, fill, items, tops, lefts, (wh, ww)
+                    )
+                    drops[start : start + rows.shape[0]] = clean[items] - scores(outputs, items)
+                    continue
                 mask = (
                     rows_cover[where // nw][:, None, :, None]
                     & cols_cover[where % nw][:, None, None, :]
@@ -184,6 +203,70 @@ def occlusion(
     return mean.unsqueeze(1)
 
 
+# The incremental engine is used by default when its estimated multiply-adds are at most
+# this fraction of the plain forwards': below it, it was faster on every model measured
+# (docs/performance.md); above it, its bookkeeping can cost more than it saves.
+AUTO_COST = 0.7
+
+
+def _incremental_engine(
+    module: nn.Module,
+    inputs: Tensor,
+    window: tuple[int, int],
+    incremental: bool | None,
+    approximate: float | None,
+) -> list[Occluder] | None:
+    """One incremental occluder per item, or None for the plain batched forwards."""
+    if approximate is not None:
+        if isinstance(approximate, bool) or not 0.0 < float(approximate) <= 1.0:
+            raise InputError(f"approximate must be a fraction in (0, 1], got {approximate!r}")
+        if incremental is False:
+            raise InputError("approximate needs the incremental engine (incremental=False given)")
+    if incremental is False:
+        return None
+    graph = trace(module)
+    if isinstance(graph, str):
+        if incremental or approximate is not None:
+            raise InputError(f"incremental occlusion is not possible: {graph}")
+        return None
+    automatic = incremental is None and approximate is None
+    if automatic and plan(module, inputs, window).estimated_cost > AUTO_COST:
+        return None
+    with torch.inference_mode():
+        return [
+            Occluder(module, graph, inputs[i : i + 1], approximate) for i in range(inputs.shape[0])
+        ]
+
+
+def _incremental_outputs(
+    occluders: list[Occluder],
+    inputs: Tensor,
+    fill: float | Tensor,
+    items: Tensor,
+    tops: Tensor,
+    lefts: Tensor,
+    window: tuple[int, int],
+) -> Tensor:
+    """Model outputs for the occluded copies (rows may belong to several items)."""
+    wh, ww = window
+    outputs: list[Tensor] = []
+    for item in dict.fromkeys(items.tolist()):
+        rows = (items == item).nonzero().flatten()
+        top, left = tops[rows], lefts[rows]
+        if isinstance(fill, Tensor):
+            source = fill[item if fill.shape[0] > 1 else 0]
+            patches = torch.stack(
+                [
+                    source[:, y : y + wh, x : x + ww]
+                    for y, x in zip(top.tolist(), left.tolist(), strict=True)
+                ]
+            )
+        else:
+            patches = inputs.new_full((rows.shape[0], inputs.shape[1], wh, ww), fill)
+        outputs.append(occluders[item].outputs(patches, top, left))
+    return torch.cat(outputs)
+
+
 def _method(fn: Callable[..., Tensor]) -> MethodFn:
     return fn
 
@@ -193,7 +276,18 @@ METHODS: dict[str, MethodSpec] = {
         fn=_method(occlusion),
         kind="occlusion",
         torchscript=True,
-        options=frozenset({"window", "stride", "baseline", "batch_size", "score", "progress"}),
+        options=frozenset(
+            {
+                "window",
+                "stride",
+                "baseline",
+                "batch_size",
+                "score",
+                "progress",
+                "incremental",
+                "approximate",
+            }
+        ),
         summary="mean score drop when a sliding window covers each pixel (Zeiler & Fergus 2014)",
     ),
 }

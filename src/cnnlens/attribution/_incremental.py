@@ -1,0 +1,691 @@
+"""Incremental inference for occlusion (after Krypton, Nakandala et al., SIGMOD 2019).
+
+An occluding window changes only a cone of each layer's activations: its projective field.
+Instead of running every occluded copy through the whole network, this engine runs the
+unoccluded image once, keeps every intermediate value, and for each copy recomputes only
+the changed region of each layer from the cached values around it:
+
+* a value that depends on the input is a :class:`Patched` value: the cached unoccluded
+  tensor (1, C, H, W) plus, per copy, a patch (N, C, h, w) at a per-copy position. The
+  patch size is the same for every copy of a batch, so each layer is one batched call;
+* elementwise operations (BatchNorm in eval mode, activations, dropout at eval) act on the
+  patch alone;
+* windowed operations (convolution, max/average pooling, constant padding) compute the
+  output box each patch can reach, cut the input region that box needs from the cached
+  tensor with the patch pasted in (padding filled as the operation would fill it), and
+  run the operation on that region without padding;
+* residual sums, products and channel concatenations take the union of their operands'
+  boxes;
+* anything else (global pooling, flatten, a shape change, an operation this engine does not
+  know) *densifies*: the full occluded tensors are assembled and the rest of the network
+  runs on them as usual.
+
+Every step computes exactly what the full forward pass computes for the changed region and
+copies the unchanged rest, so the result equals plain occlusion up to float rounding (a
+convolution over a cut region may sum in another order). What the engine skipped, and
+where it densified, is reported by :func:`plan`.
+
+With ``approximate=tau`` the patch is not allowed to grow beyond ``tau`` of each layer's
+spatial size (Krypton's projective-field thresholding): changes outside the kept, centred
+part of the cone are dropped. This trades exactness for speed; its quality is measured as
+SSIM against the exact map (docs/performance.md).
+
+The graph comes from ``torch.fx`` symbolic tracing (cached per model); a model that cannot
+be traced uses the plain batched path.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models.efficientnet_lite0 import SamePad2d
+
+__all__ = ["Graph", "IncrementalPlan", "Patched", "plan", "trace", "traced_forward"]
+
+
+# --- operation kinds ----------------------------------------------------------------------
+
+_ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+)
+_ELEMENTWISE_FUNCTIONS: frozenset[Any] = frozenset(
+    {
+        F.relu,
+        torch.relu,
+        F.relu6,
+        F.silu,
+        F.gelu,
+        F.hardswish,
+        F.hardsigmoid,
+        torch.sigmoid,
+        torch.tanh,
+        F.leaky_relu,
+        F.elu,
+        F.hardtanh,
+        F.mish,
+        F.softplus,
+    }
+)
+_ELEMENTWISE_METHODS: frozenset[str] = frozenset(
+    {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone"}
+)
+_BINARY_FUNCTIONS: frozenset[Any] = frozenset(
+    {operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.sub, operator.iadd}
+)
+_BINARY_METHODS: frozenset[str] = frozenset({"add", "add_", "mul", "mul_", "sub", "sub_"})
+
+
+def _inplace(node: torch.fx.Node, module: nn.Module | None) -> bool:
+    if module is not None and getattr(module, "inplace", False):
+        return True
+    if node.kwargs.get("inplace", False):
+        return True
+    return node.op == "call_method" and str(node.target).endswith("_")
+
+
+# --- tracing ------------------------------------------------------------------------------
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.nn modules are leaves (the default), and so is the bundled model's SAME
+    padding, whose pad amounts depend on the input's size."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, SamePad2d) or super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A traced forward pass: the nodes in order and which depend on the input."""
+
+    nodes: tuple[torch.fx.Node, ...]
+    dependent: frozenset[torch.fx.Node]
+    output: torch.fx.Node
+
+
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], Graph | str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _structure(module: nn.Module) -> tuple[int, ...]:
+    return tuple(id(m) for m in module.modules())
+
+
+def trace(module: nn.Module) -> Graph | str:
+    """The traced graph of ``module`` (cached), or the reason it cannot be traced."""
+    structure = _structure(module)
+    cached = _GRAPHS.get(module)
+    if cached is not None and cached[0] == structure:
+        return cached[1]
+    result: Graph | str
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as error:  # any tracing failure means: use the plain path
+        result = f"the model cannot be traced by torch.fx ({type(error).__name__}: {error})"
+    else:
+        nodes = tuple(graph.nodes)
+        placeholders = [n for n in nodes if n.op == "placeholder"]
+        outputs = [n for n in nodes if n.op == "output"]
+        if len(placeholders) != 1 or len(outputs) != 1:
+            result = "the model's forward takes more than one input"
+        else:
+            dependent: set[torch.fx.Node] = set(placeholders)
+            for node in nodes:
+                if any(a in dependent for a in node.all_input_nodes):
+                    dependent.add(node)
+            result = Graph(nodes, frozenset(dependent), outputs[0])
+    _GRAPHS[module] = (structure, result)
+    return result
+
+
+# --- the patched representation -------------------------------------------------------------
+
+
+@dataclass
+class Patched:
+    """``count`` copies of ``base`` (1, C, H, W), copy i with ``patch[i]`` at rows
+    ``top[i]:top[i]+h`` and columns ``left[i]:left[i]+w``."""
+
+    base: Tensor
+    patch: Tensor
+    top: Tensor
+    left: Tensor
+
+    @property
+    def count(self) -> int:
+        return int(self.patch.shape[0])
+
+    def shape(self) -> torch.Size:
+        return torch.Size((self.count, *self.base.shape[1:]))
+
+
+def _region(
+    value: Patched, top: Tensor, left: Tensor, height: int, width: int, fill: float
+) -> Tensor:
+    """(N, C, height, width): the window of each copy starting at (top[i], left[i]) in the
+    copy's own coordinates; positions outside the tensor are ``fill``."""
+    ph, pw = int(value.patch.shape[-2]), int(value.patch.shape[-1])
+    if (
+        (height, width) == (ph, pw)
+        and torch.equal(top, value.top)
+        and torch.equal(left, value.left)
+    ):
+        return value.patch  # the region is the patch itself (1x1 convolutions, same boxes)
+    base = value.base[0]
+    size_h, size_w = int(base.shape[-2]), int(base.shape[-1])
+    tops, lefts = top.tolist(), left.tolist()
+    pad_top = max(0, -min(tops))
+    pad_left = max(0, -min(lefts))
+    pad_bottom = max(0, max(tops) + height - size_h)
+    pad_right = max(0, max(lefts) + width - size_w)
+    if pad_top or pad_left or pad_bottom or pad_right:
+        base = F.pad(base, (pad_left, pad_right, pad_top, pad_bottom), value=fill)
+    # slicing and stacking beats advanced indexing here: few copies, many channels
+    out = torch.stack(
+        [
+            base[:, y + pad_top : y + pad_top + height, x + pad_left : x + pad_left + width]
+            for y, x in zip(tops, lefts, strict=True)
+        ]
+    )
+    for i, (y, x, py, px) in enumerate(
+        zip(tops, lefts, value.top.tolist(), value.left.tolist(), strict=True)
+    ):
+        y0, y1 = max(y, py), min(y + height, py + ph)
+        x0, x1 = max(x, px), min(x + width, px + pw)
+        if y0 < y1 and x0 < x1:
+            out[i, :, y0 - y : y1 - y, x0 - x : x1 - x] = value.patch[
+                i, :, y0 - py : y1 - py, x0 - px : x1 - px
+            ]
+    return out
+
+
+def _dense(value: Patched) -> Tensor:
+    h, w = value.base.shape[-2:]
+    zeros = torch.zeros_like(value.top)
+    return _region(value, zeros, zeros, int(h), int(w), 0.0)
+
+
+def _limit(lo: Tensor, hi: Tensor, size: int, cap: int | None) -> tuple[Tensor, int]:
+    """One common extent covering [lo[i], hi[i]] for every copy, inside [0, size): its
+    per-copy start and its length. ``cap`` (approximate mode) keeps at most ``cap``
+    positions, centred on each copy's interval."""
+    length = max(1, min(size, int((hi - lo).max()) + 1))
+    start = lo
+    if cap is not None and length > cap:
+        start = lo + ((hi - lo + 1 - cap) // 2).clamp(min=0)
+        length = cap
+    return start.clamp(0, size - length), length
+
+
+@dataclass(frozen=True)
+class _Window:
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    fill: float
+    run: Callable[[Tensor], Tensor]
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    return (int(value[0]), int(value[1]))
+
+
+def _window(module: nn.Module) -> _Window | None:
+    """How a windowed leaf module is run on a cut region (no padding), or None when this
+    engine cannot run it that way."""
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return None
+        conv = module
+
+        def run_conv(x: Tensor) -> Tensor:
+            return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+        return _Window(
+            _pair(conv.kernel_size),
+            _pair(conv.stride),
+            _pair(conv.padding),
+            _pair(conv.dilation),
+            0.0,
+            run_conv,
+        )
+    if isinstance(module, nn.MaxPool2d):
+        if module.return_indices:
+            return None
+        pool = module
+        kernel = _pair(pool.kernel_size)
+        stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        dilation = _pair(pool.dilation)
+
+        def run_max(x: Tensor) -> Tensor:
+            # ceil_mode windows hanging over the edge see -inf there, as in the full pass
+            return F.max_pool2d(x, kernel, stride, 0, dilation, ceil_mode=False)
+
+        return _Window(kernel, stride, _pair(pool.padding), dilation, -math.inf, run_max)
+    if isinstance(module, nn.AvgPool2d):
+        if module.ceil_mode or not module.count_include_pad or module.divisor_override:
+            return None
+        avg = module
+        kernel = _pair(avg.kernel_size)
+        stride = _pair(avg.stride if avg.stride is not None else avg.kernel_size)
+
+        def run_avg(x: Tensor) -> Tensor:
+            return F.avg_pool2d(x, kernel, stride, 0)
+
+        return _Window(kernel, stride, _pair(avg.padding), (1, 1), 0.0, run_avg)
+    return None
+
+
+def _elementwise_module(module: nn.Module) -> bool:
+    if isinstance(module, _ELEMENTWISE_MODULES):
+        return True
+    if isinstance(module, nn.BatchNorm2d):
+        # per-channel affine only in eval mode with running statistics
+        return not module.training and module.running_mean is not None
+    return False
+
+
+def _broadcasts_per_channel(value: Any) -> bool:
+    """A constant operand that is the same at every spatial position."""
+    if isinstance(value, (int, float, bool)):
+        return True
+    if isinstance(value, Tensor):
+        return value.numel() == 1 or (value.dim() >= 2 and value.shape[-2:] == (1, 1))
+    return False
+
+
+# --- the interpreter ------------------------------------------------------------------------
+
+
+@dataclass
+class IncrementalPlan:
+    """What the engine does for one model and input size: per traced operation the kind it
+    was given (``"elementwise"``, ``"window"``, ``"merge"``, ``"dense"``), and where the
+    incremental part ends (the first operation that densified, with the reason)."""
+
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    densified_at: str | None = None
+    reason: str | None = None
+    fallback: str | None = None
+    macs_incremental: int = 0
+    macs_full: int = 0
+
+    @property
+    def estimated_cost(self) -> float:
+        """Multiply-adds of convolutions and linear layers, incremental over full (1.0
+        when nothing could be traced)."""
+        return self.macs_incremental / self.macs_full if self.macs_full else 1.0
+
+    def count(self, module: nn.Module | None, computed: Tensor, full_numel: int) -> None:
+        if isinstance(module, nn.Conv2d):
+            fan_in = module.in_channels // module.groups * math.prod(_pair(module.kernel_size))
+        elif isinstance(module, nn.Linear):
+            fan_in = module.in_features
+        else:
+            return
+        self.macs_incremental += computed.numel() * fan_in
+        self.macs_full += full_numel * fan_in
+
+
+def _node_name(node: torch.fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+def _fetch(values: dict[torch.fx.Node, Any], arg: Any) -> Any:
+    return torch.fx.node.map_arg(arg, lambda n: values[n])
+
+
+class _Run:
+    """One pass of the graph for a batch of occluded copies of one item."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        graph: Graph,
+        cache: dict[torch.fx.Node, Any],
+        cap: float | None,
+        plan: IncrementalPlan | None,
+    ) -> None:
+        self.module = module
+        self.graph = graph
+        self.cache = cache
+        self.cap = cap
+        self.plan = plan
+
+    def _note(self, node: torch.fx.Node, kind: str, reason: str | None = None) -> None:
+        if self.plan is None:
+            return
+        self.plan.steps.append((_node_name(node), kind))
+        if kind == "dense" and self.plan.densified_at is None and reason is not None:
+            self.plan.densified_at = _node_name(node)
+            self.plan.reason = reason
+
+    def _caps(self, size: tuple[int, int]) -> tuple[int | None, int | None]:
+        if self.cap is None:
+            return None, None
+        return (max(1, math.ceil(self.cap * size[0])), max(1, math.ceil(self.cap * size[1])))
+
+    def run(self, start: Patched) -> Tensor:
+        values: dict[torch.fx.Node, Any] = {}
+        for node in self.graph.nodes:
+            if node.op == "placeholder":
+                values[node] = start
+            elif node.op == "output":
+                result = _fetch(values, node.args[0])
+                if isinstance(result, Patched):
+                    result = _dense(result)
+                if not isinstance(result, Tensor):
+                    raise TypeError("the model's output is not a tensor")
+                return result
+            elif node not in self.graph.dependent:
+                values[node] = self.cache[node]
+            else:
+                values[node] = self._step(node, values)
+        raise RuntimeError("the traced graph has no output")
+
+    def _step(self, node: torch.fx.Node, values: dict[torch.fx.Node, Any]) -> Any:
+        args = _fetch(values, node.args)
+        kwargs = _fetch(values, node.kwargs)
+        module = self.module.get_submodule(str(node.target)) if node.op == "call_module" else None
+        inputs = [values[n] for n in node.all_input_nodes if n in self.graph.dependent]
+        patched = any(isinstance(v, Patched) for v in inputs)
+        # a tensor that depends on the input and is not patched is already dense: every
+        # position of it may differ between copies, so nothing after it is incremental
+        dense_operand = any(isinstance(v, Tensor) for v in inputs)
+        if patched and not dense_operand:
+            result = self._incremental(node, module, args, kwargs)
+            if result is not None:
+                return result
+        reason = None
+        if patched:
+            reason = f"{node.op} {node.target} has no incremental rule"
+        self._note(node, "dense", reason)
+        dense_args = torch.fx.node.map_aggregate(
+            args, lambda a: _dense(a) if isinstance(a, Patched) else a
+        )
+        dense_kwargs = torch.fx.node.map_aggregate(
+            kwargs, lambda a: _dense(a) if isinstance(a, Patched) else a
+        )
+        out = _call(node, module, dense_args, dense_kwargs, self.module)
+        if self.plan is not None and isinstance(out, Tensor):
+            self.plan.count(module, out, out.numel())
+        return out
+
+    def _incremental(
+        self,
+        node: torch.fx.Node,
+        module: nn.Module | None,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        base = self.cache[node]
+        first = args[0] if args else None
+        # shape queries answer for the whole batch of copies
+        if (
+            node.op == "call_method"
+            and node.target in ("size", "dim")
+            and isinstance(first, Patched)
+        ):
+            shape = first.shape()
+            if node.target == "dim":
+                return len(shape)
+            return shape if len(args) == 1 and not kwargs else shape[args[1]]
+        if node.op == "call_function" and node.target is getattr and args[1] == "shape":
+            return first.shape() if isinstance(first, Patched) else None
+        if not isinstance(base, Tensor) or base.dim() != 4:
+            return None
+        if _is_elementwise(node, module) and isinstance(first, Patched) and len(args) == 1:
+            x = first.patch.clone() if _inplace(node, module) else first.patch
+            out = _call(node, module, (x,), kwargs, self.module)
+            self._note(node, "elementwise")
+            return Patched(base, out, first.top, first.left)
+        if module is not None and isinstance(first, Patched) and len(args) == 1:
+            if isinstance(module, SamePad2d):
+                pad_left, _, pad_top, _ = module.padding_for(*first.base.shape[-2:])
+                out_value = Patched(base, first.patch, first.top + pad_top, first.left + pad_left)
+                self._note(node, "window")
+                return out_value
+            window = _window(module)
+            if window is not None:
+                self._note(node, "window")
+                out_value = self._windowed(first, window, base)
+                if self.plan is not None:
+                    self.plan.count(module, out_value.patch, out_value.count * base.numel())
+                return out_value
+        if _is_binary(node) and len(args) == 2 and not kwargs:
+            return self._binary(node, module, args, base)
+        if node.op == "call_function" and node.target is torch.cat:
+            return self._cat(node, args, kwargs, base)
+        return None
+
+    def _windowed(self, x: Patched, window: _Window, base: Tensor) -> Patched:
+        out_h, out_w = base.shape[-2:]
+        caps = self._caps((int(out_h), int(out_w)))
+        starts: list[Tensor] = []
+        lengths: list[int] = []
+        for axis, (pos, extent, out_size) in enumerate(
+            ((x.top, x.patch.shape[-2], out_h), (x.left, x.patch.shape[-1], out_w))
+        ):
+            k, s, p, d = (
+                window.kernel[axis],
+                window.stride[axis],
+                window.padding[axis],
+                window.dilation[axis],
+            )
+            reach = (k - 1) * d
+            lo = torch.div(pos + p - reach + s - 1, s, rounding_mode="floor").clamp(min=0)
+            hi = torch.div(pos + int(extent) - 1 + p, s, rounding_mode="floor").clamp(
+                max=int(out_size) - 1
+            )
+            start, length = _limit(lo, torch.maximum(hi, lo), int(out_size), caps[axis])
+            starts.append(start * s - p)
+            lengths.append((length - 1) * s + reach + 1)
+        region = _region(x, starts[0], starts[1], lengths[0], lengths[1], window.fill)
+        out = window.run(region)
+        top = (starts[0] + window.padding[0]) // window.stride[0]
+        left = (starts[1] + window.padding[1]) // window.stride[1]
+        return Patched(base, out, top, left)
+
+    def _merge_boxes(
+        self, operands: Sequence[Patched], base: Tensor
+    ) -> tuple[Tensor, Tensor, int, int]:
+        size_h, size_w = int(base.shape[-2]), int(base.shape[-1])
+        caps = self._caps((size_h, size_w))
+        top = torch.stack([o.top for o in operands]).amin(0)
+        left = torch.stack([o.left for o in operands]).amin(0)
+        bottom = torch.stack([o.top + o.patch.shape[-2] - 1 for o in operands]).amax(0)
+        right = torch.stack([o.left + o.patch.shape[-1] - 1 for o in operands]).amax(0)
+        top, height = _limit(top, bottom, size_h, caps[0])
+        left, width = _limit(left, right, size_w, caps[1])
+        return top, left, height, width
+
+    def _binary(
+        self, node: torch.fx.Node, module: nn.Module | None, args: Sequence[Any], base: Tensor
+    ) -> Patched | None:
+        a, b = args
+        operands = [v for v in (a, b) if isinstance(v, Patched)]
+        others = [v for v in (a, b) if not isinstance(v, Patched)]
+        if not all(_broadcasts_per_channel(v) for v in others):
+            return None
+        if any(o.base.shape[-2:] != base.shape[-2:] for o in operands):
+            return None
+        top, left, height, width = self._merge_boxes(operands, base)
+
+        def cut(v: Any) -> Any:
+            return _region(v, top, left, height, width, 0.0) if isinstance(v, Patched) else v
+
+        if _inplace(node, module):
+            out = _call_binary_out_of_place(node, cut(a), cut(b))
+        else:
+            out = _call(node, module, (cut(a), cut(b)), {}, self.module)
+        self._note(node, "merge")
+        return Patched(base, out, top, left)
+
+    def _cat(
+        self, node: torch.fx.Node, args: Sequence[Any], kwargs: dict[str, Any], base: Tensor
+    ) -> Patched | None:
+        tensors = args[0]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if dim not in (1, -3) or not isinstance(tensors, (list, tuple)):
+            return None
+        if not all(isinstance(t, Patched) for t in tensors):
+            return None
+        top, left, height, width = self._merge_boxes(list(tensors), base)
+        out = torch.cat([_region(t, top, left, height, width, 0.0) for t in tensors], dim=1)
+        self._note(node, "merge")
+        return Patched(base, out, top, left)
+
+
+def _is_elementwise(node: torch.fx.Node, module: nn.Module | None) -> bool:
+    if module is not None:
+        return _elementwise_module(module)
+    if node.op == "call_function":
+        if node.target is F.dropout:
+            return (
+                node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True) is False
+            )
+        return node.target in _ELEMENTWISE_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in _ELEMENTWISE_METHODS
+    return False
+
+
+def _is_binary(node: torch.fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _BINARY_FUNCTIONS
+    return node.op == "call_method" and node.target in _BINARY_METHODS
+
+
+def _call_binary_out_of_place(node: torch.fx.Node, a: Any, b: Any) -> Tensor:
+    name = str(node.target).rstrip("_")
+    if node.target is operator.iadd or name == "add":
+        return a + b
+    if name == "mul":
+        return a * b
+    return a - b
+
+
+def _call(
+    node: torch.fx.Node,
+    module: nn.Module | None,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    root: nn.Module,
+) -> Any:
+    if node.op == "call_module":
+        assert module is not None
+        return module(*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)  # type: ignore[operator]
+    if node.op == "call_method":
+        self_obj, *rest = args
+        return getattr(self_obj, str(node.target))(*rest, **kwargs)
+    if node.op == "get_attr":
+        return _attr(root, str(node.target))
+    raise RuntimeError(f"unexpected node {node.op}")
+
+
+def _attr(root: nn.Module, target: str) -> Any:
+    value: Any = root
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _base_pass(module: nn.Module, graph: Graph, x: Tensor) -> dict[torch.fx.Node, Any]:
+    """Every node's value for the unoccluded item ``x`` (1, C, H, W). In-place operations
+    work on copies so each cached value stays what that node produced."""
+    values: dict[torch.fx.Node, Any] = {}
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            values[node] = x
+        elif node.op == "output":
+            values[node] = _fetch(values, node.args[0])
+        else:
+            submodule = module.get_submodule(str(node.target)) if node.op == "call_module" else None
+            args = _fetch(values, node.args)
+            kwargs = _fetch(values, node.kwargs)
+            if _inplace(node, submodule) and args and isinstance(args[0], Tensor):
+                args = (args[0].clone(), *args[1:])
+            values[node] = _call(node, submodule, args, kwargs, module)
+    return values
+
+
+def traced_forward(module: nn.Module, x: Tensor) -> Tensor:
+    """The model's output computed node by node from the traced graph (for tests: it must
+    equal ``module(x)``)."""
+    graph = trace(module)
+    if isinstance(graph, str):
+        raise RuntimeError(graph)
+    out = _base_pass(module, graph, x)[graph.output]
+    assert isinstance(out, Tensor)
+    return out
+
+
+class Occluder:
+    """Scores of occluded copies of one item, computed incrementally."""
+
+    def __init__(
+        self, module: nn.Module, graph: Graph, item: Tensor, approximate: float | None
+    ) -> None:
+        self.module = module
+        self.graph = graph
+        self.cache = _base_pass(module, graph, item)
+        self.item = item
+        self.approximate = approximate
+
+    def outputs(self, patches: Tensor, top: Tensor, left: Tensor) -> Tensor:
+        """Model outputs for copies of the item with ``patches`` (N, C, h, w) pasted at
+        (top[i], left[i])."""
+        start = Patched(self.item, patches, top, left)
+        return _Run(self.module, self.graph, self.cache, self.approximate, None).run(start)
+
+
+def plan(module: nn.Module, inputs: Tensor, window: tuple[int, int]) -> IncrementalPlan:
+    """What the incremental engine does on ``module`` for a window of ``window`` pixels."""
+    graph = trace(module)
+    if isinstance(graph, str):
+        return IncrementalPlan(fallback=graph)
+    item = inputs[:1]
+    result = IncrementalPlan()
+    # a window in the middle: its cone is not clipped by the borders
+    top = (int(item.shape[-2]) - window[0]) // 2
+    left = (int(item.shape[-1]) - window[1]) // 2
+    with torch.inference_mode():
+        cache = _base_pass(module, graph, item)
+        patch = item[:, :, top : top + window[0], left : left + window[1]].clone()
+        where = (
+            torch.tensor([top], device=inputs.device),
+            torch.tensor([left], device=inputs.device),
+        )
+        _Run(module, graph, cache, None, result).run(Patched(item, patch, *where))
+    return result

@@ -176,23 +176,27 @@ def occlusion(
                 items = rows // windows
                 where = rows % windows
                 if occluders is not None:
-                    tops = row_starts[where // nw]
-                    lefts = col_starts[where % nw]
                     outputs = _incremental_outputs(
-                        occluders, inputs, fill, items, tops, lefts, (wh, ww)
+                        occluders,
+                        inputs,
+                        fill,
+                        items,
+                        row_starts[where // nw],
+                        col_starts[where % nw],
+                        (wh, ww),
                     )
-                    drops[start : start + rows.shape[0]] = clean[items] - scores(outputs, items)
-                    continue
-                mask = (
-                    rows_cover[where // nw][:, None, :, None]
-                    & cols_cover[where % nw][:, None, None, :]
-                )
-                copies = inputs[items]
-                if isinstance(fill, Tensor):
-                    copies = torch.where(mask, fill[items if fill.shape[0] > 1 else 0], copies)
                 else:
-                    copies.masked_fill_(mask, fill)
-                drops[start : start + rows.shape[0]] = clean[items] - scores(module(copies), items)
+                    mask = (
+                        rows_cover[where // nw][:, None, :, None]
+                        & cols_cover[where % nw][:, None, None, :]
+                    )
+                    copies = inputs[items]
+                    if isinstance(fill, Tensor):
+                        copies = torch.where(mask, fill[items if fill.shape[0] > 1 else 0], copies)
+                    else:
+                        copies.masked_fill_(mask, fill)
+                    outputs = module(copies)
+                drops[start : start + rows.shape[0]] = clean[items] - scores(outputs, items)
                 bar.advance()
     per_window = drops.clone().view(b, nh, nw).to(inputs.dtype)
     rows_f = rows_cover.to(inputs.dtype)

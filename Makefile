@@ -41,6 +41,7 @@ bench: EXTRAS = data,test,reference,bench
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out docs/benchmarks.md
 	$(PY) benchmarks/pointing_game.py --out docs/pointing_game.md
+	nice -n 19 $(PY) benchmarks/trust.py --out docs/trust.md
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

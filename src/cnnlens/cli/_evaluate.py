@@ -15,20 +15,13 @@ from .._progress import progress
 from ..attribution.api import explain, method_spec
 from ..errors import InputError
 from ..evaluate import METRICS, DeletionInsertion, TrustTable, trust_table
+from ..evaluate._trust import LABELS
 from ..render import grid, save_png
 from ..render._plots import line_plot
 from ._common import add_model_args, open_image, open_model
 
 DEFAULT_METHODS = "saliency,guided_backprop,gradcam,occlusion"
 DEFAULT_METRICS = "deletion,insertion"
-HEADINGS = {
-    "deletion": "deletion AUC ↓",
-    "insertion": "insertion AUC ↑",
-    "road": "ROAD ↑",
-    "infidelity": "infidelity ↓",
-    "max_sensitivity": "max-sensitivity ↓",
-    "randomization": "randomized-top Spearman ↓",
-}
 
 
 def register(sub: Any) -> None:
@@ -98,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _markdown(tables: dict[str, TrustTable], metrics: list[str]) -> list[str]:
     lines = [
-        "| image | method | ranking | " + " | ".join(HEADINGS[m] for m in metrics) + " |",
+        "| image | method | ranking | " + " | ".join(LABELS[m] for m in metrics) + " |",
         "|---|---|---|" + "---|" * len(metrics),
     ]
     for spec, table in tables.items():

@@ -20,7 +20,7 @@ from ._perturbation import infidelity, max_sensitivity
 from ._randomization import randomization_test
 from ._road import FRACTIONS, road
 
-__all__ = ["BETTER", "METRICS", "TrustRow", "TrustTable", "trust_table"]
+__all__ = ["BETTER", "LABELS", "METRICS", "TrustRow", "TrustTable", "trust_table"]
 
 # Every metric, and which way is better.
 BETTER = {
@@ -32,6 +32,15 @@ BETTER = {
     "randomization": "lower",
 }
 METRICS = tuple(BETTER)
+# Column headings for tables (the arrow says which way is better).
+LABELS = {
+    "deletion": "deletion AUC ↓",
+    "insertion": "insertion AUC ↑",
+    "road": "ROAD ↑",
+    "infidelity": "infidelity ↓",
+    "max_sensitivity": "max-sensitivity ↓",
+    "randomization": "top-layer rand. Spearman ↓",
+}
 DEFAULT_METRICS = ("deletion", "insertion", "road", "infidelity")
 
 

@@ -18,6 +18,8 @@ import cnnlens
 from cnnlens import FeatureStore, InputError
 from cnnlens._hooks import count_hooks
 from cnnlens.dataset import ImageFolder, Patch, embed, fashion_mnist
+from cnnlens.dataset._content import sample_indices
+from cnnlens.dataset._shards import ShardedArray
 from cnnlens.dataset._sources import fashion_mnist_root
 from cnnlens.models import LoadedModel, Preprocessing
 
@@ -174,7 +176,8 @@ def test_store_on_disk_reopens_and_workers_agree(tmp_path: Path) -> None:
         net, items, "4", batch_size=16, out=tmp_path / "s", num_workers=1
     )
     again = FeatureStore.open(tmp_path / "s")
-    assert isinstance(again.features, np.memmap) and not again.features.flags.writeable
+    assert isinstance(again.features, ShardedArray)
+    assert all(isinstance(p, np.memmap) and not p.flags.writeable for p in again.features.parts)
     np.testing.assert_array_equal(again.features, memory.features)
     np.testing.assert_array_equal(disk.labels, memory.labels)
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
@@ -187,25 +190,31 @@ def test_store_on_disk_reopens_and_workers_agree(tmp_path: Path) -> None:
 
 def test_interrupted_extraction_resumes_to_the_clean_result(tmp_path: Path) -> None:
     net, base = small_net(), tensor_data()
-    clean = cnnlens.extract_features(net, base, "4", batch_size=16, out=tmp_path / "clean")
+    kwargs: dict[str, Any] = {"batch_size": 16, "shard_rows": 16}
+    clean = cnnlens.extract_features(net, base, "4", out=tmp_path / "clean", **kwargs)
     flaky = Flaky(base, fail_at=37)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        cnnlens.extract_features(net, flaky, "4", batch_size=16, out=tmp_path / "s")
+        cnnlens.extract_features(net, flaky, "4", out=tmp_path / "s", **kwargs)
     partial = FeatureStore.open(tmp_path / "s")
-    assert partial.count == 32 and not partial.complete  # two whole batches committed
+    assert partial.count == 32 and not partial.complete  # two whole shards committed
     assert len(partial.features) == 32
     flaky.armed, flaky.read = False, []
-    resumed = cnnlens.extract_features(net, flaky, "4", batch_size=16, out=tmp_path / "s")
-    # Nothing before the committed rows was read again (item 0 is read once as a probe).
-    assert sorted(set(flaky.read) - {0}) == list(range(32, 70))
+    resumed = cnnlens.extract_features(net, flaky, "4", out=tmp_path / "s", **kwargs)
+    # Nothing before the committed rows was read again, except the probe (item 0) and the
+    # items the dataset's content id samples.
+    looked_at = {0, *sample_indices(70)}
+    assert sorted(set(flaky.read) - looked_at) == sorted(set(range(32, 70)) - looked_at)
     assert resumed.complete
-    for name in ("features.npy", "labels.npy"):
-        assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "s" / "shards").iterdir()) == sorted(
+        p.name for p in (tmp_path / "clean" / "shards").iterdir()
+    )
+    for shard in (tmp_path / "clean" / "shards").iterdir():
+        assert (tmp_path / "s" / "shards" / shard.name).read_bytes() == shard.read_bytes()
     np.testing.assert_array_equal(resumed.features, clean.features)
-    # A complete store is returned as is, without reading the data again.
+    # A complete store is returned as is, without computing anything again.
     flaky.read = []
-    cnnlens.extract_features(net, flaky, "4", batch_size=16, out=tmp_path / "s")
-    assert set(flaky.read) <= {0}
+    cnnlens.extract_features(net, flaky, "4", out=tmp_path / "s", **kwargs)
+    assert set(flaky.read) <= looked_at
 
 
 def test_store_refuses_another_model_layer_pooling_or_dataset(tmp_path: Path) -> None:

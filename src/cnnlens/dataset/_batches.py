@@ -38,7 +38,9 @@ __all__ = [
     "batches",
     "counted_batches",
     "fingerprint",
+    "grouped_batches",
     "pool_features",
+    "range_batches",
     "to_input",
 ]
 
@@ -140,11 +142,20 @@ class Collate:
 
 
 def as_dataset(dataset: Any) -> Any:
-    """A spec (folder path, ``fashion-mnist[:split]``) opened as a source; a dataset as is."""
+    """A spec (folder path, ``fashion-mnist[:split]``) opened as a source, a list of image
+    file paths as :class:`ImageFiles`; a dataset as is."""
     if isinstance(dataset, str | os.PathLike):
         from ._sources import open_dataset
 
         return open_dataset(dataset)
+    if (
+        isinstance(dataset, list | tuple)
+        and dataset
+        and all(isinstance(item, str | os.PathLike) for item in dataset)
+    ):
+        from ._sources import ImageFiles
+
+        return ImageFiles(dataset)
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise InputError(
             f"dataset must be a folder, 'fashion-mnist' or a torch Dataset with a length, "
@@ -188,15 +199,40 @@ def batches(
     """(inputs, labels, indices) batches of ``dataset`` items in the order of ``indices``."""
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    order = list(indices)
+    groups = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    yield from grouped_batches(
+        dataset, groups, preprocessing=preprocessing, num_workers=num_workers
+    )
+
+
+def range_batches(ranges: Iterable[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Batches of consecutive indices, each range cut from its own start: every engine
+    that processes a range batches it the same way (and so computes the same bits)."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    return [
+        list(range(first, min(first + batch_size, stop)))
+        for start, stop in ranges
+        for first in range(start, stop, batch_size)
+    ]
+
+
+def grouped_batches(
+    dataset: Any,
+    groups: Sequence[list[int]],
+    *,
+    preprocessing: Preprocessing | None,
+    num_workers: int = 0,
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(inputs, labels, indices) of ``dataset`` items, one batch per list of indices."""
     if num_workers < 0:
         raise InputError(f"num_workers must be 0 or more, got {num_workers}")
-    order = list(indices)
     tensors = _tensor_batches(dataset)
     if tensors is not None:
         # A TensorDataset of (N, C, H, W) inputs: whole batches by slicing, no per-item work.
         x, y = tensors
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in groups:
             ids = torch.tensor(rows, dtype=torch.int64)
             contiguous = rows[-1] - rows[0] == len(rows) - 1 and rows == sorted(rows)
             take: slice | Tensor = slice(rows[0], rows[-1] + 1) if contiguous else ids
@@ -205,8 +241,7 @@ def batches(
         return
     loader = DataLoader(
         _Indexed(dataset),
-        batch_size=batch_size,
-        sampler=order,
+        batch_sampler=groups,
         num_workers=num_workers,
         collate_fn=Collate(preprocessing),
     )

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
+from ._shards import ShardedArray
 
 __all__ = ["TARGET_RECALL", "Searcher", "exact_search", "pixel_nearest"]
 
@@ -50,7 +51,7 @@ class Searcher:
     """A FAISS index over ``vectors`` (N, D) for one metric, exact or approximate."""
 
     def __init__(
-        self, vectors: np.ndarray, metric: str, *, exact: bool = True, seed: int = 0
+        self, vectors: np.ndarray | ShardedArray, metric: str, *, exact: bool = True, seed: int = 0
     ) -> None:
         faiss = _faiss()
         self.metric = metric
@@ -82,7 +83,7 @@ class Searcher:
                 self.index = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
                 self._add(vectors)
 
-    def _add(self, vectors: np.ndarray) -> None:
+    def _add(self, vectors: np.ndarray | ShardedArray) -> None:
         for start in range(0, self.rows, _CHUNK):
             self.index.add(self._prepare(vectors[start : start + _CHUNK]))
 
@@ -91,7 +92,7 @@ class Searcher:
             return _normalized(block)
         return np.ascontiguousarray(block, dtype=np.float32)
 
-    def _calibrate(self, vectors: np.ndarray, seed: int, queries: int = 256) -> None:
+    def _calibrate(self, vectors: np.ndarray | ShardedArray, seed: int, queries: int = 256) -> None:
         """Smallest power-of-two ``nprobe`` whose recall@10 reaches the target, measured with
         stored vectors as queries (each query's own row left out of both lists)."""
         rng = np.random.default_rng(seed + 1)
@@ -136,7 +137,7 @@ def _recall(truth: np.ndarray, found: np.ndarray, rows: np.ndarray) -> float:
 
 
 def exact_search(
-    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
+    vectors: np.ndarray | ShardedArray, queries: np.ndarray, k: int, metric: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k-NN streamed over ``vectors`` in chunks (memory flat): (indices, distances)."""
     faiss = _faiss()

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FashionMNIST",
     "Head",
+    "ImageFiles",
     "ImageFolder",
     "fashion_mnist",
     "fashion_mnist_root",
@@ -195,6 +197,43 @@ class ImageFolder(Dataset[tuple[Image.Image, int]]):
 
     def source(self, index: int) -> str:
         return str(self.paths[index].relative_to(self.root))
+
+
+class ImageFiles(Dataset[tuple[Image.Image, int]]):
+    """Pictures listed by path (``str``, ``Path`` or ``file://`` URI), in the given order;
+    items are ``(RGB PIL image, -1)``."""
+
+    classes = None
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+        if not paths:
+            raise InputError("the list of image files is empty")
+        self.paths = [Path(_local_path(p)) for p in paths]
+        self.targets = [-1] * len(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        from ..images import load_image
+
+        return load_image(self.paths[index]), -1
+
+    def source(self, index: int) -> str:
+        return str(self.paths[index])
+
+
+def _local_path(path: str | os.PathLike[str]) -> str:
+    text = os.fspath(path)
+    if "://" in text:
+        parsed = urlparse(text)
+        if parsed.scheme != "file":
+            raise InputError(
+                f"{text}: only local files and file:// URIs are read directly; wrap other "
+                "storage in a torch Dataset"
+            )
+        return unquote(parsed.path)
+    return text
 
 
 def _images_in(directory: Path, *, recursive: bool = True) -> list[Path]:

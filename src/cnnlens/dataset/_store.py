@@ -1,73 +1,74 @@
 """The feature store: pooled layer features of a whole dataset, on disk or in memory.
 
-On disk a store is a folder::
-
-    manifest.json   what made it (model name and fingerprint, layer, pooling, input shape),
-                    its size, and ``count``: how many rows are complete
-    features.npy    float32 (total, dim), memory-mapped
-    labels.npy      int64 (total,), -1 where the item had no label
-    sources.json    the item paths for an image folder (else absent: a row's source is its
-                    dataset index)
-
-Rows are written in dataset order and ``count`` is committed only after they are flushed,
-so an interrupted extraction resumes at ``count`` without writing a committed row twice or
-losing one. A store is only ever extended by the same model, layer and pooling.
+On disk a store is a folder of shards with checksums and a manifest that lists the
+completed ones (layout in :mod:`._shards`). The manifest also says what made the rows —
+model name and weight fingerprint, layer, pooling, input shape — and which dataset, by
+spec and by content (:func:`._content.content_id`). Extraction computes the shards the
+manifest does not list, on this machine (``engine="local"``) or on a Ray cluster
+(``engine="ray"``), and commits each one when it is whole, so a killed job resumes with no
+row lost or duplicated. Opening and resuming verify every shard; any damage is an
+``InputError`` that names the shards to redo.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .._progress import progress as progress_bar
 from ..errors import InputError
+from . import _shards as shards
 from ._batches import (
     LayerTap,
     ModelInfo,
     as_dataset,
     as_queries,
-    batches,
     check_pool,
+    grouped_batches,
     model_info,
     pool_features,
     probe_input,
+    range_batches,
 )
+from ._content import content_id
 from ._nearest import Searcher
+from ._shards import FORMAT, VERSION, ShardedArray
 
-__all__ = ["FeatureStore", "extract_features"]
+__all__ = ["ENGINES", "FeatureStore", "extract_features"]
 
-FORMAT = "cnnlens.feature-store"
-VERSION = 1
-MANIFEST = "manifest.json"
-FEATURES = "features.npy"
-LABELS = "labels.npy"
-SOURCES = "sources.json"
-# Rows are committed at least this often (seconds) and at the end.
-COMMIT_EVERY = 2.0
+ENGINES = ("local", "ray")
 # Above this many rows nearest() uses an approximate (IVF) index unless told otherwise.
 APPROXIMATE_ABOVE = 200_000
+# Default shard size: about this many bytes of features, at most this many rows.
+SHARD_BYTES = 32 << 20
+SHARD_MAX_ROWS = 8192
 
 _IDENTITY_KEYS = ("model", "fingerprint", "layer", "pool", "dim", "input_shape", "total")
+
+FeatureRows = np.ndarray | ShardedArray
+# A producer of finished shards: (shard index, features (rows, dim), labels (rows,)).
+ShardResults = Iterator[tuple[int, np.ndarray, np.ndarray]]
 
 
 class FeatureStore:
     """Features (N, D) float32 of a dataset's items at one layer, with their labels.
 
     Made by :func:`extract_features`; reopened with :meth:`open`. ``features`` and
-    ``labels`` cover the complete rows only (``count`` of ``total``). On disk the arrays are
-    memory-mapped read-only views.
+    ``labels`` cover the complete rows from the first on (``count`` of ``total``; row ``i``
+    is dataset item ``i``). On disk ``features`` is a :class:`ShardedArray` over the
+    memory-mapped shards (index it like an array; ``np.asarray`` reads it all), in memory
+    a numpy array.
     """
 
     def __init__(
         self,
         manifest: dict[str, Any],
-        features: np.ndarray,
+        features: FeatureRows,
         labels: np.ndarray,
         *,
         path: Path | None = None,
@@ -83,9 +84,36 @@ class FeatureStore:
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> FeatureStore:
-        """Reopen a store folder written by :func:`extract_features` (read-only)."""
-        return cls._open(Path(path), writable=False)
+    def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> FeatureStore:
+        """Reopen a store folder written by :func:`extract_features` (read-only).
+
+        Every shard's size and row ids are checked, and with ``verify`` (default) its
+        SHA-256 too (about 1.8 GB/s); damage raises ``InputError`` naming the shards to redo.
+        """
+        folder = Path(path)
+        manifest = shards.read_manifest(folder)
+        shards.check_manifest(folder, manifest)
+        damage = shards.damaged_shards(folder, manifest, checksums=verify)
+        if damage:
+            raise InputError(shards.damage_message(folder, damage))
+        return cls._load(folder, manifest)
+
+    @classmethod
+    def _load(cls, folder: Path, manifest: dict[str, Any]) -> FeatureStore:
+        """The store over the complete prefix of shards of a checked manifest."""
+        entries = {int(e["shard"]): e for e in manifest["shards"]}
+        parts, labels = [], []
+        index = 0
+        while index in entries:
+            features, table = shards.read_shard(folder, entries[index])
+            parts.append(features)
+            labels.append(table[:, 1])
+            index += 1
+        label_array = np.concatenate(labels) if labels else np.empty(0, np.int64)
+        label_array.flags.writeable = False
+        sources = shards.read_sources(folder, manifest)
+        rows = ShardedArray(parts, int(manifest["dim"]))
+        return cls(manifest, rows, label_array, path=folder, sources=sources)
 
     @classmethod
     def from_arrays(
@@ -124,31 +152,42 @@ class FeatureStore:
         }
         return cls(manifest, matrix, label_array)
 
-    @classmethod
-    def _open(cls, folder: Path, *, writable: bool) -> FeatureStore:
-        manifest = read_manifest(folder)
-        try:
-            if writable:
-                features = np.load(folder / FEATURES, mmap_mode="r+")
-                labels = np.load(folder / LABELS, mmap_mode="r+")
-            else:
-                features = np.load(folder / FEATURES, mmap_mode="r")
-                labels = np.load(folder / LABELS, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{folder}: feature store arrays unreadable ({exc})") from None
-        shape = (manifest["total"], manifest["dim"])
-        if features.shape != shape or labels.shape != shape[:1]:
-            raise InputError(f"{folder}: arrays do not match the manifest (damaged store)")
-        sources = None
-        if (folder / SOURCES).is_file():
-            sources = json.loads((folder / SOURCES).read_text())
-        return cls(manifest, features, labels, path=folder, sources=sources)
+    def verify(self) -> None:
+        """Check every shard of an on-disk store against its recorded size, SHA-256 and row
+        ids; raise ``InputError`` naming the damaged shards (an in-memory store passes)."""
+        if self.path is None:
+            return
+        manifest = shards.read_manifest(self.path)
+        shards.check_manifest(self.path, manifest)
+        damage = shards.damaged_shards(self.path, manifest)
+        if damage:
+            raise InputError(shards.damage_message(self.path, damage))
+        shards.read_sources(self.path, manifest)
+
+    def check_dataset(self, dataset: Any) -> None:
+        """Refuse a dataset whose content is not the one the store was made from."""
+        self._check_dataset_id(content_id(as_dataset(dataset)))
+
+    def _check_dataset_id(self, actual: str) -> None:
+        recorded = self.manifest.get("dataset_id")
+        if recorded is not None and actual != recorded:
+            where = self.path if self.path is not None else "the store"
+            raise InputError(
+                f"{where} was made from another dataset (content id {recorded}, this one "
+                f"{actual}); its rows would not match the items: use the original data, or "
+                "another store folder for this dataset"
+            )
 
     # -- contents --------------------------------------------------------------------------
     @property
     def count(self) -> int:
-        """Rows complete."""
-        return int(self.manifest["count"])
+        """Rows complete from the first on (row ``i`` is dataset item ``i``)."""
+        return len(self._labels)
+
+    @property
+    def done(self) -> int:
+        """Rows in completed shards, including any after a missing shard."""
+        return int(self.manifest.get("count", self.count))
 
     @property
     def total(self) -> int:
@@ -191,14 +230,14 @@ class FeatureStore:
         return dict(self.manifest.get("meta") or {})
 
     @property
-    def features(self) -> np.ndarray:
+    def features(self) -> FeatureRows:
         """(count, dim) float32."""
-        return self._features[: self.count]
+        return self._features
 
     @property
     def labels(self) -> np.ndarray:
         """(count,) int64; -1 for unlabelled items."""
-        return self._labels[: self.count]
+        return self._labels
 
     def __len__(self) -> int:
         return self.count
@@ -346,31 +385,6 @@ def _as_vectors(query: Any) -> np.ndarray:
         ) from None
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{folder}: not a feature store (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputError(f"{path}: not a cnnlens feature store manifest")
-    if manifest.get("version") != VERSION:
-        raise InputError(f"{path}: store version {manifest.get('version')} is not supported")
-    return manifest
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace the manifest (write a temporary file, fsync, rename)."""
-    tmp = folder / (MANIFEST + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(manifest, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, folder / MANIFEST)
-
-
 def _dataset_spec(dataset: Any) -> str | None:
     spec = getattr(dataset, "spec", None)
     return spec if isinstance(spec, str) else None
@@ -383,20 +397,27 @@ def _dataset_sources(dataset: Any) -> list[str] | None:
     return None
 
 
-def _create(folder: Path, manifest: dict[str, Any], sources: list[str] | None) -> FeatureStore:
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise InputError(f"{folder}: exists and is not a feature store; choose a new folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    shape = (manifest["total"], manifest["dim"])
-    features = np.lib.format.open_memmap(folder / FEATURES, "w+", np.float32, shape)
-    labels = np.lib.format.open_memmap(folder / LABELS, "w+", np.int64, shape[:1])
-    labels[:] = -1
-    features.flush()
-    labels.flush()
-    if sources is not None:
-        (folder / SOURCES).write_text(json.dumps(sources))
-    _write_manifest(folder, manifest)
-    return FeatureStore(manifest, features, labels, path=folder, sources=sources)
+def _classes(dataset: Any) -> list[str] | None:
+    from ._sources import item_labels
+
+    names = item_labels(dataset)
+    return None if names is None else list(names)
+
+
+def default_shard_rows(dim: int, batch_size: int) -> int:
+    """About :data:`SHARD_BYTES` of features, at most :data:`SHARD_MAX_ROWS` rows, a
+    multiple of the batch size (so every engine batches a shard the same way)."""
+    rows = min(SHARD_BYTES // (4 * dim), SHARD_MAX_ROWS)
+    return max(batch_size, rows // batch_size * batch_size)
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "ray":
+        from ._ray import require_ray
+
+        require_ray()
 
 
 def extract_features(
@@ -410,121 +431,216 @@ def extract_features(
     num_workers: int = 0,
     progress: bool | None = None,
     meta: dict[str, Any] | None = None,
+    engine: str = "local",
+    shard_rows: int | None = None,
+    redo: Sequence[int] | str | None = None,
+    **ray_options: Any,
 ) -> FeatureStore:
     """Features of every item of ``dataset`` at ``layer``, streamed batch by batch.
 
     ``dataset``: a torch ``Dataset`` (items ``(picture or tensor, label)``, bare pictures or
-    tensors), a folder path or ``"fashion-mnist[:train|:test]"``. Pictures go through the
-    model's preprocessing when ``model`` is a :class:`LoadedModel`. ``layer``: a module or
-    dotted name (default: the last 4-D feature map). ``pool``: ``"avg"`` (global average,
-    default), ``"max"`` or ``"flatten"``. ``out``: a folder to persist the store in
-    (memory-mapped, memory stays flat); an interrupted extraction into the same folder
-    resumes where it stopped; a folder holding another model's, layer's or dataset's
-    features is refused. ``meta``: extra JSON-able facts kept in the manifest.
+    tensors), a folder path, a list of image files or ``"fashion-mnist[:train|:test]"``.
+    Pictures go through the model's preprocessing when ``model`` is a :class:`LoadedModel`.
+    ``layer``: a module or dotted name (default: the last 4-D feature map). ``pool``:
+    ``"avg"`` (global average, default), ``"max"`` or ``"flatten"``.
+
+    ``out``: a folder to persist the store in, as shards of ``shard_rows`` rows (default:
+    about 32 MB each) with checksums. Extracting into an existing store resumes it: the
+    shards it lists are verified and kept, the others computed. A store of another model,
+    layer, pooling or dataset (compared by content) is refused, and so is a second writer.
+    ``redo``: shard numbers (or ``"all"``) to compute again, as a damage error advises.
+    ``meta``: extra JSON-able facts kept in the manifest.
+
+    ``engine="ray"`` computes the shards on a Ray cluster (``pip install 'cnnlens[ray]'``)
+    with the same results; ``ray_options`` (``address``, ``workers``, ``num_gpus``,
+    ``model_spec``) are described in :func:`cnnlens.dataset._ray.ray_shards`.
     """
     check_pool(pool)
+    check_engine(engine)
+    if engine == "local" and ray_options:
+        raise InputError(f"options {sorted(ray_options)} only apply to engine='ray'")
     data = as_dataset(dataset)
     total = len(data)
     preprocessing = getattr(model, "preprocessing", None)
     info = model_info(model, layer, probe_input(data, preprocessing))
     fields = identity(info, pool, total)
-    folder = Path(out) if out is not None else None
+    if shard_rows is None:
+        shard_rows = default_shard_rows(fields["dim"], batch_size)
+    elif shard_rows < 1:
+        raise InputError(f"shard_rows must be at least 1, got {shard_rows}")
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        **fields,
+        "count": 0,
+        "output_shape": list(info.output_shape),
+        "dataset": _dataset_spec(data),
+        "dataset_id": content_id(data),
+        "classes": _classes(data),
+        "meta": meta or {},
+        "shard_rows": shard_rows,
+        "shards": [],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
-    if folder is not None and (folder / MANIFEST).is_file():
-        store = FeatureStore._open(folder, writable=True)
-        store._check_identity(info, pool, total)
-    else:
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "version": VERSION,
-            **fields,
-            "count": 0,
-            "output_shape": list(info.output_shape),
-            "dataset": _dataset_spec(data),
-            "classes": _classes(data),
-            "meta": meta or {},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        if folder is not None:
-            store = _create(folder, manifest, _dataset_sources(data))
-        else:
-            features = np.zeros((total, fields["dim"]), dtype=np.float32)
-            labels = np.full((total,), -1, dtype=np.int64)
-            store = FeatureStore(manifest, features, labels, sources=_dataset_sources(data))
-    if store.complete:
-        return store
-    _fill(store, info, data, pool, batch_size, num_workers, progress)
-    return FeatureStore.open(folder) if folder is not None else store
+    def produce(pending: list[int], tick: Callable[[int], None]) -> ShardResults:
+        plan = ShardPlan(int(manifest["shard_rows"]), total, pending)
+        if engine == "ray":
+            from ._ray import ray_shards
+
+            return ray_shards(model, data, info, pool, batch_size, plan, tick, **ray_options)
+        return local_shards(info, data, pool, batch_size, num_workers, plan, tick)
+
+    if out is None:
+        return _in_memory(manifest, data, produce, progress)
+    folder = Path(out)
+    if not (folder / shards.MANIFEST).is_file():
+        shards.create_folder(folder, manifest, _dataset_sources(data))
+    with shards.writer_lock(folder):
+        stored = _resumable(folder, info, pool, total, manifest["dataset_id"], redo)
+        done = {int(e["shard"]) for e in stored["shards"]}
+        count = shards.shard_total(total, int(stored["shard_rows"]))
+        pending = [i for i in range(count) if i not in done]
+        if pending:
+            bar = _bar(total, int(stored["count"]), progress)
+            try:
+                for index, features, labels in produce(pending, bar.update):
+                    start, _ = shards.shard_range(index, int(stored["shard_rows"]), total)
+                    entry = shards.write_shard(folder, index, start, features, labels)
+                    stored["shards"].append(entry)
+                    shards.write_manifest(folder, stored)
+            finally:
+                bar.close()
+        return FeatureStore._load(folder, stored)
 
 
-def _classes(dataset: Any) -> list[str] | None:
-    from ._sources import item_labels
+class ShardPlan:
+    """Which shards to compute: shard ``i`` is rows ``[i * rows, min((i + 1) * rows,
+    total))``."""
 
-    names = item_labels(dataset)
-    return None if names is None else list(names)
+    def __init__(self, rows: int, total: int, pending: list[int]) -> None:
+        self.rows = rows
+        self.total = total
+        self.pending = pending
+
+    def range(self, index: int) -> tuple[int, int]:
+        return shards.shard_range(index, self.rows, self.total)
 
 
-def _fill(
-    store: FeatureStore,
+def _resumable(
+    folder: Path,
+    info: ModelInfo,
+    pool: str,
+    total: int,
+    dataset_id: str,
+    redo: Sequence[int] | str | None,
+) -> dict[str, Any]:
+    """The manifest of the store at ``folder``, checked to be this extraction's, with the
+    ``redo`` shards dropped and every other listed shard verified (held under the lock)."""
+    manifest = shards.read_manifest(folder)
+    if redo == "all":
+        for entry in manifest.get("shards") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("shard"), int):
+                shards.remove_shard(folder, entry["shard"])
+        manifest["shards"] = []
+        manifest["count"] = 0
+    shards.check_manifest(folder, manifest)
+    store = FeatureStore(manifest, np.empty((0, 0), np.float32), np.empty(0, np.int64), path=folder)
+    store._check_identity(info, pool, total)
+    store._check_dataset_id(dataset_id)
+    if redo is not None and redo != "all":
+        if isinstance(redo, str):
+            raise InputError(f"redo must be shard numbers or 'all', got {redo!r}")
+        count = shards.shard_total(total, int(manifest["shard_rows"]))
+        bad = [s for s in redo if not 0 <= int(s) < count]
+        if bad:
+            raise InputError(f"redo: shard(s) {bad} do not exist (the store has 0-{count - 1})")
+        dropped = {int(s) for s in redo}
+        for index in dropped:
+            shards.remove_shard(folder, index)
+        manifest["shards"] = [e for e in manifest["shards"] if int(e["shard"]) not in dropped]
+    shards.write_manifest(folder, manifest)
+    damage = shards.damaged_shards(folder, manifest)
+    if damage:
+        raise InputError(shards.damage_message(folder, damage))
+    shards.read_sources(folder, manifest)
+    return manifest
+
+
+def _in_memory(
+    manifest: dict[str, Any],
+    data: Any,
+    produce: Callable[[list[int], Callable[[int], None]], ShardResults],
+    progress: bool | None,
+) -> FeatureStore:
+    total, dim = int(manifest["total"]), int(manifest["dim"])
+    features = np.zeros((total, dim), dtype=np.float32)
+    labels = np.full((total,), -1, dtype=np.int64)
+    count = shards.shard_total(total, int(manifest["shard_rows"]))
+    bar = _bar(total, 0, progress)
+    try:
+        for index, rows, row_labels in produce(list(range(count)), bar.update):
+            start, stop = shards.shard_range(index, int(manifest["shard_rows"]), total)
+            features[start:stop] = rows
+            labels[start:stop] = row_labels
+    finally:
+        bar.close()
+    manifest["count"] = total
+    return FeatureStore(manifest, features, labels, sources=_dataset_sources(data))
+
+
+def _bar(total: int, initial: int, progress: bool | None) -> Any:
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="img",
+        desc="features",
+        disable=None if progress is None else not progress,
+    )
+
+
+def local_shards(
     info: ModelInfo,
     data: Any,
     pool: str,
     batch_size: int,
     num_workers: int,
-    progress: bool | None,
-) -> None:
-    """Compute rows ``store.count`` onwards; commit progress after each flush."""
-    features, labels = store._features, store._labels
-    done = store.count
-    committed = done
-    last_commit = time.monotonic()
+    plan: ShardPlan,
+    tick: Callable[[int], None],
+) -> ShardResults:
+    """The pending shards computed in this process, in order, through one ``DataLoader``
+    (its workers live for the whole job); each shard is batched from its own start."""
+    dim = int(identity(info, pool, plan.total)["dim"])
     device = _device_of(info)
-
-    def commit() -> None:
-        nonlocal committed, last_commit
-        if done == committed:
-            return
-        if store.path is not None:
-            assert isinstance(features, np.memmap) and isinstance(labels, np.memmap)
-            features.flush()
-            labels.flush()
-            store.manifest["count"] = done
-            _write_manifest(store.path, store.manifest)
-        else:
-            store.manifest["count"] = done
-        committed = done
-        last_commit = time.monotonic()
-
-    try:
-        with (
-            progress_bar(
-                store.total, "features", enabled=progress, unit="img", initial=done
-            ) as bar,
-            LayerTap(info.module, info.layer, info.calls) as tap,
+    ranges = [plan.range(index) for index in plan.pending]
+    groups = range_batches(ranges, batch_size)
+    position = 0  # which pending shard is being filled
+    features = np.empty((0, dim), dtype=np.float32)
+    labels = np.empty(0, dtype=np.int64)
+    filled = 0
+    with LayerTap(info.module, info.layer, info.calls) as tap:
+        for inputs, batch_labels, indices in grouped_batches(
+            data, groups, preprocessing=info.preprocessing, num_workers=num_workers
         ):
-            for inputs, batch_labels, indices in batches(
-                data,
-                range(done, store.total),
-                preprocessing=info.preprocessing,
-                batch_size=batch_size,
-                num_workers=num_workers,
-            ):
-                rows = pool_features(tap(inputs.to(device)), pool)
-                if rows.shape[1] != store.dim:
-                    raise InputError(
-                        f"item {int(indices[0])} gives {rows.shape[1]} features, not {store.dim}"
-                    )
-                start, stop = int(indices[0]), int(indices[-1]) + 1
-                assert start == done and stop - start == len(indices)
-                features[start:stop] = rows.float().cpu().numpy()
-                labels[start:stop] = batch_labels.numpy()
-                done = stop
-                bar.advance(len(indices))
-                if store.path is None or time.monotonic() - last_commit >= COMMIT_EVERY:
-                    commit()
-    finally:
-        # Rows up to ``done`` are complete even when a later item failed.
-        commit()
+            start, stop = ranges[position]
+            if filled == 0:
+                features = np.empty((stop - start, dim), dtype=np.float32)
+                labels = np.empty((stop - start,), dtype=np.int64)
+            rows = pool_features(tap(inputs.to(device)), pool)
+            if rows.shape[1] != dim:
+                raise InputError(
+                    f"item {int(indices[0])} gives {rows.shape[1]} features, not {dim}"
+                )
+            first = int(indices[0]) - start
+            assert first == filled, "batches arrive in order"
+            features[first : first + len(indices)] = rows.float().cpu().numpy()
+            labels[first : first + len(indices)] = batch_labels.numpy()
+            filled += len(indices)
+            tick(len(indices))
+            if filled == stop - start:
+                yield plan.pending[position], features, labels
+                position += 1
+                filled = 0
 
 
 def load_store(store: FeatureStore | str | os.PathLike[str]) -> FeatureStore:

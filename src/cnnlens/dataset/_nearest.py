@@ -14,14 +14,18 @@ common size, streamed over the dataset with a running top-k.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ._batches import grouped_batches, range_batches
 from ._shards import ShardedArray
 
 __all__ = ["TARGET_RECALL", "Searcher", "exact_search", "pixel_nearest"]
@@ -176,6 +180,63 @@ def _pixels(batch: Tensor, size: tuple[int, int], channels: int) -> Tensor:
     return batch.flatten(1)
 
 
+def _closest(distances: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per query, the ``k`` entries first by (distance, index): the same answer however
+    the items were split into parts."""
+    by_index = torch.argsort(indices, dim=1)
+    distances = torch.gather(distances, 1, by_index)
+    indices = torch.gather(indices, 1, by_index)
+    order = torch.sort(distances, dim=1, stable=True).indices[:, :k]
+    return torch.gather(distances, 1, order), torch.gather(indices, 1, order)
+
+
+@dataclass(frozen=True)
+class PixelJob:
+    """The ``k`` items of ``[start, stop)`` nearest to each query in pixel space: the work
+    of one shard, in this process or on a Ray actor."""
+
+    queries: Tensor  # (Q, pixels) float64
+    size: tuple[int, int]
+    channels: int
+    k: int
+    preprocessing: Any
+    batch_size: int
+    shard_rows: int
+    total: int
+
+    def scan(
+        self,
+        data: Any,
+        ranges: list[tuple[int, int]],
+        num_workers: int = 0,
+        tick: Callable[[int], None] = lambda _n: None,
+    ) -> tuple[Tensor, Tensor]:
+        count = self.queries.shape[0]
+        best_d = torch.full((count, 0), math.inf, dtype=torch.float64)
+        best_i = torch.full((count, 0), -1, dtype=torch.int64)
+        for inputs, _, indices in grouped_batches(
+            data,
+            range_batches(ranges, self.batch_size),
+            preprocessing=self.preprocessing,
+            num_workers=num_workers,
+        ):
+            items = _pixels(inputs.float(), self.size, self.channels)
+            d = torch.cdist(
+                self.queries, items.double(), compute_mode="donot_use_mm_for_euclid_dist"
+            )
+            best_d, best_i = _closest(
+                torch.cat([best_d, d], dim=1),
+                torch.cat([best_i, indices.expand(count, -1)], dim=1),
+                self.k,
+            )
+            tick(len(indices))
+        return best_d, best_i
+
+    def __call__(self, _info: Any, data: Any, index: int) -> tuple[Tensor, Tensor]:
+        start = index * self.shard_rows
+        return self.scan(data, [(start, min(start + self.shard_rows, self.total))])
+
+
 def pixel_nearest(
     dataset: Any,
     image: Any,
@@ -186,6 +247,8 @@ def pixel_nearest(
     batch_size: int = 256,
     num_workers: int = 0,
     progress: bool | None = None,
+    engine: str = "local",
+    **ray_options: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` dataset items nearest to ``image`` in pixel space: ``(indices, distances)``.
 
@@ -194,10 +257,15 @@ def pixel_nearest(
     query's size) and compared by Euclidean distance over all pixels (items with another
     channel count than the query are compared in grayscale, the channel mean). ``image``: a
     picture or (C, H, W) tensor (gives (k,) arrays) or a list of them / a (Q, C, H, W)
-    tensor (gives (Q, k)). One streaming pass, memory flat.
+    tensor (gives (Q, k)). One streaming pass, memory flat. Equal distances are ordered by
+    dataset index. ``engine="ray"`` scans shards on a Ray cluster and merges them exactly
+    (same result; ``ray_options`` as in :func:`extract_features`).
     """
-    from ._batches import as_dataset, as_queries, counted_batches, probe_input
+    from ._batches import as_dataset, as_queries, probe_input
+    from ._patches import _shard_rows
+    from ._store import check_engine
 
+    check_engine(engine)
     data = as_dataset(dataset)
     preprocessing = getattr(model, "preprocessing", None)
     queries, single = as_queries(image, preprocessing)
@@ -212,24 +280,30 @@ def pixel_nearest(
     if int(probe_input(data, preprocessing).shape[1]) != channels:
         channels = 1
     q = _pixels(queries.float(), target, channels).double()
-    count = q.shape[0]
-    best_d = torch.full((count, k), math.inf, dtype=torch.float64)
-    best_i = torch.full((count, k), -1, dtype=torch.int64)
-    for inputs, _, indices in counted_batches(
-        data,
-        "pixels",
-        preprocessing=preprocessing,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    ):
-        items = _pixels(inputs.float(), target, channels)
-        d = torch.cdist(q, items.double(), compute_mode="donot_use_mm_for_euclid_dist")
-        d_all = torch.cat([best_d, d], dim=1)
-        i_all = torch.cat([best_i, indices.expand(count, -1)], dim=1)
-        order = torch.argsort(d_all, dim=1, stable=True)[:, :k]
-        best_d = torch.gather(d_all, 1, order)
-        best_i = torch.gather(i_all, 1, order)
+    total = len(data)
+    job = PixelJob(
+        q, target, channels, k, preprocessing, batch_size, _shard_rows(batch_size, total), total
+    )
+    bar = tqdm(
+        total=total,
+        unit="img",
+        desc="pixels",
+        disable=None if progress is None else not progress,
+    )
+    try:
+        if engine == "ray":
+            from ._ray import run_remote
+
+            best_d = torch.full((q.shape[0], 0), math.inf, dtype=torch.float64)
+            best_i = torch.full((q.shape[0], 0), -1, dtype=torch.int64)
+            for _, (d, i) in run_remote(job, None, data, None, ray_options, bar.update):
+                best_d, best_i = _closest(
+                    torch.cat([best_d, d], dim=1), torch.cat([best_i, i], dim=1), k
+                )
+        else:
+            best_d, best_i = job.scan(data, [(0, total)], num_workers, bar.update)
+    finally:
+        bar.close()
     indices_np = best_i.numpy()
     distances_np = best_d.float().numpy()
     return (indices_np[0], distances_np[0]) if single else (indices_np, distances_np)

@@ -26,12 +26,13 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["RayOptions", "ray_session", "ray_shards", "require_ray", "run_job"]
+__all__ = ["RayOptions", "ray_session", "ray_shards", "require_ray", "run_job", "run_remote"]
+
 
 def require_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise InputError("engine='ray' needs Ray: pip install 'cnnlens[ray]'") from None
     return ray
@@ -112,17 +113,22 @@ class ShardWorker:
         self.job = job
         self.data = ray.get(data_ref[0])
         self.info = None
+        # Raised with the first shard, not here: Ray Data retries a failing constructor and
+        # then reports the actor's death, while a shard's error reaches the driver as is.
+        self.error: InputError | None = None
         if model is not None:
             loaded = model.load(ray, device)
             probe = probe_input(self.data, getattr(loaded, "preprocessing", None))
             self.info = model_info(loaded, layer, probe)
             if self.info.fingerprint != fingerprint:
-                raise InputError(
+                self.error = InputError(
                     f"the model a Ray worker loaded has weights {self.info.fingerprint}, not "
                     f"the driver's {fingerprint}: install the same model files on every node"
                 )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.error is not None:
+            raise self.error
         shards = [int(i) for i in batch["shard"]]
         results = [pickle.dumps(self.job(self.info, self.data, i)) for i in shards]
         out = np.empty(len(results), dtype=object)
@@ -205,6 +211,24 @@ def _input_error(exc: BaseException) -> InputError | None:
     return None
 
 
+def run_remote(
+    job: Any,
+    model: Any,
+    data: Any,
+    info: Any,
+    options: dict[str, Any],
+    tick: Callable[[int], None],
+    pending: list[int] | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """:func:`run_job` for a job with ``shard_rows`` and ``total`` (default: all its
+    shards), counting each finished shard's rows with ``tick``."""
+    count = -(-job.total // job.shard_rows)
+    shards = list(range(count)) if pending is None else pending
+    for index, result in run_job(job, model, data, info, shards, _options(options)):
+        tick(min(job.shard_rows, job.total - index * job.shard_rows))
+        yield index, result
+
+
 def ray_shards(
     model: Any,
     data: Any,
@@ -217,8 +241,9 @@ def ray_shards(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``extract_features``' shards on Ray: (shard, features, labels) as they finish."""
     job = FeatureJob(pool, batch_size, plan.rows, plan.total)
-    for index, (features, labels) in run_job(job, model, data, info, plan.pending, _options(options)):
-        tick(len(labels))
+    for index, (features, labels) in run_remote(
+        job, model, data, info, options, tick, plan.pending
+    ):
         yield index, features, labels
 
 

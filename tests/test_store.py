@@ -312,3 +312,38 @@ def test_sharded_array_indexes_like_numpy() -> None:
         rows[23]
     with pytest.raises(IndexError):
         rows[[0, 30]]
+
+
+def test_index_verify_and_redo_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from cnnlens.cli import main
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        folder = tmp_path / "pics" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+    store = tmp_path / "store"
+    index = ["index", str(tmp_path / "pics"), "--model", "fashion_cnn", "-o", str(store)]
+    assert main([*index, "--shard-rows", "16", "--batch-size", "8"]) == 0
+    assert main(["index", "--verify", "-o", str(store)]) == 0
+    assert "3 shards verified, complete" in capsys.readouterr().out
+    clean = np.asarray(FeatureStore.open(store).features)
+
+    damage_file(store / "shards" / "000001.npy", "flip")
+    capsys.readouterr()
+    assert main(["index", "--verify", "-o", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "shard 1 (rows 16-31)" in err and "--redo 1" in err
+    assert main([*index, "--batch-size", "8"]) == 2  # resuming refuses too
+    assert main([*index, "--batch-size", "8", "--redo", "1"]) == 0
+    assert main(["index", str(tmp_path / "pics"), "--verify", "-o", str(store)]) == 0
+    np.testing.assert_array_equal(np.asarray(FeatureStore.open(store).features), clean)
+    # A picture replaced after indexing: the store no longer describes the folder.
+    Image.new("L", (28, 28), 7).save(tmp_path / "pics" / "a" / "1.png")
+    os.utime(tmp_path / "pics" / "a" / "1.png", (1, 1))
+    capsys.readouterr()
+    assert main(["index", str(tmp_path / "pics"), "--verify", "-o", str(store)]) == 2
+    assert "made from another dataset" in capsys.readouterr().err
+    assert main(["index", "--model", "fashion_cnn", "-o", str(store)]) == 2

@@ -36,13 +36,27 @@ DATASET_HELP = "a folder of pictures (class sub-folders give labels) or fashion-
 
 def register(sub: Any) -> None:
     p = sub.add_parser("index", help="extract a layer's features of a dataset into a store")
-    p.add_argument("dataset", help=DATASET_HELP)
+    p.add_argument("dataset", nargs="?", help=DATASET_HELP + " (optional with --verify)")
     add_model_args(p)
     p.add_argument("--layer", help="layer name (default: the last feature map)")
     p.add_argument("--pool", choices=("avg", "max", "flatten"), default="avg")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument(
+        "--shard-rows", type=int, help="rows per shard of a new store (default: about 32 MB)"
+    )
+    p.add_argument(
+        "--redo",
+        metavar="SHARDS",
+        help="shards to compute again, e.g. 3,7 or all (as a damage message advises)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="only check the store: every shard's checksum (and the dataset's content if given)",
+    )
+    add_engine_args(p)
     p.add_argument("-o", "--output", required=True, help="store folder (resumes if it exists)")
     p.set_defaults(run=run_index)
 
@@ -54,6 +68,7 @@ def register(sub: Any) -> None:
     p.add_argument("-k", type=int, default=8, help="neighbours to show (default 8)")
     p.add_argument("--metric", choices=("cosine", "l2"), default="cosine")
     p.add_argument("--no-pixels", action="store_true", help="skip the pixel-space row")
+    add_engine_args(p)
     p.add_argument("-o", "--output", required=True, help="PNG to write")
     p.set_defaults(run=run_neighbors)
 
@@ -87,8 +102,52 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--limit", type=int, help="only the first N items")
+    add_engine_args(p)
     p.add_argument("-o", "--output", required=True, help="PNG to write")
     p.set_defaults(run=run_patches)
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="where the dataset pass runs: this process (default) or a Ray cluster "
+        "(pip install 'cnnlens[ray]')",
+    )
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to join (auto: the one running on this machine; default: start a "
+        "local one)",
+    )
+    parser.add_argument("--ray-workers", type=int, help="Ray actors (default: one per CPU)")
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor (default 0: CPU)"
+    )
+
+
+def engine_options(args: argparse.Namespace, model: LoadedModel | None) -> dict[str, Any]:
+    """``engine`` and the Ray options of the engine arguments. Ray actors load the model
+    from the command's spec themselves (random weights are shipped, as they cannot be
+    drawn again)."""
+    if args.engine != "ray":
+        for flag, value in (("--address", args.address), ("--ray-workers", args.ray_workers)):
+            if value is not None:
+                raise InputError(f"{flag} only applies with --engine ray")
+        return {}
+    options: dict[str, Any] = {
+        "engine": "ray",
+        "address": args.address,
+        "workers": args.ray_workers,
+        "num_gpus": args.gpus_per_worker,
+    }
+    if model is not None and not getattr(args, "random_weights", False):
+        options["model_spec"] = {
+            "spec": args.model,
+            "arch": args.arch,
+            "trust_pickle": bool(getattr(args, "trust_pickle", False)),
+        }
+    return options
 
 
 def _dataset(spec: str, limit: int | None) -> Any:
@@ -96,7 +155,30 @@ def _dataset(spec: str, limit: int | None) -> Any:
     return Head(data, limit) if limit is not None else data
 
 
+def _redo(text: str | None) -> list[int] | str | None:
+    if text is None or text == "all":
+        return text
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"--redo {text!r}: give shard numbers like 3,7 or 'all'") from None
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    store = FeatureStore.open(args.output)  # checks every shard's size, ids and checksum
+    if args.dataset is not None:
+        store.check_dataset(_dataset(args.dataset, args.limit))
+    shards = len(store.manifest["shards"])
+    state = "complete" if store.complete else f"{store.done} of {store.total} rows done"
+    print(f"{args.output}: {shards} shards verified, {state}")
+    return 0
+
+
 def run_index(args: argparse.Namespace) -> int:
+    if args.verify:
+        return run_verify(args)
+    if args.dataset is None:
+        raise InputError("index needs a DATASET (only --verify works without one)")
     model = open_model(args)
     data = _dataset(args.dataset, args.limit)
     meta = {
@@ -114,6 +196,9 @@ def run_index(args: argparse.Namespace) -> int:
         pool=args.pool,
         num_workers=args.workers,
         meta=meta,
+        shard_rows=args.shard_rows,
+        redo=_redo(args.redo),
+        **engine_options(args, model),
     )
     print(f"{store.count} x {store.dim} features of {store.layer!r} in {args.output}")
     return 0
@@ -138,7 +223,9 @@ def _store_model(store: FeatureStore, args: argparse.Namespace) -> LoadedModel:
 def _store_dataset(store: FeatureStore, where: str) -> Any:
     if store.dataset is None:
         raise InputError(f"{where} does not record its dataset (made outside `cnnlens index`)")
-    return Head(open_dataset(store.dataset), store.count)
+    data = open_dataset(store.dataset)
+    store.check_dataset(Head(data, store.total))  # the pictures shown are the rows' own
+    return Head(data, store.count)
 
 
 def _picture(image: Any, model: LoadedModel | None) -> Image.Image:
@@ -180,7 +267,9 @@ def run_neighbors(args: argparse.Namespace) -> int:
     feature = tiles(indices, distances, "d")
     pixel = None
     if not args.no_pixels:
-        p_idx, p_dist = pixel_nearest(data, query_image, args.k, model=model)
+        p_idx, p_dist = pixel_nearest(
+            data, query_image, args.k, model=model, **engine_options(args, None)
+        )
         pixel = tiles(p_idx, p_dist, "L2")
     caption = "query" + (f"\n{_label_name(store, query_label)}" if query_label >= 0 else "")
     figure = neighbours_figure(
@@ -266,6 +355,7 @@ def run_patches(args: argparse.Namespace) -> int:
         k=args.k,
         batch_size=args.batch_size,
         num_workers=args.workers,
+        **engine_options(args, model),
     )
     rows = []
     for channel, patches in found.items():

@@ -24,7 +24,6 @@ from torchvision.transforms import functional as TF
 
 from .._guard import guard, require_eager, unwrap
 from .._modules import layer_name, resolve_layer
-from .._progress import progress as progress_bar
 from .._trace import default_feature_layer, trace_calls
 from ..errors import InputError
 from ..models import LoadedModel, Preprocessing
@@ -36,7 +35,6 @@ __all__ = [
     "ModelInfo",
     "as_dataset",
     "batches",
-    "counted_batches",
     "fingerprint",
     "grouped_batches",
     "pool_features",
@@ -164,28 +162,6 @@ def as_dataset(dataset: Any) -> Any:
     if len(dataset) == 0:
         raise InputError("the dataset is empty")
     return dataset
-
-
-def counted_batches(
-    dataset: Any,
-    desc: str,
-    *,
-    preprocessing: Preprocessing | None,
-    batch_size: int,
-    num_workers: int = 0,
-    progress: bool | None = None,
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """:func:`batches` over the whole dataset with a bar counting the items done."""
-    with progress_bar(len(dataset), desc, enabled=progress, unit="img") as bar:
-        for batch in batches(
-            dataset,
-            range(len(dataset)),
-            preprocessing=preprocessing,
-            batch_size=batch_size,
-            num_workers=num_workers,
-        ):
-            yield batch
-            bar.advance(len(batch[2]))
 
 
 def batches(

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .._progress import progress as progress_bar
 from ..errors import InputError
 from ._batches import grouped_batches, range_batches
 from ._shards import ShardedArray
@@ -284,26 +284,18 @@ def pixel_nearest(
     job = PixelJob(
         q, target, channels, k, preprocessing, batch_size, _shard_rows(batch_size, total), total
     )
-    bar = tqdm(
-        total=total,
-        unit="img",
-        desc="pixels",
-        disable=None if progress is None else not progress,
-    )
-    try:
+    with progress_bar(total, "pixels", enabled=progress, unit="img") as bar:
         if engine == "ray":
             from ._ray import run_remote
 
             best_d = torch.full((q.shape[0], 0), math.inf, dtype=torch.float64)
             best_i = torch.full((q.shape[0], 0), -1, dtype=torch.int64)
-            for _, (d, i) in run_remote(job, None, data, None, ray_options, bar.update):
+            for _, (d, i) in run_remote(job, None, data, None, ray_options, bar.advance):
                 best_d, best_i = _closest(
                     torch.cat([best_d, d], dim=1), torch.cat([best_i, i], dim=1), k
                 )
         else:
-            best_d, best_i = job.scan(data, [(0, total)], num_workers, bar.update)
-    finally:
-        bar.close()
+            best_d, best_i = job.scan(data, [(0, total)], num_workers, bar.advance)
     indices_np = best_i.numpy()
     distances_np = best_d.float().numpy()
     return (indices_np[0], distances_np[0]) if single else (indices_np, distances_np)

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .._progress import progress as progress_bar
 from ..errors import InputError
 from ._batches import (
     Collate,
@@ -222,20 +222,15 @@ def top_patches(
     chosen = _channels(channels, shape[0])
     total = len(data)
     job = PatchJob(tuple(chosen), k, batch_size, _shard_rows(batch_size, total), total)
-    bar = tqdm(
-        total=total, unit="img", desc="patches", disable=None if progress is None else not progress
-    )
-    try:
+    with progress_bar(total, "patches", enabled=progress, unit="img") as bar:
         if engine == "ray":
             from ._ray import run_remote
 
             running = TopK(len(chosen), k)
-            for _, (values, keys) in run_remote(job, model, data, info, ray_options, bar.update):
+            for _, (values, keys) in run_remote(job, model, data, info, ray_options, bar.advance):
                 running.merge(values, keys)
         else:
-            running = job.scan(info, data, [(0, total)], num_workers, bar.update)
-    finally:
-        bar.close()
+            running = job.scan(info, data, [(0, total)], num_workers, bar.advance)
 
     input_size = (int(probe.shape[-2]), int(probe.shape[-1]))
     field_ = receptive_field(info.module, info.layer, input_size) if len(shape) == 3 else None

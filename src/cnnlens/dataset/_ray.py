@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -199,7 +200,8 @@ def _default_workers(ray: Any, options: RayOptions) -> int:
 
 
 def _input_error(exc: BaseException) -> InputError | None:
-    """The ``InputError`` a worker raised, through Ray's wrappers."""
+    """The ``InputError`` a worker raised, through Ray's wrappers (which keep the original
+    exception object, or at least its traceback text)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -207,8 +209,12 @@ def _input_error(exc: BaseException) -> InputError | None:
         if isinstance(current, InputError):
             return current
         cause = getattr(current, "cause", None)
-        current = cause if isinstance(cause, BaseException) else current.__cause__
-    return None
+        if isinstance(cause, BaseException) and id(cause) not in seen:
+            current = cause
+        else:
+            current = current.__cause__ or current.__context__
+    found = re.findall(r"cnnlens\.errors\.InputError: ([^\n]+)", str(exc))
+    return InputError(found[-1]) if found else None
 
 
 def run_remote(

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from .._progress import progress as progress_bar
 from ..errors import InputError
 from . import _shards as shards
 from ._batches import (
@@ -483,8 +483,7 @@ def extract_features(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
-    def produce(pending: list[int], tick: Callable[[int], None]) -> ShardResults:
-        plan = ShardPlan(int(manifest["shard_rows"]), total, pending)
+    def produce(plan: ShardPlan, tick: Callable[[int], None]) -> ShardResults:
         if engine == "ray":
             from ._ray import ray_shards
 
@@ -501,16 +500,13 @@ def extract_features(
         done = {int(e["shard"]) for e in stored["shards"]}
         count = shards.shard_total(total, int(stored["shard_rows"]))
         pending = [i for i in range(count) if i not in done]
-        if pending:
-            bar = _bar(total, int(stored["count"]), progress)
-            try:
-                for index, features, labels in produce(pending, bar.update):
-                    start, _ = shards.shard_range(index, int(stored["shard_rows"]), total)
-                    entry = shards.write_shard(folder, index, start, features, labels)
-                    stored["shards"].append(entry)
-                    shards.write_manifest(folder, stored)
-            finally:
-                bar.close()
+        plan = ShardPlan(int(stored["shard_rows"]), total, pending)
+        with _bar(total, int(stored["count"]), progress) as bar:
+            for index, features, labels in plan.check(produce(plan, bar.advance)):
+                start, _ = plan.range(index)
+                entry = shards.write_shard(folder, index, start, features, labels)
+                stored["shards"].append(entry)
+                shards.write_manifest(folder, stored)
         return FeatureStore._load(folder, stored)
 
 
@@ -519,12 +515,28 @@ class ShardPlan:
     total))``."""
 
     def __init__(self, rows: int, total: int, pending: list[int]) -> None:
+        count = shards.shard_total(total, rows)
+        if any(not 0 <= index < count for index in pending):
+            raise ValueError(f"shards {pending} are not all among the {count} of {total} rows")
         self.rows = rows
         self.total = total
         self.pending = pending
 
     def range(self, index: int) -> tuple[int, int]:
         return shards.shard_range(index, self.rows, self.total)
+
+    def check(self, results: ShardResults) -> ShardResults:
+        """``results``, each checked to be a pending shard of the right size, once; and
+        then that none is missing."""
+        left = set(self.pending)
+        for index, features, labels in results:
+            start, stop = self.range(index)
+            if index not in left or len(features) != stop - start or len(labels) != stop - start:
+                raise RuntimeError(f"the engine returned shard {index} twice or of a wrong size")
+            left.discard(index)
+            yield index, features, labels
+        if left:
+            raise RuntimeError(f"the engine did not return shard(s) {sorted(left)}")
 
 
 def _resumable(
@@ -570,33 +582,25 @@ def _resumable(
 def _in_memory(
     manifest: dict[str, Any],
     data: Any,
-    produce: Callable[[list[int], Callable[[int], None]], ShardResults],
+    produce: Callable[[ShardPlan, Callable[[int], None]], ShardResults],
     progress: bool | None,
 ) -> FeatureStore:
     total, dim = int(manifest["total"]), int(manifest["dim"])
     features = np.zeros((total, dim), dtype=np.float32)
     labels = np.full((total,), -1, dtype=np.int64)
-    count = shards.shard_total(total, int(manifest["shard_rows"]))
-    bar = _bar(total, 0, progress)
-    try:
-        for index, rows, row_labels in produce(list(range(count)), bar.update):
-            start, stop = shards.shard_range(index, int(manifest["shard_rows"]), total)
+    rows_per_shard = int(manifest["shard_rows"])
+    plan = ShardPlan(rows_per_shard, total, list(range(shards.shard_total(total, rows_per_shard))))
+    with _bar(total, 0, progress) as bar:
+        for index, rows, row_labels in plan.check(produce(plan, bar.advance)):
+            start, stop = plan.range(index)
             features[start:stop] = rows
             labels[start:stop] = row_labels
-    finally:
-        bar.close()
     manifest["count"] = total
     return FeatureStore(manifest, features, labels, sources=_dataset_sources(data))
 
 
 def _bar(total: int, initial: int, progress: bool | None) -> Any:
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="img",
-        desc="features",
-        disable=None if progress is None else not progress,
-    )
+    return progress_bar(total, "features", enabled=progress, unit="img", initial=initial)
 
 
 def local_shards(

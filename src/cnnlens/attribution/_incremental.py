@@ -48,6 +48,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._ops import REGISTRY, Kind
 from ..models.efficientnet_lite0 import SamePad2d
 
 __all__ = ["Graph", "IncrementalPlan", "Patched", "plan", "trace", "traced_forward"]
@@ -73,27 +74,8 @@ _ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Dropout,
     nn.Dropout2d,
 )
-_ELEMENTWISE_FUNCTIONS: frozenset[Any] = frozenset(
-    {
-        F.relu,
-        torch.relu,
-        F.relu6,
-        F.silu,
-        F.gelu,
-        F.hardswish,
-        F.hardsigmoid,
-        torch.sigmoid,
-        torch.tanh,
-        F.leaky_relu,
-        F.elu,
-        F.hardtanh,
-        F.mish,
-        F.softplus,
-    }
-)
-_ELEMENTWISE_METHODS: frozenset[str] = frozenset(
-    {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone"}
-)
+# operations that keep every value where it is and touch nothing else
+_COPY_METHODS: frozenset[str] = frozenset({"contiguous", "clone"})
 _BINARY_FUNCTIONS: frozenset[Any] = frozenset(
     {operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.sub, operator.iadd}
 )
@@ -106,6 +88,9 @@ def _inplace(node: torch.fx.Node, module: nn.Module | None) -> bool:
     if node.kwargs.get("inplace", False):
         return True
     return node.op == "call_method" and str(node.target).endswith("_")
+
+
+_ELEMENTWISE_KINDS = frozenset({Kind.RECTIFIER, Kind.ACTIVATION})
 
 
 # --- tracing ------------------------------------------------------------------------------
@@ -463,9 +448,11 @@ class _Run:
             return first.shape() if isinstance(first, Patched) else None
         if not isinstance(base, Tensor) or base.dim() != 4:
             return None
-        if _is_elementwise(node, module) and isinstance(first, Patched) and len(args) == 1:
-            x = first.patch.clone() if _inplace(node, module) else first.patch
-            out = _call(node, module, (x,), kwargs, self.module)
+        if _is_elementwise(node, module) and isinstance(first, Patched):
+            # functions may take ``inplace`` by position: never let them write the patch
+            inplace = module is None or _inplace(node, module)
+            x = first.patch.clone() if inplace else first.patch
+            out = _call(node, module, (x, *args[1:]), kwargs, self.module)
             self._note(node, "elementwise")
             return Patched(base, out, first.top, first.left)
         if module is not None and isinstance(first, Patched) and len(args) == 1:
@@ -566,17 +553,21 @@ class _Run:
 
 
 def _is_elementwise(node: torch.fx.Node, module: nn.Module | None) -> bool:
+    """Whether the node maps each value on its own (the interception engine's operation
+    registry says which torch callables are activations and rectifiers)."""
     if module is not None:
         return _elementwise_module(module)
+    if any(isinstance(a, torch.fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
+        return False  # a second tensor operand: not a function of one value
     if node.op == "call_function":
-        if node.target is F.dropout:
-            return (
-                node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True) is False
-            )
-        return node.target in _ELEMENTWISE_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _ELEMENTWISE_METHODS
-    return False
+        entry = REGISTRY.get(node.target)  # type: ignore[arg-type]
+    elif node.op == "call_method":
+        if node.target in _COPY_METHODS:
+            return True
+        entry = REGISTRY.get(getattr(Tensor, str(node.target), None))  # type: ignore[arg-type]
+    else:
+        return False
+    return entry is not None and entry.kinds <= _ELEMENTWISE_KINDS
 
 
 def _is_binary(node: torch.fx.Node) -> bool:

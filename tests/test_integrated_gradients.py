@@ -15,6 +15,7 @@ from cnnlens import CompletenessWarning, InputError
 from cnnlens.attribution.gradient import (
     COMPLETENESS_TOLERANCE,
     DEFAULT_STEPS,
+    MAX_ADAPTIVE_STEPS,
     PATH_RULES,
     completeness_gap,
     path_points,
@@ -183,15 +184,66 @@ def test_callable_target_reports_its_gap() -> None:
     )
 
 
-def test_default_rule_and_steps() -> None:
-    # Documented defaults: 64 Gauss–Legendre points.
+def test_default_starts_at_64_gauss_legendre_points() -> None:
     net, x = kinked_cnn(), _x()
     default = cnnlens.explain(net, x, "integrated_gradients", target=[0, 1])
+    assert DEFAULT_STEPS == 64 and default.extras["steps"].tolist() == [64, 64]
     explicit = cnnlens.explain(
         net, x, "integrated_gradients", target=[0, 1], steps=64, rule="gausslegendre"
     )
-    assert DEFAULT_STEPS == 64
     torch.testing.assert_close(default.attribution, explicit.attribution, rtol=0, atol=0)
+
+
+class Ramp(nn.Module):
+    """f(x) = relu(10 · mean(x) − c): along the path from 0 to a constant image the gradient
+    jumps at α = c / (10 · value), which no quadrature resolves exactly."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(10 * x.mean(dim=(1, 2, 3)) - self.c).unsqueeze(1)
+
+
+def test_default_doubles_the_steps_of_items_still_incomplete() -> None:
+    # Put item 0's kink just past one of the 64 Gauss–Legendre nodes (a gap of 2.3 %);
+    # item 1's kink sits at a third of that, where 64 points do (0.7 %).
+    alphas, _ = path_points(64)
+    kink = float(alphas[30]) + 1e-9
+    model = Ramp(10 * kink)
+    x = torch.stack([torch.ones(3, 4, 4, dtype=D), torch.full((3, 4, 4), 3.0, dtype=D)])
+    with pytest.warns(CompletenessWarning):
+        cnnlens.explain(model, x[:1], "integrated_gradients", target=0, steps=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompletenessWarning)
+        e = cnnlens.explain(model, x, "integrated_gradients", target=0)
+    steps = e.extras["steps"].tolist()
+    assert steps == [128, 64]
+    assert float(e.extras["relative_delta"].max()) <= COMPLETENESS_TOLERANCE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompletenessWarning)
+        for item, count in enumerate(steps):
+            # each item is what a fixed run with its own step count gives, batch or not
+            alone = cnnlens.explain(model, x[item : item + 1], "integrated_gradients", target=0)
+            fixed = cnnlens.explain(
+                model, x[item : item + 1], "integrated_gradients", target=0, steps=count
+            )
+            torch.testing.assert_close(e.attribution[item], alone.attribution[0])
+            torch.testing.assert_close(e.attribution[item], fixed.attribution[0])
+
+
+def test_adaptation_stops_at_its_cap_and_warns() -> None:
+    # A kink beyond the last node of 512 points (1 − 5e-6): every rule up to the cap sums
+    # to 0 where the score changes by 1e-6.
+    model = Ramp(10 * (1 - 1e-7))
+    x = torch.ones(1, 3, 4, 4, dtype=D)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = cnnlens.explain(model, x, "integrated_gradients", target=0)
+    assert e.extras["steps"].tolist() == [MAX_ADAPTIVE_STEPS]
+    messages = [str(w.message) for w in caught if w.category is CompletenessWarning]
+    assert len(messages) == 1 and f"with {MAX_ADAPTIVE_STEPS} gausslegendre" in messages[0]
 
 
 # ------------------------------------------------------------------ against captum -------

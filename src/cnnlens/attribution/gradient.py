@@ -29,6 +29,7 @@ from .rectifiers import DECONVNET, GUIDED
 __all__ = [
     "COMPLETENESS_TOLERANCE",
     "DEFAULT_STEPS",
+    "MAX_ADAPTIVE_STEPS",
     "METHODS",
     "PATH_RULES",
     "completeness_gap",
@@ -45,7 +46,10 @@ __all__ = [
 _DEFAULT_ROWS = 16
 
 DEFAULT_STEPS = 64
-"""Integrated gradients' default number of path points (Gauss–Legendre)."""
+"""Integrated gradients' first number of path points (Gauss–Legendre) when adapting."""
+
+MAX_ADAPTIVE_STEPS = 512
+"""The most path points integrated gradients adapts to before it warns."""
 
 
 def input_gradient(
@@ -174,10 +178,12 @@ def _copies_gradient(
     progress: bool | None,
     desc: str,
     weights: Sequence[float] | None = None,
+    ids: Tensor | None = None,
 ) -> Tensor:
     """Sum over ``copies`` of ``reduce(gradient at make(k))`` (times ``weights[k]`` when
     given), where ``make(k)`` gives copy k of every item, (B, C, H, W); copies are batched
-    ``batch_size`` rows at a time."""
+    ``batch_size`` rows at a time. ``ids`` names the item of the explained batch that each
+    row of ``inputs`` is (default: row i is item i)."""
     b = inputs.shape[0]
     rows = max(b, _DEFAULT_ROWS) if batch_size is None else batch_size
     per_pass = max(1, rows // b)
@@ -189,7 +195,8 @@ def _copies_gradient(
         for start in starts:
             count = min(per_pass, copies - start)
             batch = torch.cat([make(start + k) for k in range(count)])
-            items = torch.arange(b, device=inputs.device).repeat(count)
+            owners = torch.arange(b) if ids is None else ids
+            items = owners.to(inputs.device).repeat(count)
             grad, _ = input_gradient(module, batch, target, items=items)
             values = reduce(grad).view(count, *inputs.shape)
             if weights is not None:
@@ -358,43 +365,23 @@ def _warn_incomplete(gap: Tensor, steps: int, rule: str) -> None:
         )
 
 
-def integrated_gradients(
+def _path_integral(
     module: nn.Module,
     inputs: Tensor,
+    base: Tensor,
     target: Target,
-    layer: nn.Module | None,
+    ids: Tensor,
+    steps: int,
+    rule: str,
     *,
-    steps: int = DEFAULT_STEPS,
-    rule: str = "gausslegendre",
-    baseline: float | str | Tensor = 0.0,
-    batch_size: int | None = None,
-    progress: bool | None = None,
-) -> MethodResult:
-    """Sundararajan et al. 2017: (x − x') × the weighted mean gradient at ``steps`` points
-    of the straight path from the baseline x' to x, placed and weighted by ``rule`` (see
-    :func:`path_points`; default: Gauss–Legendre, as captum).
-
-    Each item's attributions sum to score(x) − score(x') up to the quadrature error
-    (completeness). That error is reported with every result: ``extras["delta"]`` is
-    Σ attributions − (score(x) − score(x')) per item (captum's convergence delta),
-    ``extras["relative_delta"]`` is |delta| / |score(x) − score(x')|
-    (:func:`completeness_gap`), and ``extras["score"]`` / ``extras["baseline_score"]`` are
-    the two scores. A :class:`~cnnlens.CompletenessWarning` is issued when the relative gap
-    of any item exceeds 1 %: more steps then close it. Costs two extra forward passes (the
-    input and the baseline) besides the ``steps`` gradient evaluations.
-    """
-    del layer
-    steps = _int_option("steps", steps, 1)
-    if batch_size is not None:
-        batch_size = _int_option("batch_size", batch_size, 1)
-    if not isinstance(rule, str):
-        raise InputError(f"rule must be one of {', '.join(PATH_RULES)}, got {rule!r}")
+    batch_size: int | None,
+    progress: bool | None,
+) -> Tensor:
+    """(x − x') × the ``rule``'s weighted sum of gradients at ``steps`` points of the path,
+    for the items ``ids`` of the explained batch (rows of ``inputs`` and ``base``)."""
     alphas, weights = path_points(steps, rule)
-    base = _baseline_tensor(baseline, inputs)
-    delta = inputs - base
-    score, baseline_score = _endpoint_scores(module, inputs, base, target)
     positions = alphas.tolist()
-    scales = weights.tolist()
+    delta = inputs - base
 
     def make(k: int) -> Tensor:
         return base + positions[k] * delta
@@ -409,17 +396,83 @@ def integrated_gradients(
         batch_size=batch_size,
         progress=progress,
         desc="integrated gradients",
-        weights=scales,
+        weights=weights.tolist(),
+        ids=ids,
     )
-    attribution = delta * total
-    gap = attribution.flatten(1).sum(dim=1) - (score - baseline_score).to(attribution.dtype)
-    relative = completeness_gap(gap, score.to(gap.dtype), baseline_score.to(gap.dtype))
-    _warn_incomplete(relative, steps, rule)
+    return delta * total
+
+
+def integrated_gradients(
+    module: nn.Module,
+    inputs: Tensor,
+    target: Target,
+    layer: nn.Module | None,
+    *,
+    steps: int | None = None,
+    rule: str = "gausslegendre",
+    baseline: float | str | Tensor = 0.0,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+) -> MethodResult:
+    """Sundararajan et al. 2017: (x − x') × the weighted mean gradient at ``steps`` points
+    of the straight path from the baseline x' to x, placed and weighted by ``rule`` (see
+    :func:`path_points`; default: Gauss–Legendre, as captum).
+
+    Each item's attributions sum to score(x) − score(x') up to the quadrature error
+    (completeness). That error is reported with every result: ``extras["delta"]`` is
+    Σ attributions − (score(x) − score(x')) per item (captum's convergence delta),
+    ``extras["relative_delta"]`` is |delta| / |score(x) − score(x')|
+    (:func:`completeness_gap`), ``extras["steps"]`` the number of points used and
+    ``extras["score"]`` / ``extras["baseline_score"]`` the two scores.
+
+    ``steps=None`` (the default) adapts: 64 points, doubled (64 → 128 → 256 → 512) for
+    the items whose relative gap still exceeds 1 %, each item on its own, so the result of an
+    item does not depend on the rest of the batch. A given ``steps`` is used as is. Either
+    way a :class:`~cnnlens.CompletenessWarning` is issued when an item's relative gap
+    exceeds 1 % at the end: more steps then close it. Costs two forward passes (the input
+    and the baseline) besides the gradient evaluations.
+    """
+    del layer
+    fixed = steps is not None
+    count = _int_option("steps", steps, 1) if steps is not None else DEFAULT_STEPS
+    if batch_size is not None:
+        batch_size = _int_option("batch_size", batch_size, 1)
+    if not isinstance(rule, str):
+        raise InputError(f"rule must be one of {', '.join(PATH_RULES)}, got {rule!r}")
+    path_points(count, rule)  # checks the rule and steps before any model call
+    base = _baseline_tensor(baseline, inputs)
+    score, baseline_score = _endpoint_scores(module, inputs, base, target)
+    change = (score - baseline_score).to(inputs.dtype)
+    attribution = torch.zeros_like(inputs)
+    used = torch.zeros(inputs.shape[0], dtype=torch.long)
+    todo = torch.arange(inputs.shape[0])
+    while True:
+        rows = todo.to(inputs.device)
+        attribution[rows] = _path_integral(
+            module,
+            inputs[rows],
+            base[rows],
+            target,
+            todo,
+            count,
+            rule,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        used[todo] = count
+        gap = attribution.flatten(1).sum(dim=1) - change
+        relative = completeness_gap(gap, score.to(gap.dtype), baseline_score.to(gap.dtype))
+        todo = torch.nonzero(relative.cpu() > COMPLETENESS_TOLERANCE).flatten()
+        if fixed or len(todo) == 0 or count * 2 > MAX_ADAPTIVE_STEPS:
+            break
+        count *= 2
+    _warn_incomplete(relative, count, rule)
     return MethodResult(
         attribution,
         {
             "delta": gap,
             "relative_delta": relative,
+            "steps": used,
             "score": score,
             "baseline_score": baseline_score,
         },

@@ -204,8 +204,34 @@ def test_data_parallel_on_cpu_equals_eager() -> None:
             rtol=0,
             atol=0,
         )
-    # the layer argument is resolved on the eager module: its names, not "module.*"
+    # layers are named as in the eager module; the wrapper's names are found too
     assert explain(parallel, x, "gradcam", layer="3").layer == "3"
+    assert "module.3" in dict(parallel.named_modules())
+    assert explain(parallel, x, "gradcam", layer="module.3").layer == "3"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = torch.compile(parallel)
+    assert explain(compiled, x, "gradcam", layer="_orig_mod.module.3").layer == "3"
+
+
+def test_distributed_data_parallel_equals_eager() -> None:
+    """A one-process gloo group, in memory: the wrapper is built but never run."""
+    import torch.distributed as dist
+
+    net = _small_net()
+    x = _inputs()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(net)
+        for method in ("deeplift", "lrp", "gradcam"):
+            torch.testing.assert_close(
+                explain(wrapped, x, method).attribution,
+                explain(net, x, method).attribution,
+                rtol=0,
+                atol=0,
+            )
+    finally:
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- TorchScript

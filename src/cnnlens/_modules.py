@@ -26,12 +26,27 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     named = dict(model.named_modules())
     if layer in named and layer != "":
         return named[layer]
+    unwrapped = _without_wrapper_prefix(layer)
+    if unwrapped in named and unwrapped != "":
+        return named[unwrapped]
     names = [n for n in named if n]
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
     if not close:
         close = [n for n in names if layer in n][:5]
     hint = f"; closest: {', '.join(close)}" if close else "; see `cnnlens layers` for the names"
     raise InputError(f"unknown layer {layer!r}{hint}")
+
+
+# What DataParallel/DistributedDataParallel (``module``) and torch.compile (``_orig_mod``) put
+# in front of the names: the guard runs the eager module inside, so a name taken from the
+# wrapper's named_modules() is found without it.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _without_wrapper_prefix(name: str) -> str:
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
 
 
 def layer_name(model: nn.Module, layer: nn.Module) -> str:

@@ -165,7 +165,7 @@ def test_default_model(tmp_path: Path) -> None:
         (["cat", "-m", "saliency", "--layer", "layer3"], "--layer is not used"),
         (["cat", "-m", "gradcam", "--layer", "layer9"], "unknown layer"),
         (["cat", "-m", "saliency", "--option", "steps"], "NAME=VALUE"),
-        (["cat", "-m", "smoothgrad", "--samples", "0"], "samples must be"),
+        (["cat", "-m", "smoothgrad", "--samples", "0"], "--samples: must be at least 1"),
     ],
 )
 def test_bad_input_exits_2(
@@ -179,7 +179,5 @@ def test_bad_input_exits_2(
 
 
 def test_missing_method_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["explain", "cat", "-o", "x.png"])
-    assert exc.value.code == 2
+    assert main(["explain", "cat", "-o", "x.png"]) == 2
     assert "--method" in capsys.readouterr().err

@@ -72,13 +72,14 @@ def _folder(root: Path, count: int) -> Path:
     return root
 
 
-def test_index_counts_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = _folder(tmp_path / "data", 6)
-    store = tmp_path / "store"
+def test_index_counts_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _folder(tmp_path / "data", 6)
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed
     err = _run(
-        capsys, "index", str(data), "--model", "fashion_cnn", "--batch-size", "2",
-        "-o", str(store),
-    )  # fmt: skip
+        capsys, "index", "data", "--model", "fashion_cnn", "--batch-size", "2", "-o", "store"
+    )
     assert "features" in err and "img" in err
     _counted_when_done(err, 6)
     assert set(_counts(err, 6)) == {0, 2, 4, 6}

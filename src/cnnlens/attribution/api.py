@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._guard import guard
+from .._input_errors import input_errors
 from .._modules import layer_name, resolve_layer
 from .._trace import default_feature_layer
 from ..errors import InputError, ZeroAttributionWarning
@@ -255,7 +256,10 @@ def explain(
     resolved = resolve_target(target, inputs.shape[0])
     if not spec.uses_layer and layer is not None:
         raise InputError(f"method {method!r} works on the input and takes no layer")
-    with guard(model, needs=None if spec.torchscript else method) as module:
+    with (
+        input_errors(inputs),  # a batch of the wrong channel count: InputError, not torch's
+        guard(model, needs=None if spec.torchscript else method) as module,
+    ):
         layer_module: nn.Module | None = None
         if spec.uses_layer:
             layer_module = (

@@ -2,7 +2,12 @@
 
 Each command lives in a module of this package with ``register(subparsers)``; the module
 list below is the whole registry. Exit codes: 0 success, 2 bad usage or bad input (one
-line on stderr), 1 anything else.
+line on stderr; bare ``cnnlens`` prints the usage and the command list on stderr and
+exits 2, as argparse does for a missing command), 1 anything else.
+
+Every path a command writes is an option typed :class:`~._common.Output`: checked when the
+arguments are parsed, before any work, and removed again if it was created by a run that
+ends in bad input (exit 2), so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, NoReturn
 
+from .. import __version__
 from .._progress import progress_mode
 from ..errors import InputError
+from ._common import Output, first_missing, remove_created
 
 __all__ = ["main"]
 
@@ -34,15 +43,52 @@ _COMMAND_MODULES = (
 )
 
 
+_EPILOG = """\
+examples:
+  cnnlens predict cat
+  cnnlens explain cat -m gradcam,lrp -o cat.png
+  cnnlens report -o report.html
+
+`cnnlens COMMAND --help` describes a command and its options. Progress bars go to stderr
+on a terminal; -q/--quiet turns them off (CNNLENS_PROGRESS=1 forces them on).
+"""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Paragraphs are wrapped, but indented lines (examples) are kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks = []
+        for block in text.split("\n\n"):
+            lines = block.splitlines()
+            if any(line.startswith(" ") for line in lines):
+                blocks.append("\n".join(indent + line for line in lines))
+            else:
+                blocks.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(blocks)
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
         # One line and exit code 2, as for any other usage error.
         self.exit(2, f"cnnlens: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cnnlens", description="Open up convolutional networks.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = _Parser(
+        prog="cnnlens",
+        description="Open up convolutional networks: explain decisions, look at what layers "
+        "and units respond to, and analyse a model over a whole dataset.",
+        epilog=_EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlens {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, title="commands"
+    )
     sub.required = True
     for name in _COMMAND_MODULES:
         module = importlib.import_module(f"{__name__}.{name}")
@@ -54,13 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
+    """The paths the chosen command will write (its options typed ``Output``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = sub.choices[args.command]
+    values = [getattr(args, a.dest, None) for a in command._actions if isinstance(a.type, Output)]
+    return [Path(v) for v in values if v]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: their code, returned
+        return exc.code if isinstance(exc.code, int) else 2
+    created = [new for new in map(first_missing, _outputs(parser, args)) if new is not None]
     try:
         with progress_mode(False) if args.quiet else nullcontext():
             code = args.run(args)
     except InputError as exc:
+        remove_created(created)
         print(f"cnnlens: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -10,12 +10,18 @@ from .._atlas import build_atlas
 from ..dataset._sources import open_dataset
 from ..errors import InputError
 from ..render._atlas import atlas_pages
-from ._common import add_model_args, open_model
+from ._common import Output, add_model_args, open_model
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "atlas", help="static site: per layer and channel, feature visualization and top patches"
+        "atlas",
+        help="static site: per layer and channel, feature visualization and top patches",
+        description="Write a static site (open index.html) showing, for the first channels "
+        "of each chosen layer, a feature visualization and the dataset patches that excite "
+        "the channel most, plus a feature map of the dataset.",
+        epilog="example:\n  cnnlens atlas fashion-mnist:test --model fashion_cnn "
+        "--layers features.relu2,features.relu3 -o atlas/",
     )
     add_model_args(p)
     p.add_argument("dataset", help="an image folder or fashion-mnist")
@@ -28,7 +34,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--sample", type=int, default=600, help="dataset items used (default: the first 600)"
     )
-    p.add_argument("-o", "--output", required=True, help="folder for the site")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Output("folder"),
+        required=True,
+        metavar="FOLDER",
+        help="folder for the site",
+    )
     p.set_defaults(run=run)
 
 

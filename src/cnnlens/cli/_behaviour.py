@@ -21,7 +21,7 @@ from ..render._behaviour import (
     rgb_filter_tiles,
     unit_overlays,
 )
-from ._common import add_model_args, open_image, open_model
+from ._common import add_model_args, add_output, open_image, open_model, positive_int
 
 
 def parse_channels(text: str | None) -> list[int] | None:
@@ -45,9 +45,17 @@ def parse_channels(text: str | None) -> list[int] | None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("filters", help="show convolution filter weights")
+    p = sub.add_parser(
+        "filters",
+        help="show convolution filter weights",
+        description="Draw the weights of a convolution: the first layer's filters as RGB "
+        "tiles; for deeper layers one filter's slices per input channel (--filter) or the "
+        "filters most tied to one input channel (--input-channel).",
+        epilog="examples:\n  cnnlens filters -o filters.png\n"
+        "  cnnlens filters --model resnet18 --layer layer1.0.conv1 --filter 3 -o f3.png",
+    )
     add_model_args(p)
-    p.add_argument("--layer", help="a convolution (default: the first)")
+    p.add_argument("--layer", help="a convolution's name (default: the first convolution)")
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--filter", type=int, help="deeper layers: show this filter's per-input-channel slices"
@@ -57,29 +65,56 @@ def register(sub: Any) -> None:
         type=int,
         help="deeper layers: the filters most aligned with this input channel",
     )
-    p.add_argument("--top", type=int, default=64, help="at most this many tiles (default 64)")
-    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.add_argument(
+        "--top", type=positive_int, default=64, help="at most this many tiles (default 64)"
+    )
+    add_output(p, "picture to write (PNG)")
     p.set_defaults(run=run_filters)
 
-    p = sub.add_parser("activations", help="feature maps of a layer for an image")
+    p = sub.add_parser(
+        "activations",
+        help="feature maps of a layer for an image",
+        description="Draw a layer's feature maps for IMAGE: the most active channels as a "
+        "grid on one shared colour scale, and a few units overlaid on the picture.",
+        epilog="examples:\n  cnnlens activations cat -o act.png\n"
+        "  cnnlens activations coffee --layer _blocks.10 --channels 3,17 -o units.png",
+    )
     add_model_args(p)
     p.add_argument("image", help="image path or sample name (cat, coffee, ...)")
     p.add_argument("--layer", help="layer name (default: a mid-to-high layer)")
-    p.add_argument("--channels", help="units to overlay on the image, e.g. 3,17")
     p.add_argument(
-        "--top", type=int, default=12, help="grid of the N most active channels (default 12)"
+        "--channels", help="units to overlay on the image, e.g. 3,17 (default: the 4 most active)"
     )
-    p.add_argument("--by", choices=("mean", "max"), default="mean")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument(
+        "--top",
+        type=positive_int,
+        default=12,
+        metavar="N",
+        help="grid of the N most active channels (default 12)",
+    )
+    p.add_argument(
+        "--by",
+        choices=("mean", "max"),
+        default="mean",
+        help="rank channels by their mean or their peak activation (default mean)",
+    )
+    add_output(p, "picture to write (PNG)")
     p.set_defaults(run=run_activations)
 
-    p = sub.add_parser("factorize", help="the factorization lens: NMF of a layer's activations")
+    p = sub.add_parser(
+        "factorize",
+        help="the factorization lens: NMF of a layer's activations",
+        description="Factorize a layer's activations over the images into K non-negative "
+        "factors (NMF) and colour each image by the factor that dominates each position; the "
+        "legend lists each factor's strongest channels.",
+        epilog="example:\n  cnnlens factorize cat coffee -k 4 -o factors.png",
+    )
     add_model_args(p)
     p.add_argument("images", nargs="+", help="image paths or sample names")
     p.add_argument("--layer", help="layer name (default: a mid-to-high layer)")
-    p.add_argument("-k", type=int, default=6, help="number of factors (default 6)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-k", type=positive_int, default=6, help="number of factors (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the NMF initialization (default 0)")
+    add_output(p, "picture to write (PNG)")
     p.set_defaults(run=run_factorize)
 
 

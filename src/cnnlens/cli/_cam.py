@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, random_split
 from .._trace import default_feature_layer
 from ..attribution.cam import cam_model
 from ..errors import InputError
-from ._common import add_model_args, open_model
+from ._common import add_batch_size, add_model_args, add_output, open_model, positive_int
 
 __all__ = ["register"]
 
@@ -27,22 +27,27 @@ def register(sub: Any) -> None:
         description="Train global average pooling + a linear layer on LAYER of the model, "
         "the backbone frozen, on DATASET_FOLDER (one sub-folder per class). Pooled features "
         "are computed once; the head is saved with torch.save.",
+        epilog="example:\n  cnnlens cam-fit photos/ --model vgg16 --layer features.29 -o head.pt",
     )
     p.add_argument("dataset", metavar="DATASET_FOLDER", help="folder with one sub-folder per class")
     add_model_args(p)
     p.add_argument(
         "--layer", default=None, help="layer name (default: the last layer with a feature map)"
     )
-    p.add_argument("-o", "--output", required=True, help="where to write the head (.pt)")
-    p.add_argument("--epochs", type=int, default=100, help="passes over the features (100)")
-    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (0.01)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (32)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split and training (0)")
+    add_output(p, "where to write the head (torch.save, .pt)")
+    p.add_argument(
+        "--epochs", type=positive_int, default=100, help="passes over the features (default 100)"
+    )
+    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default 0.01)")
+    add_batch_size(p, 32, "images per batch")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for the split and the training (default 0)"
+    )
     p.add_argument(
         "--holdout",
         type=float,
         default=0.2,
-        help="fraction of images kept out of training to measure accuracy (0.2; 0: none)",
+        help="fraction of images kept out of training to measure accuracy (default 0.2; 0: none)",
     )
     p.set_defaults(run=run)
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -13,6 +19,124 @@ from ..images import load_image, sample_image, sample_images
 from ..models import LoadedModel, load_model
 
 DEFAULT_MODEL = "efficientnet_lite0"
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class Output:
+    """The argparse ``type`` of every option naming a path a command writes: ``"file"``
+    or ``"folder"``. The path is checked as the arguments are parsed, before any work (see
+    :func:`check_output`); ``cnnlens`` removes it again when it was created by a run that
+    ends in bad input."""
+
+    kind: str = "file"
+
+    def __call__(self, text: str) -> str:
+        try:
+            check_output(text, self.kind)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    def __repr__(self) -> str:  # argparse names the type in some messages
+        return f"{self.kind} path"
+
+
+def check_output(text: str, kind: str = "file") -> Path:
+    """``text`` names a ``kind`` ("file" or "folder") that can be written: not the other
+    kind, under a folder that exists or can be created, where files can be created."""
+    if not text:
+        raise InputError("the output path is empty")
+    path = Path(text)
+    if kind == "file":
+        if text.endswith(("/", os.sep)) or path.is_dir():
+            raise InputError(f"{text} is a folder; name a file to write in it")
+        folder = path.parent
+    else:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{text} is a file; name a folder to write in")
+        folder = path
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot create {text}: {existing} is a file, not a folder")
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise InputError(f"cannot overwrite {text}: the file is read-only")
+    try:  # the only sure test of a place (permissions, read-only or virtual file systems)
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".cnnlens-probe-")
+    except OSError as exc:
+        raise InputError(
+            f"cannot write {text}: no files can be created in {existing} ({exc.strerror})"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    return path
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost part of ``path`` that does not exist yet (what writing it creates),
+    or None when it exists."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def remove_created(paths: Iterable[Path]) -> None:
+    """Remove what a failed run created (paths that did not exist before it)."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+
+
+def add_output(
+    parser: argparse.ArgumentParser,
+    help: str,
+    *,
+    kind: str = "file",
+    required: bool = True,
+    default: str | None = None,
+) -> None:
+    """``-o/--output``, the same option in every command that writes."""
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Output(kind),
+        required=required,
+        default=default,
+        metavar="FOLDER" if kind == "folder" else "FILE",
+        help=help,
+    )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int of at least 1 (counts, sizes, batch sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_batch_size(parser: Any, default: int | None, what: str = "items per forward pass") -> None:
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=default,
+        metavar="N",
+        help=what + ("" if default is None else f" (default {default})"),
+    )
+
+
+# ----------------------------------------------------------------------------- models
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

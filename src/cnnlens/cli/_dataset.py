@@ -27,7 +27,15 @@ from ..render._dataset import (
     thumbnail_map,
 )
 from ._behaviour import parse_channels
-from ._common import add_model_args, open_image, open_model
+from ._common import (
+    Output,
+    add_batch_size,
+    add_model_args,
+    add_output,
+    open_image,
+    open_model,
+    positive_int,
+)
 
 __all__ = ["register"]
 
@@ -35,16 +43,33 @@ DATASET_HELP = "a folder of pictures (class sub-folders give labels) or fashion-
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("index", help="extract a layer's features of a dataset into a store")
+    p = sub.add_parser(
+        "index",
+        help="extract a layer's features of a dataset into a store",
+        description="Run the model over every item of DATASET and keep one feature vector "
+        "per item from a layer, pooled, in a store folder on disk (memory stays flat); "
+        "an interrupted run resumes where it stopped. The store serves neighbors and embed.",
+        epilog="examples:\n  cnnlens index fashion-mnist:test --model fashion_cnn --layer features.relu3 -o fm_store\n"
+        "  cnnlens index photos/ --layer _blocks.15 --pool max -o photo_store",
+    )
     p.add_argument("dataset", nargs="?", help=DATASET_HELP + " (optional with --verify)")
     add_model_args(p)
     p.add_argument("--layer", help="layer name (default: the last feature map)")
-    p.add_argument("--pool", choices=("avg", "max", "flatten"), default="avg")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument(
-        "--shard-rows", type=int, help="rows per shard of a new store (default: about 32 MB)"
+        "--pool",
+        choices=("avg", "max", "flatten"),
+        default="avg",
+        help="how a feature map becomes a vector: global average, global max, or every "
+        "value (default avg)",
+    )
+    add_batch_size(p, 64, "items per forward pass")
+    add_workers(p)
+    add_limit(p)
+    p.add_argument(
+        "--shard-rows",
+        type=positive_int,
+        metavar="N",
+        help="rows per shard of a new store (default: about 32 MB)",
     )
     p.add_argument(
         "--redo",
@@ -57,26 +82,49 @@ def register(sub: Any) -> None:
         help="only check the store: every shard's checksum (and the dataset's content if given)",
     )
     add_engine_args(p)
-    p.add_argument("-o", "--output", required=True, help="store folder (resumes if it exists)")
+    add_output(p, "store folder (resumes if it holds a partial store)", kind="folder")
     p.set_defaults(run=run_index)
 
-    p = sub.add_parser("neighbors", help="nearest neighbours in feature space and pixel space")
+    p = sub.add_parser(
+        "neighbors",
+        help="nearest neighbours in feature space and pixel space",
+        description="The dataset items nearest to IMAGE in a store's feature space, and "
+        "for comparison the nearest in pixel space (Euclidean over the resized pictures).",
+        epilog="example:\n  cnnlens neighbors fashion-mnist:test@7 --store fm_store -k 8 -o nn.png",
+    )
     p.add_argument("image", help="image path, sample name, or a dataset item as DATASET@INDEX")
     p.add_argument("--store", required=True, help="store folder made by `cnnlens index`")
     add_model_args(p)
     p.set_defaults(model=None)
-    p.add_argument("-k", type=int, default=8, help="neighbours to show (default 8)")
-    p.add_argument("--metric", choices=("cosine", "l2"), default="cosine")
+    p.add_argument("-k", type=positive_int, default=8, help="neighbours to show (default 8)")
+    p.add_argument(
+        "--metric",
+        choices=("cosine", "l2"),
+        default="cosine",
+        help="distance in feature space (default cosine)",
+    )
     p.add_argument("--no-pixels", action="store_true", help="skip the pixel-space row")
     add_engine_args(p)
-    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    add_output(p, "picture to write (PNG)")
     p.set_defaults(run=run_neighbors)
 
-    p = sub.add_parser("embed", help="a 2-D map of a store's features (t-SNE, UMAP, PCA)")
+    p = sub.add_parser(
+        "embed",
+        help="a 2-D map of a store's features (t-SNE, UMAP, PCA)",
+        description="Project a store's feature vectors to 2-D and draw them coloured by "
+        "class, or as the classic map of thumbnails (--thumbnails); --html adds a page "
+        "showing each point's picture on hover.",
+        epilog="examples:\n  cnnlens embed --store fm_store -o tsne.png --html tsne.html\n"
+        "  cnnlens embed --store fm_store --method umap --thumbnails 900 -o map.png",
+    )
     p.add_argument("--store", required=True, help="store folder made by `cnnlens index`")
-    p.add_argument("--method", choices=EMBED_METHODS, default="tsne")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample", type=int, help="embed a seeded random sample of N rows")
+    p.add_argument(
+        "--method", choices=EMBED_METHODS, default="tsne", help="projection (default tsne)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--sample", type=positive_int, metavar="N", help="embed a seeded random sample of N rows"
+    )
     p.add_argument(
         "--thumbnails",
         nargs="?",
@@ -85,26 +133,59 @@ def register(sub: Any) -> None:
         metavar="N",
         help="draw the classic image map instead: N pictures snapped to a grid (default 1024)",
     )
-    p.add_argument("--tile", type=int, default=32, help="thumbnail size in pixels (default 32)")
-    p.add_argument("--html", help="also write an interactive page (pictures shown on hover)")
     p.add_argument(
-        "--html-points", type=int, default=2000, help="points on the HTML page (default 2000)"
+        "--tile", type=positive_int, default=32, help="thumbnail size in pixels (default 32)"
     )
-    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.add_argument(
+        "--html",
+        type=Output("file"),
+        metavar="FILE",
+        help="also write an interactive page (pictures shown on hover)",
+    )
+    p.add_argument(
+        "--html-points",
+        type=positive_int,
+        default=2000,
+        metavar="N",
+        help="points on the HTML page (default 2000)",
+    )
+    add_output(p, "picture to write (PNG)")
     p.set_defaults(run=run_embed)
 
-    p = sub.add_parser("patches", help="maximally activating dataset patches per channel")
+    p = sub.add_parser(
+        "patches",
+        help="maximally activating dataset patches per channel",
+        description="For each chosen channel of a layer, the K dataset patches (each "
+        "position's receptive field) where the channel is most active, in one pass over "
+        "the data.",
+        epilog="example:\n  cnnlens patches fashion-mnist:test --model fashion_cnn "
+        "--layer features.relu2 --channels 0-7 -o patches.png",
+    )
     p.add_argument("dataset", help=DATASET_HELP)
     add_model_args(p)
     p.add_argument("--layer", help="layer name (default: the last feature map)")
     p.add_argument("--channels", default="0-15", help="channels, e.g. 0-15 or 3,17 (default 0-15)")
-    p.add_argument("-k", type=int, default=9, help="patches per channel (default 9)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument("-k", type=positive_int, default=9, help="patches per channel (default 9)")
+    add_batch_size(p, 64, "items per forward pass")
+    add_workers(p)
+    add_limit(p)
     add_engine_args(p)
-    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    add_output(p, "picture to write (PNG)")
     p.set_defaults(run=run_patches)
+
+
+def add_workers(parser: Any) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="DataLoader worker processes that read and preprocess items (default 0: none)",
+    )
+
+
+def add_limit(parser: Any) -> None:
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="only the first N items")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +201,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="Ray cluster to join (auto: the one running on this machine; default: start a "
         "local one)",
     )
-    parser.add_argument("--ray-workers", type=int, help="Ray actors (default: one per CPU)")
+    parser.add_argument(
+        "--ray-workers", type=positive_int, metavar="N", help="Ray actors (default: one per CPU)"
+    )
     parser.add_argument(
         "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor (default 0: CPU)"
     )
@@ -337,7 +420,7 @@ def run_embed(args: argparse.Namespace) -> int:
             store.classes,
             title=title,
         )
-        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)  # checked at parse time
         Path(args.html).write_text(page, encoding="utf-8")
         print(f"wrote {args.html}")
     return 0

@@ -18,7 +18,7 @@ from ..evaluate import METRICS, DeletionInsertion, TrustTable, trust_table
 from ..evaluate._trust import LABELS
 from ..render import grid, save_png
 from ..render._plots import line_plot
-from ._common import add_model_args, open_image, open_model
+from ._common import add_model_args, add_output, open_image, open_model, positive_int
 
 DEFAULT_METHODS = "saliency,guided_backprop,gradcam,occlusion"
 DEFAULT_METRICS = "deletion,insertion"
@@ -26,23 +26,43 @@ DEFAULT_METRICS = "deletion,insertion"
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "evaluate", help="trust table of explanation methods (deletion/insertion, ROAD, ...)"
+        "evaluate",
+        help="trust table of explanation methods (deletion/insertion, ROAD, ...)",
+        description="How far each method's map can be trusted on each image: deletion and "
+        "insertion AUC (Petsiuk et al. 2018), ROAD, infidelity, max-sensitivity, a "
+        "randomization check. Prints a markdown table; with -o also writes results.csv, "
+        "results.md and the deletion/insertion curves.",
+        epilog="examples:\n  cnnlens evaluate cat coffee -m saliency,gradcam,lrp\n"
+        "  cnnlens evaluate cat --metrics deletion,insertion,road -o eval/",
     )
     add_model_args(p)
     p.add_argument("images", nargs="+", help="image paths or sample names")
     p.add_argument(
-        "--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})"
+        "-m",
+        "--method",
+        "--methods",
+        dest="methods",
+        action="append",
+        metavar="M",
+        help=f"method (repeat or separate by commas; default {DEFAULT_METHODS})",
     )
     p.add_argument(
         "--metrics",
         default=DEFAULT_METRICS,
         help=f"comma-separated, from {', '.join(METRICS)} (default {DEFAULT_METRICS})",
     )
-    p.add_argument("--steps", type=int, default=32, help="pixel-removal steps (default 32)")
     p.add_argument(
-        "--samples", type=int, default=10, help="perturbations for infidelity/max-sensitivity"
+        "--steps", type=positive_int, default=32, help="pixel-removal steps (default 32)"
     )
-    p.add_argument("-o", "--output", help="folder for results.csv, results.md and curve plots")
+    p.add_argument(
+        "--samples",
+        type=positive_int,
+        default=10,
+        help="perturbations for infidelity/max-sensitivity (default 10)",
+    )
+    add_output(
+        p, "folder for results.csv, results.md and curve plots", kind="folder", required=False
+    )
     p.set_defaults(run=run)
 
 
@@ -54,25 +74,26 @@ def _names(text: str, what: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    methods = _names(args.methods, "methods")
+    methods = _names(",".join(args.methods or [DEFAULT_METHODS]), "method")
     for m in methods:
         method_spec(m)  # unknown names fail before any work
     metrics = _names(args.metrics, "metrics")
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
-    if args.steps < 1 or args.samples < 1:
-        raise InputError("--steps and --samples must be at least 1")
+    images = {spec: open_image(spec) for spec in args.images}  # every input checked first
     model = open_model(args)
     tables: dict[str, TrustTable] = {}
-    with progress(len(args.images) * len(methods), "evaluate", unit="map") as bar:
-        for spec in args.images:
-            inputs = model.preprocess(open_image(spec))
+    # Per image: one step per method's explanation, one for the metrics of them all.
+    with progress(len(images) * (len(methods) + 1), "evaluate") as bar:
+        for spec, image in images.items():
+            inputs = model.preprocess(image)
             explanations = []
             for method in methods:
                 bar.describe(f"{Path(spec).name}: {method}")
                 explanations.append(explain(model, inputs, method))
                 bar.advance()
+            bar.describe(f"{Path(spec).name}: {', '.join(metrics)}")
             tables[spec] = trust_table(
                 model,
                 inputs,
@@ -82,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 samples=args.samples,
                 progress=False,
             )
+            bar.advance()
     lines = _markdown(tables, metrics)
     print("\n".join(lines))
     if args.output:

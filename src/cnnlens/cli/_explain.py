@@ -19,7 +19,16 @@ from .._progress import progress
 from ..attribution.api import Explanation, MethodSpec, explain, method_spec, registry
 from ..errors import InputError
 from ..render import diverging, grid, overlay, save_png, upsample
-from ._common import add_model_args, open_image, open_model, parse_target
+from ._common import (
+    Output,
+    add_batch_size,
+    add_model_args,
+    add_output,
+    open_image,
+    open_model,
+    parse_target,
+    positive_int,
+)
 
 __all__ = ["register"]
 
@@ -30,7 +39,12 @@ def register(sub: Any) -> None:
         help="explain a model's decision on an image (saliency, Grad-CAM, LRP, ...)",
         description="Explain the model's score for a class on IMAGE with one or several "
         "methods; writes the overlays side by side (signed methods also as a diverging "
-        "map: red positive, blue negative).",
+        "map: red positive, blue negative). With several methods a progress bar counts "
+        "them on stderr.",
+        epilog="examples:\n"
+        "  cnnlens explain cat -m gradcam -o cat_gradcam.png\n"
+        "  cnnlens explain photo.jpg -m saliency,occlusion,lrp --target tabby -o maps.png\n"
+        "  cnnlens explain cat -m occlusion --window 48 --stride 16 -o occ.png --raw occ.pt",
     )
     p.add_argument("image", metavar="IMAGE", help="image file, or a sample name such as cat")
     p.add_argument(
@@ -51,16 +65,26 @@ def register(sub: Any) -> None:
         "--layer", default=None, help="layer for the CAM methods (default: last feature map)"
     )
     add_model_args(p)
-    p.add_argument("-o", "--output", required=True, help="picture to write (.png)")
-    p.add_argument("--raw", default=None, metavar="PATH", help="also save the attributions (.pt)")
+    add_output(p, "picture to write (PNG)")
+    p.add_argument(
+        "--raw",
+        type=Output("file"),
+        default=None,
+        metavar="FILE",
+        help="also save the raw attributions, one tensor per method (torch.save, .pt)",
+    )
     options = p.add_argument_group("method options (each goes to the methods that take it)")
-    options.add_argument("--samples", type=int, help="smoothgrad: noisy copies")
+    options.add_argument(
+        "--samples", type=positive_int, metavar="N", help="smoothgrad: noisy copies"
+    )
     options.add_argument("--noise", type=float, help="smoothgrad: sigma / input range")
     options.add_argument("--seed", type=int, help="smoothgrad: noise seed")
     options.add_argument(
         "--squared", action="store_const", const=True, help="smoothgrad: mean squared gradient"
     )
-    options.add_argument("--steps", type=int, help="integrated_gradients: path steps")
+    options.add_argument(
+        "--steps", type=positive_int, metavar="N", help="integrated_gradients: path steps"
+    )
     options.add_argument(
         "--window", type=_size, metavar="N|HxW", help="occlusion: window size in pixels"
     )
@@ -71,7 +95,7 @@ def register(sub: Any) -> None:
         help="occlusion/integrated_gradients: fill value; deeplift: 'zeros'",
     )
     options.add_argument("--composite", help="lrp: epsilon_plus, epsilon_gamma_box, ...")
-    options.add_argument("--batch-size", type=int, dest="batch_size", help="rows per pass")
+    add_batch_size(options, None, "rows per forward pass (occlusion, smoothgrad, ...)")
     options.add_argument(
         "--option",
         action="append",
@@ -206,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     written = [save_png(figure, args.output)]
     if args.raw:
         raw = Path(args.raw)
-        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.parent.mkdir(parents=True, exist_ok=True)  # checked writable at parse time
         torch.save({m: e.attribution.detach().cpu() for m, e in results.items()}, raw)
         written.append(raw)
     for path in written:

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from ..layers import LayerInfo, layers
-from ._common import add_model_args, open_model
+from ._common import add_model_args, open_model, positive_int
 
 __all__ = ["register"]
 
@@ -19,6 +19,7 @@ def register(sub: Any) -> None:
         description="List every submodule of the model in definition order: dotted name "
         "(what --layer takes), type, output shape for one image, number of parameters, "
         "and with --receptive-fields the receptive field size and stride in input pixels.",
+        epilog="examples:\n  cnnlens layers -r\n  cnnlens layers --model resnet18 --size 160 160",
     )
     add_model_args(p)
     p.add_argument(
@@ -29,7 +30,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         nargs=2,
         metavar=("H", "W"),
         default=None,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import InputError
 from ..models._load import (
     EFFICIENTNET_LITE0,
     FASHION_CNN,
@@ -14,7 +13,7 @@ from ..models._load import (
     torchvision_weights_path,
 )
 from ..models._predict import predict
-from ._common import DEFAULT_MODEL, add_model_args, open_image, open_model
+from ._common import DEFAULT_MODEL, add_model_args, open_image, open_model, positive_int
 
 __all__ = ["register"]
 
@@ -23,8 +22,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "models",
         help="list the named models and whether their weights are available offline",
-        description="List the named model specs for --model; a path to a model file "
-        "(TorchScript, or a state dict with --arch) works too.",
+        description="List the named model specs for --model (* marks the default) and where "
+        "their weights come from; a path to a model file (TorchScript, or a state dict with "
+        "--arch) works too.",
+        epilog="example:\n  cnnlens models --offline",
     )
     p.add_argument(
         "--offline",
@@ -36,13 +37,18 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "predict",
         help="top classes for images",
-        description="Print the most probable classes (rank, probability, index, label).",
+        description="Print the most probable classes of each image (rank, probability, "
+        "index, label).",
+        epilog="examples:\n  cnnlens predict cat coffee --top 3\n"
+        "  cnnlens predict photo.jpg --model resnet50",
     )
     p.add_argument(
         "images", nargs="+", metavar="IMAGE", help="image file, or a sample name such as cat"
     )
     add_model_args(p)
-    p.add_argument("--top", type=int, default=5, help="how many classes (default: 5)")
+    p.add_argument(
+        "--top", type=positive_int, default=5, metavar="N", help="how many classes (default 5)"
+    )
     p.set_defaults(run=run_predict)
 
 
@@ -72,8 +78,6 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise InputError(f"--top must be at least 1, got {args.top}")
     images = [open_image(spec) for spec in args.images]  # every input checked before work
     model = open_model(args)
     for number, (spec, image) in enumerate(zip(args.images, images, strict=True)):

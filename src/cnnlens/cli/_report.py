@@ -8,14 +8,20 @@ from typing import Any
 
 from .._report import REPORT_METHODS, build_report
 from ..render._html import report_html
-from ._common import add_model_args, open_image, open_model, parse_target
+from ._common import Output, add_model_args, open_image, open_model, parse_target
 
 DEFAULT_IMAGE = "cat"
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "report", help="HTML report: every explanation method side by side, plus model behaviour"
+        "report",
+        help="HTML report: every explanation method side by side, plus model behaviour",
+        description="Write one self-contained HTML page for the images (default: the "
+        "bundled cat photo): the prediction, every explanation method side by side with its "
+        "deletion/insertion scores, and the model's behaviour (filters, activations, factors).",
+        epilog="examples:\n  cnnlens report -o report.html\n"
+        "  cnnlens report photo.jpg --target tabby --second-class -o photo.html",
     )
     add_model_args(p)
     p.add_argument(
@@ -32,7 +38,12 @@ def register(sub: Any) -> None:
     p.add_argument("--methods", default=",".join(REPORT_METHODS), help="comma-separated methods")
     p.add_argument("--no-behaviour", action="store_true", help="skip the model-behaviour section")
     p.add_argument(
-        "-o", "--output", default="report.html", help="HTML file to write (default report.html)"
+        "-o",
+        "--output",
+        type=Output("file"),
+        default="report.html",
+        metavar="FILE",
+        help="HTML file to write (default report.html)",
     )
     p.set_defaults(run=run)
 

@@ -170,7 +170,9 @@ class ImageFolder(Dataset[tuple[Image.Image, int]]):
         directory = Path(root)
         if not directory.is_dir():
             raise InputError(f"{root}: not a folder")
-        self.root = directory.resolve()
+        # Paths from the resolved folder, so that ``source`` (relative to it) works for a
+        # relative ``root`` too.
+        self.root = directory = directory.resolve()
         subdirs = sorted(p for p in directory.iterdir() if p.is_dir() and _images_in(p))
         if subdirs:
             self.classes: list[str] | None = [p.name for p in subdirs]

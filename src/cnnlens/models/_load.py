@@ -10,6 +10,7 @@ import difflib
 import functools
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -275,22 +276,29 @@ def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedMod
             ) from None
         return _wrap(module, name, arch)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _safe_load(path)
     except pickle.UnpicklingError as exc:
-        if not _is_pickled_object(exc):
-            raise ModelLoadError(f"{path}: not a PyTorch model file ({_first_line(exc)})") from None
+        blocked = _blocked_call(exc)
+        if blocked is None and not _is_pickled_object(exc):
+            raise ModelLoadError(_not_a_model(path)) from None
         if not trust_pickle:
+            what = (
+                f"holds code cnnlens will not run (unpickling it would call {blocked})"
+                if blocked
+                else "holds a pickled Python object, and unpickling it can run arbitrary code"
+            )
             raise ModelLoadError(
-                f"{path} holds a pickled Python object, and unpickling it can run arbitrary "
-                f"code; if you trust its source pass trust_pickle=True (CLI: --trust-pickle), "
-                f"or save it as TorchScript or a state dict"
+                f"{path} {what}; if you trust its source pass trust_pickle=True "
+                f"(CLI: --trust-pickle), or save the model as TorchScript or a state dict"
             ) from None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
             raise ModelLoadError(f"{path}: could not unpickle ({_first_line(exc)})") from None
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelLoadError(f"{path}: not a PyTorch model file ({_first_line(exc)})") from None
+    except Exception:
+        # Whatever the reader tripped on (KeyError on text, EOFError, bad zip ...), the
+        # file is not one torch.save or TorchScript wrote.
+        raise ModelLoadError(_not_a_model(path)) from None
     if isinstance(obj, nn.Module):
         return _wrap(obj, name, arch)
     state = _state_dict_of(obj)
@@ -304,6 +312,32 @@ def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> LoadedMod
             f"{EFFICIENTNET_LITE0}, to say which architecture it belongs to"
         )
     return _from_state_dict(state, arch, path)
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load`` with the safe unpickler (tensors and plain containers only)."""
+    with warnings.catch_warnings():
+        # Raised before the safe unpickler refuses a plain pickle; the refusal is reported.
+        warnings.filterwarnings("ignore", message=r"Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _not_a_model(path: Path) -> str:
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return (
+            f"{path}: a plain Python pickle, not a PyTorch model file (save models with "
+            f"torch.save, a state dict or TorchScript)"
+        )
+    return f"{path}: not a PyTorch model file (neither TorchScript nor written by torch.save)"
+
+
+def _blocked_call(exc: pickle.UnpicklingError) -> str | None:
+    """The function the safe unpickler refused to call (``posix.system``) when the file
+    holds code from a module torch blocks outright, else None."""
+    found = re.search(r"unsupported GLOBAL (\S+) whose module \S+ is blocked", str(exc))
+    return found.group(1) if found else None
 
 
 def _is_pickled_object(exc: pickle.UnpicklingError) -> bool:

@@ -29,6 +29,7 @@ from .objectives import (
     neuron,
 )
 from .optimize import (
+    FAST_STEPS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     RECIPES,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from ...models import LoadedModel
 
 __all__ = [
+    "FAST_STEPS",
     "RECIPES",
     "Context",
     "Objective",

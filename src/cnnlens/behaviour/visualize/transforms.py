@@ -66,12 +66,19 @@ class RandomAffine:
             size,
         )
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        if self.identity:
-            return images
+    def __call__(
+        self, images: Tensor, generator: torch.Generator, size: tuple[int, int] | None = None
+    ) -> Tensor:
+        """The transformed views; with ``size`` (H, W) the whole view is resampled to that
+        size (a coarse view of the same picture, for cheaper forward passes)."""
         n, c, h, w = images.shape
+        view = (h, w) if size is None else size
+        if self.identity:
+            if view == (h, w):
+                return images
+            return F.interpolate(images, size=view, mode="bilinear", antialias=True)
         theta = self.matrices(n, (h, w), generator).to(images.device, images.dtype)
-        grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+        grid = F.affine_grid(theta, [n, c, *view], align_corners=False)
         centred = images - self.fill
         out = F.grid_sample(
             centred, grid, mode="bilinear", padding_mode="zeros", align_corners=False

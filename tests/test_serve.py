@@ -436,7 +436,7 @@ def test_feature_visualization_job_is_cached_and_cancellable(
 
 
 def test_every_route_answers(client: TestClient, cat: dict[str, Any]) -> None:
-    """Every documented route, once with good parameters (the index routes in test_serve_index)."""
+    """Every documented route, once with good parameters (the index routes: test_index_patches_and_neighbours)."""
     image = cat["id"]
     calls = {
         ("GET", "/"): ("/", {}),
@@ -582,3 +582,52 @@ def test_load_eight_clients_on_loopback(model: LoadedModel, untouched: Any) -> N
     print(
         f"\nload tiny model: 8 clients x 25 requests, p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms"
     )
+
+
+# --------------------------------------------------------------------------- --index
+
+
+def test_index_patches_and_neighbours(tmp_path: Any) -> None:
+    """With a feature store: the image's neighbours in feature and pixel space and a
+    channel's top dataset patches, as the library finds them."""
+    pytest.importorskip("faiss")
+    from torch.utils.data import Subset
+
+    from cnnlens.dataset import fashion_mnist
+
+    try:
+        data = Subset(fashion_mnist("test"), range(256))
+    except cnnlens.InputError as exc:
+        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    model = cnnlens.load_model("fashion_cnn")
+    store = cnnlens.extract_features(model, data, "features.relu3", out=tmp_path / "store")
+    with TestClient(create_app(model, index=tmp_path / "store", dataset=data)) as c:
+        info = c.get("/api/index").json()
+        assert info["rows"] == 256 and info["layer"] == "features.relu3"
+        assert c.get("/api/model").json()["index"] == info
+        image = c.post("/api/samples/coffee").json()["id"]
+        job = wait(
+            c, c.post("/api/jobs", params={"kind": "neighbors", "image": image, "k": 4}).json()
+        )
+        assert job["state"] == "done", job
+        picture = cnnlens.sample_image("coffee")
+        rows, distances = store.nearest(picture, 4, model=model)
+        assert [n["row"] for n in job["result"]["feature_space"]] == rows.tolist()
+        assert [n["distance"] for n in job["result"]["feature_space"]] == pytest.approx(
+            distances.tolist(), abs=1e-5
+        )
+        rows, _ = cnnlens.pixel_nearest(data, picture, 4, model=model)
+        assert [n["row"] for n in job["result"]["pixel_space"]] == rows.tolist()
+        item = c.get(job["result"]["pixel_space"][0]["picture"])
+        assert item.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(item.content)).size == (28, 28)
+
+        params = {"kind": "patches", "layer": "features.relu2", "channel": 3, "k": 3}
+        job = wait(c, c.post("/api/jobs", params=params).json())
+        assert job["state"] == "done" and job["total"] == 1 + 4  # the probe, then 256 / 64
+        expected = cnnlens.top_patches(model, data, "features.relu2", channels=[3], k=3)[3]
+        got = job["result"]["patches"]
+        assert [(p["row"], p["box"]) for p in got] == [(p.index, list(p.box)) for p in expected]
+        assert [p["activation"] for p in got] == pytest.approx([p.activation for p in expected])
+        assert_error(c.get("/api/index/items/999.png"), 404, "256 items")
+        assert_error(c.post("/api/jobs", params={**params, "k": 100}), 400, "k must")

@@ -24,10 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import cnnlens  # noqa: E402
-from cnnlens.serve import create_app  # noqa: E402
 from tests.browser import chromium  # noqa: E402
 from tests.serve_support import running_server  # noqa: E402
+
+import cnnlens  # noqa: E402
+from cnnlens.serve import create_app  # noqa: E402
 
 
 def timed(client: Any, method: str, path: str, **params: Any) -> tuple[float, Any]:

@@ -396,7 +396,8 @@ def test_long_methods_run_as_jobs_with_progress(
     assert started.status_code == 202
     job = wait(client, started.json())
     assert job["state"] == "done", job
-    assert job["progress"] == 1.0 and job["done"] == job["total"] == 1 + 2  # 49 windows / 32
+    assert job["progress"] == 1.0 and job["done"] == job["total"] == 2  # 49 windows, 32 a batch
+    assert job["stage"] == "occlusion"
     inputs = model.preprocess(cnnlens.sample_image("cat"))
     expected = cnnlens.explain(model, inputs, "occlusion", target=0, window=8, stride=4)
     shown = decode(job["result"]["map"])
@@ -624,10 +625,43 @@ def test_index_patches_and_neighbours(tmp_path: Any) -> None:
 
         params = {"kind": "patches", "layer": "features.relu2", "channel": 3, "k": 3}
         job = wait(c, c.post("/api/jobs", params=params).json())
-        assert job["state"] == "done" and job["total"] == 1 + 4  # the probe, then 256 / 64
+        assert job["state"] == "done" and job["done"] == job["total"] == 256  # images
         expected = cnnlens.top_patches(model, data, "features.relu2", channels=[3], k=3)[3]
         got = job["result"]["patches"]
         assert [(p["row"], p["box"]) for p in got] == [(p.index, list(p.box)) for p in expected]
         assert [p["activation"] for p in got] == pytest.approx([p.activation for p in expected])
         assert_error(c.get("/api/index/items/999.png"), 404, "256 items")
         assert_error(c.post("/api/jobs", params={**params, "k": 100}), 400, "k must")
+
+
+def test_progress_listener_sees_every_bar_and_can_stop_it() -> None:
+    """Jobs take their progress from the library's own bars (shown or hidden)."""
+    from cnnlens._progress import listen, progress, track
+
+    seen: list[tuple[str, int, int | None]] = []
+    with listen(lambda desc, done, total: seen.append((desc, done, total))):
+        assert list(track(range(3), "steps", enabled=False)) == [0, 1, 2]
+        with progress(None, "grows", enabled=False) as bar:
+            bar.grow(2)
+            bar.advance(2)
+    assert seen == [("steps", i, 3) for i in range(4)] + [("grows", 0, None), ("grows", 2, 2)]
+    seen.clear()
+    list(track(range(2), "unheard", enabled=False))  # no listener: nothing reported
+    assert seen == []
+
+    class StopError(Exception):
+        pass
+
+    def stop_at_two(_desc: str, done: int, _total: int | None) -> None:
+        if done == 2:
+            raise StopError
+
+    ran: list[int] = []
+
+    def run() -> None:
+        with listen(stop_at_two):
+            ran.extend(track(range(10), "stopped", enabled=False))
+
+    with pytest.raises(StopError):
+        run()
+    assert ran == [0, 1]  # stopped when the second finished step was reported

@@ -22,13 +22,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["Progress", "progress", "progress_mode", "show_progress", "track"]
+__all__ = ["Listener", "Progress", "listen", "progress", "progress_mode", "show_progress", "track"]
 
 T = TypeVar("T")
 
@@ -66,12 +66,40 @@ def progress_mode(enabled: bool | None) -> Iterator[None]:
         _mode = before
 
 
-class Progress:
-    """A bar that counts finished steps; every method is a no-op when it is hidden."""
+Listener = Callable[[str, int, "int | None"], None]
+"""Told ``(desc, done, total)`` when a bar opens and after each finished step."""
 
-    def __init__(self, bar: Any) -> None:
+
+@contextmanager
+def listen(listener: Listener) -> Iterator[None]:
+    """Report every bar opened in this thread while the block runs, shown or hidden, to
+    ``listener``. The explorer shows a background job's progress this way; an exception
+    raised by the listener (a cancel) stops the work at the step that reported."""
+    before = getattr(_open, "listener", None)
+    _open.listener = listener
+    try:
+        yield
+    finally:
+        _open.listener = before
+
+
+class Progress:
+    """A bar that counts finished steps; every method is a no-op when it is hidden and
+    nobody listens."""
+
+    def __init__(
+        self, bar: Any, *, desc: str = "", total: int | None = None, done: int = 0
+    ) -> None:
         self._bar = bar
-        self.done = 0
+        self.done = done
+        self.desc = desc
+        self.total = total
+        self._listener: Listener | None = getattr(_open, "listener", None)
+        self._tell()
+
+    def _tell(self) -> None:
+        if self._listener is not None:
+            self._listener(self.desc, self.done, self.total)
 
     @property
     def shown(self) -> bool:
@@ -82,6 +110,7 @@ class Progress:
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
+        self._tell()
 
     def describe(self, text: str) -> None:
         """Say what is being done now (shown after the count, redrawn at once)."""
@@ -91,6 +120,7 @@ class Progress:
     def grow(self, total: int) -> None:
         """The work turned out to have ``total`` steps (e.g. a dataset's length is known
         only after opening it)."""
+        self.total = total
         if self._bar is not None:
             self._bar.total = total
             self._bar.refresh()
@@ -109,7 +139,7 @@ def progress(
     ``initial`` steps were done before (a resumed job: not counted in the rate)."""
     depth = getattr(_open, "depth", 0)
     if not show_progress(enabled):
-        yield Progress(None)
+        yield Progress(None, desc=desc, total=total, done=initial)
         return
     bar = tqdm(
         total=total,
@@ -124,7 +154,7 @@ def progress(
     )
     _open.depth = depth + 1
     try:
-        yield Progress(bar)
+        yield Progress(bar, desc=desc, total=total, done=initial)
     finally:
         _open.depth = depth
         bar.close()

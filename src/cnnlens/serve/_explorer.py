@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import difflib
 import hashlib
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -37,7 +36,7 @@ from ..layers import LayerInfo, layers, receptive_field
 from ..models import LoadedModel
 from ..render import grid, tensor_to_image
 from ..render._behaviour import filter_tiles, rgb_filter_tiles
-from ._jobs import Job, Jobs, Progress, counting_forwards
+from ._jobs import Job, Jobs, Progress, reporting
 from ._options import LONG_METHODS, METHOD_OPTIONS, parse_options
 from ._pictures import ColorScale, data_uri, map_picture, png_bytes, scale_for, tile_picture
 
@@ -60,8 +59,6 @@ class Limits:
     visualize_steps: int = 512
     curve_steps: int = 64
 
-
-JOB_BATCH = 32  # copies per forward pass for occlusion and Score-CAM
 
 ExplainKey = tuple[str, int, str | None, tuple[tuple[str, Any], ...]]
 
@@ -311,11 +308,8 @@ class Explorer:
         if cached is not None:
             return cached[0], cached[1], True
         options = dict(request.options)
-        accepted = method_spec(request.method).options
-        if "progress" in accepted:
-            options["progress"] = False
-        if "batch_size" in accepted:  # stated, so the progress estimate counts right
-            options["batch_size"] = JOB_BATCH
+        if "progress" in method_spec(request.method).options:
+            options["progress"] = False  # no bar on the server's terminal; jobs listen instead
         start = time.perf_counter()
         if progress is None:
             with self.lock:
@@ -329,8 +323,7 @@ class Explorer:
                 )
         else:
             worker = self.worker_model()
-            total = self._forward_estimate(entry, request)
-            with counting_forwards(worker.module, progress, total):
+            with reporting(progress):
                 result = explain(
                     worker,
                     entry.inputs,
@@ -344,21 +337,6 @@ class Explorer:
         while len(entry.explanations) > self.limits.explanations:
             entry.explanations.popitem(last=False)
         return result, seconds, False
-
-    def _forward_estimate(self, entry: ImageEntry, request: ExplainRequest) -> int:
-        """How many forward passes a long method makes (for its progress bar)."""
-        height, width = entry.inputs.shape[-2:]
-        if request.method == "occlusion":
-            window, stride = int(request.options["window"]), int(request.options["stride"])
-            rows = math.ceil(max(0, height - window) / stride) + 1
-            cols = math.ceil(max(0, width - window) / stride) + 1
-            return 1 + math.ceil(rows * cols / JOB_BATCH)
-        if request.method == "scorecam":
-            name = request.layer or self.layer_infos()[-1].name
-            shape = next((i.output_shape for i in self.layer_infos() if i.name == name), None)
-            channels = int(shape[0]) if shape else 1
-            return 1 + math.ceil(channels / JOB_BATCH)
-        return 1
 
     def explain_json(
         self,
@@ -571,7 +549,7 @@ class Explorer:
         def work(progress: Progress) -> dict[str, Any]:
             worker = self.worker_model()
             start = time.perf_counter()
-            with counting_forwards(worker.module, progress, steps):
+            with reporting(progress):
                 image = visualize(
                     worker,
                     f"{layer}:{channel}",
@@ -639,16 +617,14 @@ class Explorer:
 
         def work(progress: Progress) -> dict[str, Any]:
             worker = self.worker_model()
-            progress.update(0, 2, "feature space")
+            progress.update(0, None, "feature space")
             rows, distances = store.nearest(entry.picture, k, model=worker)
             features = [self._item(int(r), float(d)) for r, d in zip(rows, distances, strict=True)]
-            progress.check()
-            progress.update(1, 2, "pixel space")
-            rows, distances = pixel_nearest(
-                self.dataset(), entry.picture, k, model=worker, progress=False
-            )
+            with reporting(progress):
+                rows, distances = pixel_nearest(
+                    self.dataset(), entry.picture, k, model=worker, progress=False
+                )
             pixels = [self._item(int(r), float(d)) for r, d in zip(rows, distances, strict=True)]
-            progress.update(2, 2, "done")
             return {
                 **params,
                 "feature_space": features,
@@ -667,7 +643,7 @@ class Explorer:
 
         def work(progress: Progress) -> dict[str, Any]:
             worker = self.worker_model()
-            with counting_forwards(worker.module, progress, 1 + math.ceil(len(data) / 64)):
+            with reporting(progress):
                 found = top_patches(worker, data, layer, channels=[channel], k=k, progress=False)
             patches = []
             for patch in found[channel]:

@@ -19,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
+from .._progress import listen
 from ..errors import InputError
 
-__all__ = ["CancelledError", "Job", "Jobs", "Progress", "counting_forwards"]
+__all__ = ["CancelledError", "Job", "Jobs", "Progress", "reporting"]
 
 
 class CancelledError(Exception):
@@ -158,21 +157,14 @@ def one_line(text: str) -> str:
 
 
 @contextlib.contextmanager
-def counting_forwards(module: nn.Module, progress: Progress, total: int) -> Iterator[None]:
-    """Count the forward passes of ``module`` as the job's progress and stop at the next one
-    after a cancel. The hook lives on the worker's own copy of the model only and is removed
-    on the way out, also after a cancel or an error."""
-    calls = 0
+def reporting(progress: Progress) -> Iterator[None]:
+    """The library's own progress (every long call reports through ``cnnlens._progress``)
+    becomes the job's progress while the block runs in this thread; after a cancel the work
+    stops at its next finished step."""
 
-    def hook(_module: nn.Module, _args: Any) -> None:
-        nonlocal calls
+    def tell(desc: str, done: int, total: int | None) -> None:
         progress.check()
-        calls += 1
-        progress.update(min(calls, total), total)
+        progress.update(done, total, desc)
 
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        progress.update(0, total)
+    with listen(tell):
         yield
-    finally:
-        handle.remove()

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 # `reference`: captum, zennit, pytorch-grad-cam, torchcam, timm, which the tests compare against.
-EXTRAS ?= data,test,reference
+EXTRAS ?= data,test,reference,serve
 
 .PHONY: demo test bench lint typecheck venv clean system-deps
 
@@ -37,7 +37,7 @@ typecheck: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	CNNLENS_REQUIRE_REFERENCES=1 $(PY) -m pytest -n 2 tests
 
-bench: EXTRAS = data,test,reference,bench
+bench: EXTRAS = data,test,reference,serve,bench
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out docs/benchmarks.md
 	$(PY) benchmarks/pointing_game.py --out docs/pointing_game.md

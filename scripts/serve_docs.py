@@ -31,9 +31,9 @@ import cnnlens  # noqa: E402
 from cnnlens.serve import create_app  # noqa: E402
 
 
-def timed(client: Any, method: str, path: str, **params: Any) -> tuple[float, Any]:
+def timed(client: Any, verb: str, path: str, **params: Any) -> tuple[float, Any]:
     start = time.perf_counter()
-    answer = client.request(method, path, params=params)
+    answer = client.request(verb, path, params=params)
     seconds = time.perf_counter() - start
     assert answer.status_code < 300, answer.text
     return seconds, answer.json()
@@ -114,7 +114,9 @@ def load_test(model: Any) -> dict[str, Any]:
             expected[(path, json.dumps(params, sort_keys=True))] = comparable(
                 c.get(path, params=params).json()
             )
-    with running_server(create_app(model)) as url:  # fresh caches: the work runs concurrently
+    fresh = create_app(model)  # fresh caches: the work runs concurrently
+    fresh.state.explorer.layer_infos()  # as `cnnlens serve` does before it listens
+    with running_server(fresh) as url:
         with httpx.Client(base_url=url) as c:
             c.post("/api/samples/cat")
 
@@ -167,7 +169,7 @@ def screenshots(model: Any, out: Path) -> None:
         "return m.length > 0 && m.every(i => i.complete && i.naturalWidth > 0) &&"
         " [...document.querySelectorAll('.panel')].every(p => p.querySelector('.curves svg'));"
     )
-    with running_server(create_app(model)) as url, chromium(1500, 1100) as driver:
+    with running_server(create_app(model)) as url, chromium(1500, 1250) as driver:
         driver.get(url + "/")
         wait(driver, "return document.body.dataset.ready")
         Select(driver.find_element(By.ID, "sample")).select_by_value("cat")
@@ -207,16 +209,15 @@ def screenshots(model: Any, out: Path) -> None:
 def index_screenshot(out: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
-    from torch.utils.data import Subset
 
     from cnnlens.dataset import fashion_mnist
 
     model = cnnlens.load_model("fashion_cnn")
-    data = Subset(fashion_mnist("test"), range(2000))
+    data = fashion_mnist("test")
     folder = Path(tempfile.mkdtemp()) / "store"
     cnnlens.extract_features(model, data, "features.relu3", out=folder)
     app = create_app(model, index=folder, dataset=data)
-    with running_server(app) as url, chromium(1500, 1300) as driver:
+    with running_server(app) as url, chromium(1500, 1500) as driver:
         driver.get(url + "/")
         WebDriverWait(driver, 60).until(
             lambda d: d.execute_script("return document.body.dataset.ready")

@@ -665,3 +665,17 @@ def test_progress_listener_sees_every_bar_and_can_stop_it() -> None:
     with pytest.raises(StopError):
         run()
     assert ran == [0, 1]  # stopped when the second finished step was reported
+
+
+def test_cli_serve_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    from cnnlens.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--index", "--host", "--port"):
+        assert option in text
+    assert "127.0.0.1" in text and "Example: cnnlens serve" in text
+    assert main(["serve", "--port", "70000"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -287,7 +288,8 @@ def _read_upload(explorer: Explorer, request: Request, body: bytes) -> Any:
         )
     if not body:
         raise InputError("empty upload: the body holds no bytes")
-    name = request.headers.get("x-filename", "upload")[:80] or "upload"
+    # A display name only (the page sends it URI-encoded); never used as a path.
+    name = unquote(request.headers.get("x-filename", ""))[:80].strip() or "upload"
     picture = decode_image(io.BytesIO(body), name=name, max_pixels=explorer.limits.max_pixels)
     return explorer.image_json(explorer.add_picture(picture, name))
 

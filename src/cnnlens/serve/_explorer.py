@@ -111,16 +111,26 @@ class Explorer:
         self._images: OrderedDict[str, ImageEntry] = OrderedDict()
         self._images_lock = threading.Lock()
         self._layers: list[LayerInfo] | None = None
-        self._worker: LoadedModel | None = None
+        self._copies: dict[str, tuple[LoadedModel, threading.RLock]] = {}
+        self._copies_lock = threading.Lock()
 
     # -- model ------------------------------------------------------------------------------
+    def copy_of_model(self, purpose: str) -> tuple[LoadedModel, threading.RLock]:
+        """A private copy of the model and its lock, one per ``purpose`` (made on first use):
+        ``"jobs"`` for the job thread, ``"curves"`` for deletion/insertion, so that neither
+        holds up the interactive maps on the served model."""
+        with self._copies_lock:
+            found = self._copies.get(purpose)
+            if found is None:
+                with self.lock:
+                    module = copy.deepcopy(self.model.module)
+                found = (dataclasses.replace(self.model, module=module), threading.RLock())
+                self._copies[purpose] = found
+            return found
+
     def worker_model(self) -> LoadedModel:
-        """A private copy of the model for the job thread (made once, on the first job)."""
-        if self._worker is None:
-            with self.lock:
-                module = copy.deepcopy(self.model.module)
-            self._worker = dataclasses.replace(self.model, module=module)
-        return self._worker
+        """The job thread's copy of the model (only that thread runs on it)."""
+        return self.copy_of_model("jobs")[0]
 
     def model_json(self) -> dict[str, Any]:
         methods = []
@@ -392,9 +402,10 @@ class Explorer:
             return found
         explanation, _, _ = self.explanation(entry, request)
         start = time.perf_counter()
-        with self.lock:
+        model, lock = self.copy_of_model("curves")
+        with lock:
             curves = deletion_insertion(
-                self.model,
+                model,
                 entry.inputs,
                 explanation,
                 steps=steps,
@@ -407,6 +418,7 @@ class Explorer:
             "target": request.target,
             "layer": explanation.layer,
             "steps": steps,
+            "ranking": curves.ranking,
             "deletion_auc": float(curves.deletion_auc[0]),
             "insertion_auc": float(curves.insertion_auc[0]),
             "deletion": [float(v) for v in curves.deletion_curve[0]],

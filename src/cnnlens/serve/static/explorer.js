@@ -141,6 +141,7 @@ function panelFor(method) {
     const opacity = Number($("opacity").value) / 100;
     const map = el("img", { class: "overlay map", alt: `${method} map`, width: "224", height: "224" });
     map.style.opacity = String(opacity);
+    map.hidden = true;  // until its first map arrives
     panel = el("figure", { class: "panel", "data-method": method },
       el("h3", { text: method }),
       el("div", { class: "stack" }, el("img", { class: "base", alt: "image", width: "224", height: "224" }), map),
@@ -209,6 +210,7 @@ async function runPanel(method, generation) {
 function showMap(panel, result) {
   const map = panel.querySelector("img.map");
   map.src = result.map;
+  map.hidden = false;
   map.dataset.target = String(result.target);
   map.dataset.layer = result.layer || "";
   scaleBar(panel.querySelector(".scale"), result.scale);
@@ -241,8 +243,10 @@ function drawCurves(container, curves) {
   };
   line(curves.deletion, "#c0392b");
   line(curves.insertion, "#1f77b4");
-  container.replaceChildren(svg, el("div", { class: "metric",
-    text: `deletion AUC ${curves.deletion_auc.toFixed(3)} ↓ (red) · insertion AUC ${curves.insertion_auc.toFixed(3)} ↑ (blue)` }));
+  container.replaceChildren(svg,
+    el("div", { class: "metric", text: `x: fraction of pixels, ${curves.ranking} ranking; y: p(class) 0–${fmt(top)}` }),
+    el("div", { class: "metric",
+      text: `deletion AUC ${curves.deletion_auc.toFixed(3)} ↓ (red) · insertion AUC ${curves.insertion_auc.toFixed(3)} ↑ (blue)` }));
 }
 
 // ------------------------------------------------------------------ jobs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import datasets
 from ._boxes import Box
+from ._coverage import Coverage, CoverageEntry, coverage
 from .attribution.api import METHODS, Explanation, explain
 from .attribution.cam import cam_model
 from .behaviour import Factorization, activations, factorize, filters, visualize
@@ -19,6 +20,7 @@ from .errors import (
     CompletenessWarning,
     InputError,
     ModelLoadError,
+    RuleWarning,
     ZeroAttributionWarning,
 )
 from .evaluate import (
@@ -43,6 +45,8 @@ __all__ = [
     "Box",
     "CnnlensWarning",
     "CompletenessWarning",
+    "Coverage",
+    "CoverageEntry",
     "DetectionTarget",
     "Explanation",
     "Factorization",
@@ -52,10 +56,12 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "ReceptiveField",
+    "RuleWarning",
     "SegmentationTarget",
     "ZeroAttributionWarning",
     "activations",
     "cam_model",
+    "coverage",
     "data_randomization_test",
     "datasets",
     "deletion_insertion",

@@ -25,9 +25,11 @@ model. Nothing is attached to the model and nothing is shared between threads.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -36,7 +38,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ._ops import REGISTRY, Call, Entry, Kind
-from .errors import InputError
+from .errors import InputError, RuleWarning
 
 __all__ = [
     "GRADIENT",
@@ -46,12 +48,9 @@ __all__ = [
     "RuleSet",
     "RuleWarning",
     "calling_module",
+    "gradient_rules",
+    "recording",
 ]
-
-
-class RuleWarning(UserWarning):
-    """An operation a method has no rule for: its result there is not what the method
-    defines (for example DeepLIFT no longer sums to the score difference)."""
 
 
 class Rule:
@@ -105,13 +104,40 @@ def gradient_rules(method: str, **special: Rule) -> dict[Kind, Rule]:
 
 @dataclass(frozen=True)
 class Met:
-    """One registered call the engine met: the module that made it, the operation, its
-    kind and the rule it got (``None``: no rule)."""
+    """One registered call the engine met: the module that made it (dotted name,
+    ``"(model)"`` for the model's own forward), the operation, its kind and the rule it got
+    (``None``: no rule — the plain gradient was used and the method warned)."""
 
     module: str
     op: str
-    kind: Kind
+    kind: str
     rule: str | None
+
+
+@dataclass
+class Recording:
+    """What :func:`recording` collects: the calls of the first engine pass that opened
+    inside it (``engaged``), for ``method``."""
+
+    met: list[Met] = field(default_factory=list)
+    engaged: bool = False
+    method: str = ""
+
+
+_RECORDING = threading.local()
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Recording]:
+    """Collect, on this thread, the calls of the first reporting engine pass run inside
+    the context (the pass a method's result comes from)."""
+    record = Recording()
+    previous = getattr(_RECORDING, "target", None)
+    _RECORDING.target = record
+    try:
+        yield record
+    finally:
+        _RECORDING.target = previous
 
 
 _CALL_IMPL = nn.Module._call_impl.__code__
@@ -160,8 +186,12 @@ class Engine(TorchFunctionMode):
         self.model = model
         self.strict = strict
         self.warn = warn
-        self.record = record
         self.met: list[Met] = []
+        target: Recording | None = getattr(_RECORDING, "target", None)
+        if warn and target is not None and not target.engaged:
+            target.engaged, target.method = True, rules.method
+            self.met, record = target.met, True
+        self.record = record
         self.counts: dict[Kind, int] = dict.fromkeys(Kind, 0)
         self._table = rules.table(everything=record)
         self._rules = rules.rules
@@ -203,7 +233,7 @@ class Engine(TorchFunctionMode):
             described = call.options.get("rule") if rule is not None else None
             if rule is not None and described is None:
                 described = rule.describe(call)
-            self.met.append(Met(self._module(), call.op, call.kind, described))
+            self.met.append(Met(self._module(), call.op, call.kind.value, described))
         if call.gate and self._gates is not None and isinstance(result, Tensor):
             self._gates[id(result)] = result
         return result

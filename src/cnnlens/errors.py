@@ -7,6 +7,7 @@ __all__ = [
     "CompletenessWarning",
     "InputError",
     "ModelLoadError",
+    "RuleWarning",
     "ZeroAttributionWarning",
 ]
 
@@ -36,3 +37,10 @@ class CompletenessWarning(CnnlensWarning):
 class ZeroAttributionWarning(CnnlensWarning):
     """An explanation is identically zero for some items: it shows nothing, and the message
     says why that happens with this method and what to try instead."""
+
+
+class RuleWarning(CnnlensWarning):
+    """A method met an operation it has no rule for (named with the module that called it):
+    the plain gradient was used there, so the result is not what the method defines (for
+    example DeepLIFT no longer sums to the score difference). ``strict=True`` makes it an
+    error; ``cnnlens.coverage`` lists the rule of every operation."""

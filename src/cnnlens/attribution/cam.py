@@ -309,7 +309,9 @@ def _guided_gradcam(
     """Selvaraju et al. 2017: guided backpropagation ⊙ Grad-CAM upsampled (bilinearly) to
     the input size. (B, C, H, W), signed as guided backpropagation is."""
     cam = _GRADCAM(module, inputs, target, layer)  # fixes top-class targets first
-    guided = guided_backprop(module, inputs, target, None)
+    guided = guided_backprop(
+        module, inputs, target, None, strict=bool(options.get("strict", False))
+    )
     upsampled = F.interpolate(
         cam.unsqueeze(1), size=inputs.shape[-2:], mode="bilinear", align_corners=False
     )
@@ -352,6 +354,7 @@ METHODS: dict[str, MethodSpec] = {
         _guided_gradcam,
         "input",
         uses_layer=True,
+        options=frozenset({"strict"}),
         summary="guided backpropagation times upsampled Grad-CAM (Selvaraju et al. 2017)",
         if_zero=(
             "its Grad-CAM factor is zero everywhere (the weighted feature maps are negative "

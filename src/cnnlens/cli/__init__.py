@@ -31,6 +31,7 @@ __all__ = ["main"]
 _COMMAND_MODULES = (
     "_models",
     "_layers",
+    "_check",
     "_explain",
     "_cam",
     "_behaviour",

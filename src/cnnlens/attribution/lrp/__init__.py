@@ -46,14 +46,16 @@ def _lrp(
         low=_bound(options, "low"),
         high=_bound(options, "high"),
     )
-    return relevance(module, inputs, target, rules).relevance
+    return relevance(
+        module, inputs, target, rules, strict=bool(options.get("strict", False))
+    ).relevance
 
 
 METHODS: dict[str, MethodSpec] = {
     "lrp": MethodSpec(
         fn=_lrp,
         kind="input",
-        options=frozenset({"composite", "epsilon", "gamma", "stabilizer", "low", "high"}),
+        options=frozenset({"composite", "epsilon", "gamma", "stabilizer", "low", "high", "strict"}),
         summary="layer-wise relevance propagation (composites as in zennit)",
         if_zero=(
             "no relevance reached the input: the score is zero, or biases and stabilizers "

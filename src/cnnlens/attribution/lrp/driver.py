@@ -1,29 +1,39 @@
-"""The LRP driver: one forward pass under a ``TorchFunctionMode`` and one backward pass.
+"""The LRP driver: one forward pass under the interception engine and one backward pass.
 
 The forward pass computes exactly what the model computes, but routes each call that LRP
 treats specially through an autograd function whose *backward* redistributes relevance
 instead of differentiating: the tensor flowing backwards is the relevance itself, and the
 "gradient" arriving at the input is the input relevance. Nothing is attached to the user's
-model; the mode is left in ``finally``.
+model; the engine (:mod:`cnnlens._engine`) is left in ``finally``. The rules, by kind of
+operation (:func:`lrp_rules`):
 
-Intercepted calls:
-
-* ``F.conv2d`` / ``F.linear`` on an activation: the composite's rule for that layer. The rule's
-  modified forward passes run lazily in backward, so the forward pass costs what the model's
-  does.
-* ``F.batch_norm`` (eval) on the output of the conv/linear call just made: the pair becomes one
-  node with folded parameters (:mod:`.canonizers`), whose forward value is the BatchNorm's own
-  output. Any other batch norm passes relevance through, as zennit's composites do.
-* rectifiers (``ReLU``, ``ReLU6``, ``F.relu``, ``relu_``, ``hardtanh(0, x)``, shared or
-  functional): relevance passes unchanged. In-place calls are computed out of place.
+* convolutions / dense layers (``conv2d``, ``linear``) on an activation: the composite's rule
+  for that layer. The rule's modified forward passes run lazily in backward, so the forward
+  pass costs what the model's does.
+* an eval-mode batch norm on the output of the conv/linear call just made: the pair becomes
+  one node with folded parameters (:mod:`.canonizers`), whose forward value is the
+  BatchNorm's own output. Any other batch norm passes relevance through, as zennit's
+  composites do.
+* rectifiers and every other elementwise activation (ReLU, ReLU6, SiLU, GELU, Hardswish,
+  sigmoid, tanh, ...; any call form): relevance passes unchanged, as in zennit. In-place
+  calls stay in place unless an LRP node keeps their input.
+* products with a constant (layer scales, masks, numbers): pass (the epsilon rule on a
+  diagonal map).
+* products of two activations: a gate — the factor broadcast over the other (a
+  squeeze-excitation scale) or the output of a sigmoid-type activation — is held constant
+  and the signal gets all the relevance (Arras et al. 2017); a product of two signals
+  splits it evenly. A quotient a / b holds the divisor constant.
+* layer, group, instance and RMS norm: the normalizing scale σ is held constant (Ali et al.
+  2022), so the map is linear (centring and weight) and gets the epsilon rule; the bias
+  absorbs its share, which the flows record.
 * sums of two activations (``a + b``, ``a += b``, ``torch.add``, ``a - b``): relevance split in
-  proportion to each term, ``R_a = a / stab(a + b) R``. In-place additions are computed out of
-  place; the model must use the returned value (``+=`` does).
-* average pooling (``avg_pool1/2/3d``, ``adaptive_avg_pool1/2/3d``, ``mean``): in proportion to
-  each input's contribution.
+  proportion to each term, ``R_a = a / stab(a + b) R``.
+* average pooling, ``mean`` and ``sum``: in proportion to each input's contribution.
 
-Everything else (max pooling, concatenation, padding, reshaping, dropout in eval mode) keeps
-its gradient, which redistributes relevance exactly (winner takes all, split by position).
+Max pooling, max over a dimension, concatenation, padding, reshaping and dropout in eval
+mode keep their gradient, which redistributes relevance exactly (winner takes all, split by
+position). Operations with no rule (softmax, batch statistics, a weight computed from the
+input) are named in a :class:`~cnnlens._engine.RuleWarning` (``strict=True``: an error).
 """
 
 from __future__ import annotations
@@ -136,7 +146,7 @@ class _ProportionalNode(torch.autograd.Function):
             probe = x.detach().requires_grad_(True)
             z = ctx.fn(probe)
             (back,) = torch.autograd.grad(z, probe, divide(upper, z.detach(), ctx.eps))
-        lower = back.mul_(x)
+        lower = back * x  # (a sum's backward is an expanded view: not in place)
         ctx.run.log(ctx.name, "proportional", upper, lower)
         return lower, None, None, None, None
 
@@ -203,7 +213,7 @@ class _NormNode(torch.autograd.Function):
         with torch.enable_grad():
             probe = x.detach().requires_grad_(True)
             (back,) = torch.autograd.grad(ctx.lin(probe), probe, divide(upper, y, ctx.eps))
-        lower = back.mul_(x)
+        lower = back * x
         ctx.run.log(ctx.name, "sigma-detached epsilon", upper, lower)
         return lower, None, None, None, None
 
@@ -299,7 +309,7 @@ class _BatchNormRule(_LRPRule):
                         out: Tensor = call.apply(detached)
                         return out
 
-                    call.options["rule"] = f"folded into {layer.name} ({rule.name})"
+                    call.options["rule"] = f"folded into the {layer.kind} before ({rule.name})"
                     out: Tensor = _AffineNode.apply(source, folded, rule, state.run, compute)
                     if rule.uses_output:
                         state.keep(out)

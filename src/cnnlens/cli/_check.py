@@ -23,9 +23,18 @@ def register(sub: Any) -> None:
         "pass met (module, operation, kind) with the rule the method gave it. Operations "
         "without a rule are listed at the end and make the exit code 1. Without IMAGE the "
         "first bundled sample photo is used.",
+        epilog="examples:\n  cnnlens check --method deeplift\n"
+        "  cnnlens check --model mobilenet_v3_small --method lrp --all cat",
     )
     add_model_args(p)
-    p.add_argument("--method", required=True, choices=sorted(METHODS), help="the method")
+    p.add_argument(
+        "-m",
+        "--method",
+        required=True,
+        choices=sorted(METHODS),
+        metavar="METHOD",
+        help="the method whose rules to list: " + ", ".join(sorted(METHODS)),
+    )
     p.add_argument("image", metavar="IMAGE", nargs="?", default=None, help="image or sample")
     p.add_argument("--all", action="store_true", help="list every call, not one row per kind")
     p.set_defaults(run=run_check)

@@ -85,6 +85,38 @@ def test_threads_get_sequential_answers_and_leave_the_model(train: bool) -> None
     before.assert_same(net)
 
 
+def test_threads_mixing_other_calls_get_sequential_answers() -> None:
+    """Every call that sets modes or hooks, not only explain, on one train-mode model."""
+    net = _small_net().train()
+    x = _inputs()
+    saliency = explain(net, x, "saliency")
+    calls: dict[str, Callable[[], Tensor]] = {
+        "activations": lambda: cnnlens.activations(net, x, "4"),
+        "layers": lambda: torch.tensor(
+            [d for info in cnnlens.layers(net, 12) for d in info.output_shape or ()]
+        ),
+        "receptive_field": lambda: torch.tensor(cnnlens.receptive_field(net, "3", 12).size),
+        "deletion": lambda: (
+            cnnlens.deletion_insertion(net, x, saliency, steps=4, progress=False).deletion_curve
+        ),
+        "visualize": lambda: cnnlens.visualize(net, 2, steps=2, size=(12, 12), progress=False),
+        "gradcam": lambda: explain(net, x, "gradcam").attribution,
+    }
+    before = ModelSnapshot.take(net)
+    expected = {name: call() for name, call in calls.items()}
+    names = sorted(calls)
+
+    def run(thread: int) -> list[tuple[str, Tensor]]:
+        chosen = [names[(thread + i) % len(names)] for i in range(2 * len(names))]
+        return [(name, calls[name]()) for name in chosen]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for rs in pool.map(run, range(4)) for r in rs]
+    wrong = sorted({name for name, value in results if not torch.equal(value, expected[name])})
+    assert not wrong, f"threaded results differ: {wrong}"
+    before.assert_same(net)
+
+
 # --------------------------------------------------------------------------- flags
 
 

@@ -681,3 +681,56 @@ def test_cli_serve_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert "127.0.0.1" in text and "Example: cnnlens serve" in text
     assert main(["serve", "--port", "70000"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_cli_serve_runs_the_app_on_loopback() -> None:
+    """`cnnlens serve` as a user starts it: a process that prints its address and answers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx2 as httpx
+
+    from .serve_support import free_port
+
+    port = free_port()
+    env = {**os.environ, "CNNLENS_PROGRESS": "0"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cnnlens.cli import main; sys.exit(main(sys.argv[1:]))",
+            "serve",
+            "--model",
+            "fashion_cnn",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()
+            try:
+                info = httpx.get(f"{url}/api/model", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "cnnlens serve did not start"
+                time.sleep(0.2)
+        assert info["name"] == "fashion_cnn" and info["input_size"] == [28, 28]
+        image = httpx.post(f"{url}/api/samples/coffee", timeout=30).json()["id"]
+        answer = httpx.get(
+            f"{url}/api/images/{image}/explain", params={"method": "gradcam"}, timeout=30
+        )
+        assert answer.status_code == 200 and answer.json()["layer"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert f"on http://127.0.0.1:{port}/" in out, (out, err)
+    assert "Traceback" not in err, err

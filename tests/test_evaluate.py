@@ -364,11 +364,21 @@ def test_data_randomization_compares_two_models() -> None:
 def test_trust_table_gathers_every_metric_per_item() -> None:
     model = small_model()
     x = torch.randn(2, 3, 16, 16)
+    # SmoothGrad's own ``samples`` and ``seed`` must not collide with the metrics'.
+    smooth = {"samples": 2, "seed": 1}
     explanations = [cnnlens.explain(model, x, m) for m in ("saliency", "gradcam")]
+    explanations.append(cnnlens.explain(model, x, "smoothgrad", **smooth))
     table = trust_table(
-        model, x, explanations, metrics=METRICS, steps=4, samples=2, fractions=(0.5,)
+        model,
+        x,
+        explanations,
+        metrics=METRICS,
+        steps=4,
+        samples=2,
+        fractions=(0.5,),
+        options={"smoothgrad": smooth},
     )
-    assert [r.method for r in table.rows] == ["saliency", "gradcam"]
+    assert [r.method for r in table.rows] == ["saliency", "gradcam", "smoothgrad"]
     assert table.better["deletion"] == "lower" and table.better["road"] == "higher"
     for row in table.rows:
         assert set(row.values) == set(METRICS)
@@ -381,9 +391,9 @@ def test_trust_table_gathers_every_metric_per_item() -> None:
     top = randomization_test(model, x, "gradcam", stages=1, layer=explanations[1].layer)
     torch.testing.assert_close(gradcam.values["randomization"], top.spearman[0])
     records = table.records(1)
-    assert [r["method"] for r in records] == ["saliency", "gradcam"]
+    assert [r["method"] for r in records] == ["saliency", "gradcam", "smoothgrad"]
     assert records[0]["item"] == 1 and records[0]["ranking"] == "abs"
-    assert len(table.records()) == 4
+    assert len(table.records()) == 6
     with pytest.raises(cnnlens.InputError, match="unknown metrics"):
         trust_table(model, x, explanations, metrics=["speed"])
     with pytest.raises(cnnlens.InputError, match="no row"):

@@ -10,7 +10,7 @@ state is left alone and the same function and seed give captum's numbers.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,14 +202,16 @@ def max_sensitivity(
     samples: int = 10,
     seed: int = 0,
     batch_size: int = 16,
-    **options: Any,
+    options: Mapping[str, Any] | None = None,
 ) -> MaxSensitivity:
     """Max-sensitivity of ``method`` (captum.metrics.sensitivity_max with
     ``n_perturb_samples = samples``): explain ``inputs``, then ``samples`` perturbed copies
     of each for the same targets, and take the largest relative change of the raw
     attribution. ``perturbation``: ``inputs -> perturbed inputs``; default
-    :func:`uniform_perturbation` with ``radius`` (captum's default, 0.02). ``options`` go to
-    the method."""
+    :func:`uniform_perturbation` with ``radius`` (captum's default, 0.02). ``options``: the
+    method's own options (a mapping, since SmoothGrad's ``samples`` and ``seed`` would
+    collide with this function's)."""
+    options = dict(options or {})
     module = unwrap(model)
     inputs = check_inputs(inputs).detach()
     _check_samples(samples)

@@ -189,7 +189,7 @@ def _row(
             target=target,
             samples=settings["samples"],
             seed=settings["seed"],
-            **method_options,
+            options=method_options,
         ).values
     if "randomization" in metrics:
         values["randomization"] = randomization_test(

@@ -28,7 +28,16 @@ from .objectives import Context, Objective
 from .param import FourierParam, ImageParam, PixelParam
 from .transforms import RandomAffine
 
-__all__ = ["FAST_STEPS", "RECIPES", "Rendering", "Settings", "render", "settings_for"]
+__all__ = [
+    "FAST_STEPS",
+    "RECIPES",
+    "Rendering",
+    "Settings",
+    "coarse_view",
+    "learning_rate",
+    "render",
+    "settings_for",
+]
 
 FAST_STEPS = 96  # the "fast" recipe's step count (measured in docs/visualize.md)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -217,7 +226,15 @@ def _make_param(
     )
 
 
-def _coarse_view(settings: Settings, size: tuple[int, int]) -> tuple[int, int] | None:
+def learning_rate(settings: Settings, step: int, steps: int) -> float:
+    """The learning rate of ``step`` (0-based) of ``steps``: ``lr``, or along a cosine from
+    ``lr`` at the first step towards 0 after the last."""
+    if settings.schedule == "cosine":
+        return settings.lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    return settings.lr
+
+
+def coarse_view(settings: Settings, size: tuple[int, int]) -> tuple[int, int] | None:
     """The (H, W) of the coarse views: the shorter side ``coarse_size``, the aspect kept;
     None when there are none."""
     short = min(size)
@@ -279,7 +296,7 @@ def render(
         normalized = (pixels - mean) / std
         return normalized[:, :1] if settings.grayscale else normalized
 
-    coarse = _coarse_view(settings, size)
+    coarse = coarse_view(settings, size)
     coarse_until = round(settings.coarse_steps * steps) if coarse is not None else 0
     history = torch.zeros(steps, n, device=device)  # on the device: no sync per step
     items = torch.arange(n, device=device)
@@ -305,9 +322,8 @@ def render(
                 loss = loss + settings.l2 * to_model(images).pow(2).sum()
             if settings.tv > 0:
                 loss = loss + settings.tv * _total_variation(images).sum()
-            if settings.schedule == "cosine":
-                for group in optimizer.param_groups:
-                    group["lr"] = settings.lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(settings, step, steps)
             grads = torch.autograd.grad(loss, tensors)
             for tensor, grad in zip(tensors, grads, strict=True):
                 if settings.normalize_grad:

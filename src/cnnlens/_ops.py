@@ -515,6 +515,29 @@ def _generic(op: str, kind: Kind) -> Binder:
     return bind
 
 
+def _bilinear(op: str) -> Binder:
+    """A matrix product, einsum or attention: nonlinear when two operands depend on the
+    input (attention scores), linear otherwise (a weight applied to an activation)."""
+
+    def bind(
+        func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Call | None:
+        flat = [a for a in args if isinstance(a, Tensor)]
+        flat += [
+            t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, Tensor)
+        ]
+        dependent = [t for t in flat if depends(t)]
+        if len(dependent) < 2:
+            return None
+
+        def apply(_t: Tensor) -> Any:
+            return func(*args, **kwargs)
+
+        return Call(func, args, kwargs, op, Kind.OTHER, dependent[0], apply, other=dependent[1])
+
+    return bind
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -651,6 +674,13 @@ def _build() -> dict[Callable[..., Any], Entry]:
     put([Tensor.add_, Tensor.__iadd__], _sum("add", 1.0, inplace=True), Kind.SUM)
     put([torch.sub, Tensor.sub, Tensor.__sub__, torch.subtract], _sum("sub", -1.0), Kind.SUM)
     put([Tensor.sub_, Tensor.__isub__], _sum("sub", -1.0, inplace=True), Kind.SUM)
+
+    # products of two activations that no method has a rule for
+    put([torch.matmul, Tensor.matmul, Tensor.__matmul__], _bilinear("matmul"), Kind.OTHER)
+    put([torch.bmm, Tensor.bmm], _bilinear("bmm"), Kind.OTHER)
+    put([torch.einsum], _bilinear("einsum"), Kind.OTHER)
+    put([F.scaled_dot_product_attention], _bilinear("attention"), Kind.OTHER)
+    put([F.multi_head_attention_forward], _bilinear("attention"), Kind.OTHER)
 
     # layers
     for name in ("conv1d", "conv2d", "conv3d"):

@@ -2,9 +2,10 @@
 pass, explanations, curves, activations, channel views, and the long jobs.
 
 Everything returns plain JSON-ready dicts; pictures inside them are PNG data URIs.
-Calls on the served model hold its lock (requests for one model are serialized, so no two
-of them interleave their hooks or flags); long jobs run on the worker thread on a private
-copy of the model, so a minute of occlusion does not hold up a Grad-CAM request.
+Every call on the served model goes through the model guard (``cnnlens._guard``): calls on
+one model are serialized, so no two requests interleave their hooks or flags. Long jobs
+run on the worker thread on a private copy of the model, and deletion/insertion curves on
+another, so a minute of occlusion or a long curve does not hold up a Grad-CAM request.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from .._guard import guard
 from .._modules import resolve_layer
 from ..attribution.api import Explanation, explain, method_spec, registry
 from ..behaviour import activations, filters, visualize
@@ -106,31 +108,30 @@ class Explorer:
         self.limits = limits or Limits()
         self.store = store
         self._dataset = dataset
-        self.lock = threading.RLock()  # one per served model: calls on it are serialized
         self.jobs = Jobs()
         self._images: OrderedDict[str, ImageEntry] = OrderedDict()
         self._images_lock = threading.Lock()
         self._layers: list[LayerInfo] | None = None
-        self._copies: dict[str, tuple[LoadedModel, threading.RLock]] = {}
+        self._copies: dict[str, LoadedModel] = {}
         self._copies_lock = threading.Lock()
 
     # -- model ------------------------------------------------------------------------------
-    def copy_of_model(self, purpose: str) -> tuple[LoadedModel, threading.RLock]:
-        """A private copy of the model and its lock, one per ``purpose`` (made on first use):
-        ``"jobs"`` for the job thread, ``"curves"`` for deletion/insertion, so that neither
-        holds up the interactive maps on the served model."""
+    def copy_of_model(self, purpose: str) -> LoadedModel:
+        """A private copy of the model, one per ``purpose`` (made on first use): ``"jobs"``
+        for the job thread, ``"curves"`` for deletion/insertion, so that neither holds up
+        the interactive maps on the served model. Each copy has its own guard lock."""
         with self._copies_lock:
             found = self._copies.get(purpose)
             if found is None:
-                with self.lock:
-                    module = copy.deepcopy(self.model.module)
-                found = (dataclasses.replace(self.model, module=module), threading.RLock())
+                with guard(self.model) as module:  # not copied halfway through another call
+                    copied = copy.deepcopy(module)
+                found = dataclasses.replace(self.model, module=copied)
                 self._copies[purpose] = found
             return found
 
     def worker_model(self) -> LoadedModel:
         """The job thread's copy of the model (only that thread runs on it)."""
-        return self.copy_of_model("jobs")[0]
+        return self.copy_of_model("jobs")
 
     def model_json(self) -> dict[str, Any]:
         methods = []
@@ -194,8 +195,7 @@ class Explorer:
         """The layers with a spatial feature map (C, h, w) larger than 1×1, with receptive
         fields; computed once (seconds on a large model: the CLI does it before serving)."""
         if self._layers is None:
-            with self.lock:
-                found = layers(self.model)
+            found = layers(self.model)
             self._layers = [
                 info
                 for info in found
@@ -235,10 +235,9 @@ class Explorer:
     # -- images -----------------------------------------------------------------------------
     def add_picture(self, picture: Image.Image, name: str) -> ImageEntry:
         """Register a picture: preprocess, run the model once, keep the result."""
-        with self.lock:
-            inputs = self.model.preprocess(picture)
-            with torch.inference_mode():
-                logits = self.model.module(inputs)
+        inputs = self.model.preprocess(picture)
+        with guard(self.model) as module, torch.inference_mode():
+            logits = module(inputs)
         if logits.dim() != 2:
             raise InputError(
                 f"the model's output has shape {tuple(logits.shape)}, not (1, classes)"
@@ -322,15 +321,14 @@ class Explorer:
             options["progress"] = False  # no bar on the server's terminal; jobs listen instead
         start = time.perf_counter()
         if progress is None:
-            with self.lock:
-                result = explain(
-                    self.model,
-                    entry.inputs,
-                    request.method,
-                    target=request.target,
-                    layer=request.layer,
-                    **options,
-                )
+            result = explain(
+                self.model,
+                entry.inputs,
+                request.method,
+                target=request.target,
+                layer=request.layer,
+                **options,
+            )
         else:
             worker = self.worker_model()
             with reporting(progress):
@@ -402,8 +400,7 @@ class Explorer:
             return found
         explanation, _, _ = self.explanation(entry, request)
         start = time.perf_counter()
-        model, lock = self.copy_of_model("curves")
-        with lock:
+        with guard(self.copy_of_model("curves")) as model:
             curves = deletion_insertion(
                 model,
                 entry.inputs,
@@ -434,8 +431,7 @@ class Explorer:
         self.check_layer(layer)
         maps = entry.activations.get(layer)
         if maps is None:
-            with self.lock:
-                maps = activations(self.model, entry.inputs, layer)[0].detach().float().cpu()
+            maps = activations(self.model, entry.inputs, layer)[0].detach().float().cpu()
             entry.activations[layer] = maps
         return maps
 
@@ -477,11 +473,10 @@ class Explorer:
         if info.receptive_field is not None:
             box = list(info.receptive_field.box(y, x))
         else:
-            with self.lock:
-                try:
-                    box = list(receptive_field(self.model, layer).box(y, x))
-                except InputError:
-                    box = None
+            try:
+                box = list(receptive_field(self.model, layer).box(y, x))
+            except InputError:
+                box = None
         size = (entry.picture.height, entry.picture.width)
         return {
             "image": entry.id,

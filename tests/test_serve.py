@@ -100,7 +100,11 @@ def test_page_and_assets_are_served_by_the_app(client: TestClient) -> None:
     assert "text/html" in page.headers["content-type"]
     assert '<script src="/static/explorer.js"' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    for name, kind in (("explorer.js", "javascript"), ("explorer.css", "css")):
+    for name, kind in (
+        ("explorer.js", "javascript"),
+        ("explorer.css", "css"),
+        ("cnnlens.css", "css"),
+    ):
         asset = client.get(f"/static/{name}")
         assert asset.status_code == 200 and kind in asset.headers["content-type"]
         # No CDN, no outside fonts or scripts: nothing but this app's own routes.

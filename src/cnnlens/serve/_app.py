@@ -8,17 +8,20 @@ No route takes a file path: images arrive as request bodies, samples and layers 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import ChoiceLoader, Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -49,14 +52,21 @@ IMAGE_TYPES = (
     "application/octet-stream",
 )
 
-ASSETS = {"explorer.js": "text/javascript", "explorer.css": "text/css"}
+# name -> (package, folder, media type): a fixed list, so no request names a file.
+ASSETS = {
+    "explorer.js": ("cnnlens.serve", "static", "text/javascript"),
+    "explorer.css": ("cnnlens.serve", "static", "text/css"),
+    "cnnlens.css": ("cnnlens.render", "templates", "text/css"),  # shared with the report
+}
 
-# The page loads only what this app serves; pictures may also be data: URIs.
+# The page loads only what this app serves (inline scripts of the shared base template
+# only by their hash, filled in by create_app); pictures may also be data: URIs.
+CSP = (
+    "default-src 'self'; img-src 'self' data:; script-src 'self'{scripts}; style-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-    ),
+    "Content-Security-Policy": CSP.format(scripts=""),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -96,7 +106,8 @@ def handled(endpoint: Callable[[Explorer, Request], Any]) -> Callable[[Explorer]
                 log.exception("error in %s %s", request.method, request.url.path)
                 return error(500, f"internal error: {type(exc).__name__}: {exc}")
             if isinstance(result, Response):
-                result.headers.update(SECURITY_HEADERS)
+                for key, value in SECURITY_HEADERS.items():  # the page sets its own CSP
+                    result.headers.setdefault(key, value)
                 return result
             return JSONResponse(result, headers=SECURITY_HEADERS)
 
@@ -135,16 +146,30 @@ def _entry(explorer: Explorer, request: Request) -> ImageEntry:
 # --------------------------------------------------------------------------- routes
 
 
+def render_page(model_name: str) -> str:
+    return _templates().get_template("explorer.html").render(model=model_name)
+
+
+def inline_script_hashes(html: str) -> list[str]:
+    """CSP sources (``'sha256-...'``) for the page's inline scripts."""
+    bodies = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    return [
+        "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+        for body in bodies
+    ]
+
+
 def page(explorer: Explorer, request: Request) -> Response:
-    template = _templates().get_template("explorer.html")
-    return HTMLResponse(template.render(model=explorer.model.name))
+    html = render_page(explorer.model.name)
+    policy = CSP.format(scripts="".join(" " + h for h in inline_script_hashes(html)))
+    return HTMLResponse(html, headers={"Content-Security-Policy": policy})
 
 
 def asset(explorer: Explorer, request: Request) -> Response:
     name = str(request.path_params["name"])
     if name not in ASSETS:
         raise NotFoundError(f"no asset {name!r}")
-    return Response(_asset_bytes(name), media_type=ASSETS[name])
+    return Response(_asset_bytes(name), media_type=ASSETS[name][2])
 
 
 def api_index(explorer: Explorer, request: Request) -> Any:
@@ -318,7 +343,7 @@ async def upload(request: Request) -> Response:
 
 ROUTES: list[tuple[str, str, Callable[[Explorer, Request], Any], str]] = [
     ("/", "GET", page, "the explorer page"),
-    ("/static/{name}", "GET", asset, "the page's script and stylesheet"),
+    ("/static/{name}", "GET", asset, "the page's script and stylesheets"),
     ("/api", "GET", api_index, "this list of routes"),
     (
         "/api/model",
@@ -383,14 +408,20 @@ ROUTE_DOCS = [{"method": m, "path": p, "does": d} for p, m, _, d in ROUTES] + [
 @functools.lru_cache(maxsize=1)
 def _templates() -> Environment:
     return Environment(
-        loader=PackageLoader("cnnlens.serve", "templates"),
+        loader=ChoiceLoader(
+            [
+                PackageLoader("cnnlens.serve", "templates"),
+                PackageLoader("cnnlens.render", "templates"),
+            ]
+        ),
         autoescape=select_autoescape(["html"]),
     )
 
 
 @functools.cache
 def _asset_bytes(name: str) -> bytes:
-    return resources.files("cnnlens.serve").joinpath("static", name).read_bytes()
+    package, folder, _ = ASSETS[name]
+    return resources.files(package).joinpath(folder, name).read_bytes()
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -168,3 +168,41 @@ def test_atlas_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert (
         main(["atlas", str(tmp_path / "missing"), "--layers", "x", "-o", str(tmp_path / "s")]) == 2
     )
+
+
+def test_atlas_progress_counts_steps_when_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlens._atlas import atlas_steps
+    from cnnlens._progress import progress_mode
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat", "coffee"):
+        cnnlens.sample_image(name).resize((96, 72)).save(photos / f"{name}.png")
+    with progress_mode(True):
+        code = main(
+            [
+                "atlas",
+                str(photos),
+                "--layers",
+                "_blocks.1._expand_relu",
+                "--channels",
+                "1",
+                "-k",
+                "1",
+                "--steps",
+                "1",
+                "-o",
+                str(tmp_path / "site"),
+            ]
+        )
+    assert code == 0
+    err = capsys.readouterr().err
+    total = atlas_steps(1)
+    counts = [int(n) for n in re.findall(rf"(\d+)/{total}\b", err)]
+    assert counts[0] == 0 and counts[-1] == total and counts == sorted(counts)
+    lines = [s.rstrip() for s in re.split(r"[\r\n]", err) if f"/{total}" in s]
+    running = [s for s in lines if s.endswith("feature visualization]")]
+    assert running and all(f" 1/{total}" in s for s in running)
+    assert any(f" 2/{total}" in s for s in lines if s.endswith("feature visualization: done]"))

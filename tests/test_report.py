@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cnnlens
-from cnnlens._report import REPORT_METHODS, Report, build_report
+from cnnlens._report import REPORT_METHODS, Report, build_report, report_steps
 from cnnlens.cli import main
 from cnnlens.render._captions import baseline_words, method_text
 from cnnlens.render._html import report_html
@@ -165,3 +165,31 @@ def test_report_cli_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "missing.jpg" in err
     assert err.count("\n") == 1
     assert main(["report", "cat", "coffee", "--target", "1", "-o", str(tmp_path / "r.html")]) == 2
+
+
+def _segments(err: str) -> list[str]:
+    return [s.rstrip() for s in re.split(r"[\r\n]", err) if s.strip()]
+
+
+def test_report_progress_counts_steps_when_done(capsys: pytest.CaptureFixture[str]) -> None:
+    from cnnlens._progress import progress_mode
+
+    model = cnnlens.load_model("efficientnet_lite0")
+    with progress_mode(True):
+        build_report(
+            model,
+            [("cat", cnnlens.sample_image("cat"))],
+            methods=["saliency", "gradcam"],
+            behaviour=False,
+            steps=2,
+        )
+    err = capsys.readouterr().err
+    total = report_steps(1, 2, 1, False)
+    counts = [int(n) for n in re.findall(rf"(\d+)/{total}\b", err)]
+    assert counts[0] == 0 and counts[-1] == total and counts == sorted(counts)
+    # While a step runs, the count shows the steps before it: saliency runs after predict;
+    # once it is done it says so and counts.
+    lines = [s for s in _segments(err) if f"/{total}" in s]
+    assert [s for s in lines if s.endswith("cat: saliency]")]
+    assert all(f" 1/{total}" in s for s in lines if s.endswith("cat: saliency]"))
+    assert any(f" 2/{total}" in s for s in lines if s.endswith("cat: saliency: done]"))

@@ -15,12 +15,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ._modules import layer_name, resolve_layer
-from ._progress import Progress
+from ._progress import Progress, step
 from ._progress import progress as _progress
 from ._trace import default_feature_layer, trace_calls
 from .behaviour import activations, filters, visualize
 from .behaviour._inspect import first_convolution
-from .dataset import Patch, embed, extract_features, pixel_nearest, top_patches
+from .dataset import FeatureStore, Patch, embed, extract_features, pixel_nearest, top_patches
 from .dataset._batches import split_item, to_input
 from .dataset._sources import Head, item_labels
 from .errors import InputError
@@ -136,6 +136,8 @@ def build_atlas(
     stderr counting finished steps (see :mod:`cnnlens._progress`)."""
     if not layers:
         raise InputError("the atlas needs at least one layer")
+    for name in layers:  # an unknown name fails before any work
+        resolve_layer(model.module, name)
     with _progress(atlas_steps(len(layers)), "atlas", enabled=progress) as bar:
         return _build(
             model, dataset, layers, channels, k, steps, sample, queries, neighbours, seed, bar
@@ -162,29 +164,23 @@ def _build(
     bar: Progress,
 ) -> Atlas:
     module = model.module
-    resolved = [resolve_layer(module, name) for name in layers]
     subset = Head(dataset, sample)
-    first_conv = first_convolution(module)
     probe = model.preprocess(Image.new("RGB", model.input_size[::-1]))
+    first_conv = first_convolution(module)
     first_group = _first_layer_group(module, probe, first_conv)
     views = []
-    for name, layer in zip(layers, resolved, strict=True):
-        bar.describe(f"{name}: top patches")
-        found = top_patches(
-            model, subset, layer, channels=list(range(channels)), k=k, progress=False
-        )
+    for name in layers:
+        layer = resolve_layer(module, name)
+        with step(bar, f"{name}: top patches"):
+            found = top_patches(
+                model, subset, layer, channels=list(range(channels)), k=k, progress=False
+            )
         chosen = sorted(found)
-        bar.advance()
-        bar.describe(f"{name}: feature visualization")
-        objectives = [f"{name}:{c}" for c in chosen]
-        pictures = visualize(model, objectives, steps=steps, seed=seed, progress=False)
-        reached = _reached(model, layer, pictures, chosen, probe)
-        bar.advance()
-        try:
-            rf = receptive_field(module, layer, model.input_size)
-            size: tuple[int, int] | None = rf.size
-        except InputError:
-            size = None
+        with step(bar, f"{name}: feature visualization"):
+            pictures = visualize(
+                model, [f"{name}:{c}" for c in chosen], steps=steps, seed=seed, progress=False
+            )
+            reached = _reached(model, layer, pictures, chosen, probe)
         weights = filters(module, first_conv) if id(layer) in first_group else None
         views.append(
             LayerView(
@@ -200,42 +196,24 @@ def _build(
                     )
                     for i, c in enumerate(chosen)
                 ],
-                receptive_field=size,
+                receptive_field=_field_size(model, layer),
                 patch_pictures={c: [_patch_picture(model, p) for p in found[c]] for c in chosen},
             )
         )
-    bar.describe("dataset map")
-    map_layer = default_feature_layer(module, probe)
-    store = extract_features(model, subset, map_layer, progress=False)
-    features = np.asarray(store.features)
-    points = (
-        embed(features, "tsne", seed=seed) if len(features) >= 10 else np.zeros((len(features), 2))
-    )
-    names = item_labels(dataset)
-    items = [split_item(subset[i]) for i in range(len(subset))]
-    labels = [
-        (
-            names[lab]
-            if names is not None and 0 <= lab < len(names)
-            else (str(lab) if lab >= 0 else "")
+    with step(bar, "dataset map"):
+        map_layer = default_feature_layer(module, probe)
+        store = extract_features(model, subset, map_layer, progress=False)
+        features = np.asarray(store.features)
+        points = (
+            embed(features, "tsne", seed=seed)
+            if len(features) >= 10
+            else np.zeros((len(features), 2))
         )
-        for _, lab in items
-    ]
-    pictures_all = [_picture(model, image) for image, _ in items]
-    bar.advance()
-    bar.describe("nearest neighbours")
-    rng = np.random.default_rng(seed)
-    chosen_queries = rng.choice(len(items), size=min(queries, len(items)), replace=False)
-    found_queries = []
-    for q in chosen_queries.tolist():
-        idx, _ = store.nearest(features[q], min(neighbours + 1, len(items)))
-        feature_rows = [int(i) for i in np.atleast_1d(idx) if int(i) != q][:neighbours]
-        pidx, _ = pixel_nearest(
-            subset, items[q][0], min(neighbours + 1, len(items)), model=model, progress=False
-        )
-        pixel_rows = [int(i) for i in np.atleast_1d(pidx) if int(i) != q][:neighbours]
-        found_queries.append(NeighbourQuery(q, feature_rows, pixel_rows))
-    bar.advance()
+        items = [split_item(subset[i]) for i in range(len(subset))]
+        labels = _labels(dataset, [lab for _, lab in items])
+        pictures_all = [_picture(model, image) for image, _ in items]
+    with step(bar, "nearest neighbours"):
+        found_queries = _queries(model, subset, store, features, items, queries, neighbours, seed)
     spec = getattr(dataset, "spec", None)
     return Atlas(
         model=model.name,
@@ -247,6 +225,49 @@ def _build(
         pictures=pictures_all,
         queries=found_queries,
     )
+
+
+def _field_size(model: LoadedModel, layer: nn.Module) -> tuple[int, int] | None:
+    try:
+        return receptive_field(model.module, layer, model.input_size).size
+    except InputError:  # no spatial map (after global pooling)
+        return None
+
+
+def _labels(dataset: object, labels: Sequence[int]) -> list[str]:
+    """Each item's class name ("" when unlabelled)."""
+    names = item_labels(dataset)
+    return [
+        names[lab]
+        if names is not None and 0 <= lab < len(names)
+        else (str(lab) if lab >= 0 else "")
+        for lab in labels
+    ]
+
+
+def _queries(
+    model: LoadedModel,
+    subset: Head,
+    store: FeatureStore,
+    features: np.ndarray,
+    items: Sequence[tuple[object, int]],
+    queries: int,
+    neighbours: int,
+    seed: int,
+) -> list[NeighbourQuery]:
+    """Random query items with their feature-space and pixel-space neighbours."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(items), size=min(queries, len(items)), replace=False)
+    found = []
+    for q in chosen.tolist():
+        idx, _ = store.nearest(features[q], min(neighbours + 1, len(items)))
+        feature_rows = [int(i) for i in np.atleast_1d(idx) if int(i) != q][:neighbours]
+        pidx, _ = pixel_nearest(
+            subset, items[q][0], min(neighbours + 1, len(items)), model=model, progress=False
+        )
+        pixel_rows = [int(i) for i in np.atleast_1d(pidx) if int(i) != q][:neighbours]
+        found.append(NeighbourQuery(q, feature_rows, pixel_rows))
+    return found
 
 
 def _reached(

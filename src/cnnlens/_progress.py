@@ -28,7 +28,16 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["Listener", "Progress", "listen", "progress", "progress_mode", "show_progress", "track"]
+__all__ = [
+    "Listener",
+    "Progress",
+    "listen",
+    "progress",
+    "progress_mode",
+    "show_progress",
+    "step",
+    "track",
+]
 
 T = TypeVar("T")
 
@@ -176,3 +185,13 @@ def track(
         for item in items:
             yield item
             bar.advance()
+
+
+@contextmanager
+def step(bar: Progress, what: str) -> Iterator[None]:
+    """One named step of ``bar``: described while it runs; once it has finished, marked
+    done and counted (so the count never includes the step still running)."""
+    bar.describe(what)
+    yield
+    bar.describe(f"{what}: done")
+    bar.advance()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ._guard import guard
 from ._modules import layer_name
-from ._progress import Progress
+from ._progress import Progress, step
 from ._progress import progress as _progress
 from ._trace import trace_calls
 from .attribution.api import Explanation, explain, registry
@@ -324,10 +324,8 @@ def build_report(
         ]
         look = None
         if behaviour and reports:
-            bar.describe("model behaviour")
-            look = _behaviour(model, reports[0].inputs, factors)
-            bar.advance()
-        bar.describe("layers: receptive fields")
+            with step(bar, "model behaviour"):
+                look = _behaviour(model, reports[0].inputs, factors)
         shown = [
             r.explanation.layer
             for image in reports
@@ -337,8 +335,8 @@ def build_report(
         ]
         if look is not None:
             shown += [name for name, *_ in look.depths] + [look.factor_layer]
-        notes = describe_layers(model, reports[0].inputs, shown) if reports else {}
-        bar.advance()
+        with step(bar, "layers: receptive fields"):
+            notes = describe_layers(model, reports[0].inputs, shown) if reports else {}
     zero = model.preprocessing.invert(torch.zeros(3, 1, 1))
     return Report(
         model=model.name,
@@ -360,20 +358,18 @@ def _image_report(
     steps: int,
     bar: Progress,
 ) -> ImageReport:
-    bar.describe(f"{name}: predict")
-    inputs = model.preprocess(image)
-    top = _top(model, inputs, 5)
-    classes = [top[0][0] if wanted is None else wanted]
-    if second_class:
-        classes.append(next(c for c, _, _ in top if c != classes[0]))
-    bar.advance()
+    with step(bar, f"{name}: predict"):
+        inputs = model.preprocess(image)
+        top = _top(model, inputs, 5)
+        classes = [top[0][0] if wanted is None else wanted]
+        if second_class:
+            classes.append(next(c for c, _, _ in top if c != classes[0]))
     explained: dict[int, list[MethodResult]] = {}
     for target in classes:
         results = []
         for method, method_options in options.items():
-            bar.describe(f"{name}: {method}")
-            results.append(_explain_one(model, inputs, target, method, method_options, steps))
-            bar.advance()
+            with step(bar, f"{name}: {method}"):
+                results.append(_explain_one(model, inputs, target, method, method_options, steps))
         explained[target] = results
     return ImageReport(
         name,

@@ -136,9 +136,8 @@ def method_text(
     title, reference = TITLES.get(method, (method, ""))
     what = WHAT.get(method, "")
     input_overlay = (
-        "Left: the largest |value| over the colour channels at each pixel, drawn over a grey "
-        "copy of the photo (opaque where high); the scale stops at the 99.5th percentile so a few "
-        "extreme pixels do not wash out the rest."
+        "Left: the largest |value| over the colour channels, over a grey copy of the photo "
+        "(opaque where high); the scale stops at the 99.5th percentile."
     )
     settings = "no options"
     signed = (

@@ -76,8 +76,10 @@ def method_maps(
     explanation = result.explanation
     assert explanation is not None
     size = _side(picture)
-    # Drawn over a grey copy of the photo, so the colours read as the scale and not the scene.
-    base = picture.resize(size, Image.Resampling.BILINEAR).convert("L").convert("RGB")
+    # Drawn over a dimmed grey copy of the photo, so the colours read as the scale and not
+    # the scene.
+    grey = picture.resize(size, Image.Resampling.BILINEAR).convert("L")
+    base = grey.point(lambda v: int(40 + 0.6 * v)).convert("RGB")
     a = explanation.attribution[0].detach().float().cpu()
     kind = explanation.kind
     if kind == "input":
@@ -97,7 +99,7 @@ def method_maps(
         unit, coarse = ("CAM − min(CAM)" if kind == "cam" else text.title), True
     heat = (upsample(importance, (size[1], size[0])) / limit).clamp(0, 1)
     left = MapView(
-        data_uri(overlay(base, heat, alpha=0.6)),
+        data_uri(overlay(base, heat, alpha=0.85)),
         f"{result.method}: importance over the photo",
         color_bar("jet", 0.0, limit, f"{unit} (opacity follows the value)"),
         text.overlay,

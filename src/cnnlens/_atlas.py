@@ -54,13 +54,19 @@ class ChannelView:
 
     @property
     def flat(self) -> bool:
-        """The optimizer could not drive this unit: a featureless picture (no more contrast
-        than its starting noise) or one on which the unit stays silent."""
-        return (
-            self.visualization is None
-            or self.pixel_std < FLAT_STD
-            or (self.reached is not None and self.reached <= 0)
-        )
+        """The optimizer could not drive this unit: it stays silent on its visualization, or
+        the picture has no more contrast than the starting noise and reaches less than a
+        tenth of the unit's strongest dataset activation."""
+        if self.visualization is None or (self.reached is not None and self.reached <= 0):
+            return True
+        best = max((p.activation for p in self.patches), default=0.0)
+        weak = self.reached is None or self.reached < 0.1 * best
+        return self.pixel_std < FLAT_STD and weak
+
+    @property
+    def low_contrast(self) -> bool:
+        """A nearly uniform picture that still drives the unit (shown, with a note)."""
+        return not self.flat and self.pixel_std < FLAT_STD
 
     @property
     def silent(self) -> bool:

@@ -14,7 +14,7 @@ from .._atlas import FLAT_STD
 from ._behaviour import filter_tiles, rgb_filter_tiles
 from ._dataset import thumbnail_map
 from ._images import tensor_to_image
-from ._pages import data_uri, render_page
+from ._pages import ColorBar, color_bar, data_uri, render_page
 
 if TYPE_CHECKING:
     from .._atlas import Atlas, ChannelView, LayerView
@@ -46,6 +46,8 @@ class ChannelCard:
     visualization: str | None  # data URI, None when flat
     reason: str | None  # why there is no visualization
     filter: str | None
+    filter_caption: str
+    filter_bar: ColorBar | None  # for single-channel kernels drawn red/blue
     patches: tuple[Tile, ...]
     patch_note: str
     reached: str
@@ -57,9 +59,16 @@ def _channel(layer: LayerView, view: ChannelView, sample: int) -> ChannelCard:
     if view.flat:
         reason = (
             "No feature visualization: gradient ascent could not drive this unit — the picture "
-            f"stayed flat ({reached}pixel standard deviation {view.pixel_std:.3f}; the atlas calls "
-            f"a picture flat below {FLAT_STD} or when the unit stays silent on it). Its top "
-            "dataset patches below show what does excite it."
+            f"stayed flat ({reached}pixel standard deviation {view.pixel_std:.3f}; flat: the unit "
+            f"stays silent on the picture, or the picture has no more contrast than the starting "
+            f"noise, a standard deviation under {FLAT_STD}, and reaches under a tenth of the "
+            "strongest dataset activation). Its top dataset patches below show what does excite it."
+        )
+    if view.low_contrast:
+        reason = (
+            f"Low contrast: a nearly uniform picture (pixel standard deviation "
+            f"{view.pixel_std:.3f}) already drives this unit ({reached.rstrip(', ')}); its top "
+            "dataset patches show the patterns that drive it most."
         )
     if view.silent:
         reason = (reason + " " if reason else "") + (
@@ -71,14 +80,7 @@ def _channel(layer: LayerView, view: ChannelView, sample: int) -> ChannelCard:
         if view.flat or view.visualization is None
         else data_uri(_enlarge(tensor_to_image(view.visualization), 224))
     )
-    filt = None
-    if view.weights is not None:
-        tile = (
-            rgb_filter_tiles(view.weights[None])
-            if view.weights.shape[0] == 3
-            else filter_tiles(view.weights[:1])
-        )[0]
-        filt = data_uri(_enlarge(tile, 112))
+    filt, filter_caption, filter_bar = _filter(view)
     pictures = layer.patch_pictures.get(view.channel, [])
     side = 160 if view.flat else 112
     tiles = tuple(
@@ -94,10 +96,36 @@ def _channel(layer: LayerView, view: ChannelView, sample: int) -> ChannelCard:
         picture,
         reason,
         filt,
+        filter_caption,
+        filter_bar,
         tiles,
         "Top dataset patches, strongest first: the receptive field of the most active position, "
         "labelled with the dataset item and the activation.",
         "" if view.reached is None else f"mean activation reached: {view.reached:.3g}",
+    )
+
+
+def _filter(view: ChannelView) -> tuple[str | None, str, ColorBar | None]:
+    """The channel's first-layer filter: RGB kernels as colours (grey = 0), any other as
+    the first input channel's kernel in red/blue with its colour bar."""
+    if view.weights is None:
+        return None, "", None
+    if view.weights.shape[0] == 3:
+        tile = rgb_filter_tiles(view.weights[None])[0]
+        return (
+            data_uri(_enlarge(tile, 112)),
+            "RGB weights as colours, mid-grey = 0, scaled to the filter's largest |weight|.",
+            None,
+        )
+    kernel = view.weights[:1]
+    limit = float(kernel.abs().max()) or 1.0
+    caption = "weights: red positive, blue negative, white zero" + (
+        f" (input channel 0 of {view.weights.shape[0]})" if view.weights.shape[0] > 1 else ""
+    )
+    return (
+        data_uri(_enlarge(filter_tiles(kernel)[0], 112)),
+        caption + ".",
+        color_bar("bwr", -limit, limit, "weight"),
     )
 
 

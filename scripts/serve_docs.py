@@ -3,7 +3,8 @@
 Measures (over HTTP on loopback, uvicorn in this process) the first and the following
 Grad-CAM/saliency answers, runs the bounded load test (8 clients x 25 mixed requests: no 5xx,
 every answer equal to the single-client one, the model unchanged) and takes screenshots in
-headless Chromium. Run once: ``python scripts/serve_docs.py --out docs/img``.
+headless Chromium. Run once: ``python scripts/serve_docs.py --out docs/img`` (the docs keep
+the screenshots as 256-colour PNGs).
 """
 
 from __future__ import annotations

@@ -3,16 +3,14 @@ grid, interactive HTML page) and rows of maximally activating patches."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
-import json
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ._images import fit_text, grid
+from ._pages import data_uri, render_page
 from ._plots import fit_figure_text
 
 __all__ = [
@@ -181,56 +179,6 @@ def _thumbnail(image: Image.Image, side: int) -> Image.Image:
     return image
 
 
-def _data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
-<style>
-body{font-family:sans-serif;margin:16px;color:#222}
-#wrap{position:relative;display:inline-block}
-canvas{border:1px solid #ccc;background:#fff}
-#tip{position:absolute;display:none;pointer-events:none;background:#fff;border:1px solid #888;
-padding:4px;font-size:12px;box-shadow:2px 2px 6px rgba(0,0,0,.3)}
-#tip img{display:block;width:96px;height:96px;image-rendering:pixelated}
-#legend span{display:inline-block;margin-right:12px;font-size:13px}
-#legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:5px}
-</style></head><body>
-<h2>__TITLE__</h2>
-<div id="legend"></div>
-<div id="wrap"><canvas id="map" width="800" height="700"></canvas><div id="tip"></div></div>
-<script id="points" type="application/json">__DATA__</script>
-<script>
-(function(){
-const data=JSON.parse(document.getElementById('points').textContent);
-const cv=document.getElementById('map'),ctx=cv.getContext('2d'),tip=document.getElementById('tip');
-const W=cv.width,H=cv.height,M=20;
-let x0=Infinity,x1=-Infinity,y0=Infinity,y1=-Infinity;
-for(const p of data.points){x0=Math.min(x0,p[0]);x1=Math.max(x1,p[0]);y0=Math.min(y0,p[1]);y1=Math.max(y1,p[1]);}
-const sx=v=>M+(v-x0)/((x1-x0)||1)*(W-2*M), sy=v=>H-M-(v-y0)/((y1-y0)||1)*(H-2*M);
-const screen=data.points.map(p=>[sx(p[0]),sy(p[1])]);
-const colour=l=>l<0?'#999':data.colours[l%data.colours.length];
-for(let i=0;i<screen.length;i++){ctx.fillStyle=colour(data.labels[i]);ctx.beginPath();
-ctx.arc(screen[i][0],screen[i][1],3,0,2*Math.PI);ctx.fill();}
-const legend=document.getElementById('legend');
-data.classes.forEach((c,i)=>{const s=document.createElement('span');const d=document.createElement('i');
-d.style.background=colour(i);s.appendChild(d);s.appendChild(document.createTextNode(c));legend.appendChild(s);});
-cv.addEventListener('mousemove',e=>{const r=cv.getBoundingClientRect();const mx=e.clientX-r.left,my=e.clientY-r.top;
-let best=-1,bd=100;for(let i=0;i<screen.length;i++){const dx=screen[i][0]-mx,dy=screen[i][1]-my,d=dx*dx+dy*dy;
-if(d<bd){bd=d;best=i;}}
-if(best<0){tip.style.display='none';return;}
-tip.innerHTML='';const img=document.createElement('img');img.src=data.images[best];tip.appendChild(img);
-tip.appendChild(document.createTextNode(data.captions[best]));
-tip.style.left=(screen[best][0]+12)+'px';tip.style.top=(screen[best][1]+12)+'px';tip.style.display='block';});
-cv.addEventListener('mouseleave',()=>{tip.style.display='none';});
-})();
-</script></body></html>
-"""
-
-
 def embedding_html(
     points: np.ndarray,
     images: Sequence[Image.Image],
@@ -258,11 +206,10 @@ def embedding_html(
         "classes": list(classes or []),
         "colours": colours,
         "captions": list(captions),
-        "images": [_data_url(_thumbnail(im, thumbnail)) for im in images],
+        "images": [data_uri(_thumbnail(im, thumbnail)) for im in images],
     }
-    # "</" cannot end the script element early once escaped.
-    data = json.dumps(payload).replace("</", "<\\/")
-    return _PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+    # tojson escapes <, >, & and quotes, so the data cannot end its script element early.
+    return render_page("embedding.html", title=title, subtitle="", payload=payload)
 
 
 def patch_rows(

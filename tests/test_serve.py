@@ -738,3 +738,33 @@ def test_cli_serve_runs_the_app_on_loopback() -> None:
         out, err = process.communicate(timeout=60)
     assert f"on http://127.0.0.1:{port}/" in out, (out, err)
     assert "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_lite0_maps_answer_within_a_second_after_the_first() -> None:
+    """The issue's speed point, on the bundled EfficientNet-Lite0 (figures in docs/serve.md):
+    after the first request, Grad-CAM and saliency for another class or layer answer in
+    under a second (median over the switches, measured over the app, CPU)."""
+    model = cnnlens.load_model("efficientnet_lite0")
+    with TestClient(create_app(model)) as c:
+        info = c.post("/api/samples/cat").json()
+        image, top = info["id"], [t["index"] for t in info["top"]]
+        c.get(f"/api/images/{image}/explain", params={"method": "gradcam"})  # the first request
+        c.get("/api/layers")
+        switches = [
+            {"method": "gradcam", "target": top[1]},
+            {"method": "gradcam", "target": top[2]},
+            {"method": "gradcam", "layer": "_blocks.10"},
+            {"method": "gradcam", "layer": "_blocks.5", "target": top[1]},
+            {"method": "saliency"},
+            {"method": "saliency", "target": top[1]},
+            {"method": "saliency", "target": top[2]},
+        ]
+        seconds = []
+        for params in switches:
+            start = time.perf_counter()
+            answer = c.get(f"/api/images/{image}/explain", params=params)
+            seconds.append(time.perf_counter() - start)
+            assert answer.status_code == 200 and not answer.json()["cached"]
+    print("\nLite0 switches (s):", [round(s, 3) for s in seconds])
+    assert statistics.median(seconds) < 1.0, seconds

@@ -408,3 +408,68 @@ def test_top_patches_keep_memory_to_k_per_channel() -> None:
     values, where = everything.topk(4, dim=1)
     assert torch.equal(running.values, values)
     assert torch.equal(running.keys, where)
+
+
+def test_ivf_pq_index_reranks_to_the_target_recall() -> None:
+    from cnnlens.dataset._nearest import Searcher
+
+    base, queries, _ = clustered(8_000, 16, 50, seed=4)
+    searcher = Searcher(base, "l2", exact=False, kind="ivf-pq")
+    assert searcher.kind == "ivf-pq" and searcher.recall is not None and searcher.recall >= 0.95
+    found, distances = searcher.search(queries, 10)
+    truth = brute_force(base, queries, 10, "l2")
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth[0], strict=True)])
+    assert recall >= 0.95, recall
+    # Reranked answers carry exact distances.
+    hits = found == truth[0].astype(np.int64)
+    np.testing.assert_allclose(distances[hits], truth[1][hits], rtol=1e-4)
+
+
+def test_approximate_index_is_saved_next_to_the_store_and_reports_its_recall(
+    tmp_path: Path,
+) -> None:
+    base, queries, _ = clustered(6_000, 16, 40, seed=6)
+    data = TensorDataset(torch.from_numpy(base).reshape(-1, 16, 1, 1))
+    net = nn.Sequential(nn.Identity())
+    cnnlens.extract_features(net, data, "0", out=tmp_path / "s", progress=False)
+    store = FeatureStore.open(tmp_path / "s")
+    store.approximate_above = 1_000
+    found, _ = store.nearest(queries, 10, metric="l2")
+    info = store.index_info("l2")
+    assert info["kind"] == "ivf-flat" and info["recall_at_10"] >= 0.95 and info["nprobe"] >= 1
+    assert (tmp_path / "s" / "index-l2.faiss").is_file()
+    again = FeatureStore.open(tmp_path / "s")
+    again.approximate_above = 1_000
+    np.testing.assert_array_equal(again.nearest(queries, 10, metric="l2")[0], found)
+    assert again.index_info("l2") == info  # loaded, not rebuilt: same build time
+    assert store.index_info("l2", exact=True)["recall_at_10"] == 1.0
+
+
+def test_top_k_order_is_total_and_splits_merge_exactly() -> None:
+    """Ties (here: many) are settled by dataset index then position, so scanning the data
+    in any batches, or in parts whose top-k are merged, gives the brute-force order."""
+    from cnnlens.dataset._patches import TopK
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.randint(0, 3, (50, 4, 9), generator=g).float()  # values 0, 1, 2: ties
+    flat = maps.permute(1, 0, 2).reshape(4, -1)
+    keys = torch.arange(flat.shape[1])
+    expected = [sorted(zip((-flat[c]).tolist(), keys.tolist(), strict=True))[:7] for c in range(4)]
+    for batch in (1, 7, 50):
+        running = TopK(4, 7)
+        for start in range(0, 50, batch):
+            running.update(maps[start : start + batch], start)
+        got = [
+            list(zip((-running.values[c]).tolist(), running.keys[c].tolist(), strict=True))
+            for c in range(4)
+        ]
+        assert got == expected, batch
+    parts = []
+    for start in (0, 20, 35):
+        part = TopK(4, 7)
+        part.update(maps[start : {0: 20, 20: 35, 35: 50}[start]], start)
+        parts.append(part)
+    merged = TopK(4, 7)
+    for part in reversed(parts):  # the order parts arrive in does not matter
+        merged.merge(part.values, part.keys)
+    assert torch.equal(merged.keys, running.keys) and torch.equal(merged.values, running.values)

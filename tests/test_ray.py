@@ -284,3 +284,21 @@ def test_a_killed_driver_resumes_from_its_committed_shards(
     np.testing.assert_array_equal(resumed.labels, clean.labels)
     for shard in (tmp_path / "clean" / "shards").iterdir():
         assert (folder / "shards" / shard.name).read_bytes() == shard.read_bytes()
+
+
+@pytest.mark.slow
+def test_atlas_dataset_passes_on_ray_equal_local(
+    local_ray: None, model: cnnlens.LoadedModel
+) -> None:
+    from cnnlens._atlas import build_atlas
+
+    data = cnnlens.datasets.fashion_mnist("test")
+    kwargs: dict[str, Any] = {"channels": 2, "k": 3, "steps": 2, "sample": 300, "progress": False}
+    local = build_atlas(model, data, ["features.relu2"], **kwargs)
+    remote = build_atlas(model, data, ["features.relu2"], engine="ray", workers=1, **kwargs)
+    for a, b in zip(local.layers[0].channels, remote.layers[0].channels, strict=True):
+        assert [(p.index, p.position, p.activation) for p in a.patches] == [
+            (p.index, p.position, p.activation) for p in b.patches
+        ]
+    np.testing.assert_array_equal(local.points, remote.points)
+    assert local.queries == remote.queries

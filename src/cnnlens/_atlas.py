@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,19 +135,29 @@ def build_atlas(
     neighbours: int = 6,
     seed: int = 0,
     progress: bool | None = None,
+    engine: str = "local",
+    **ray_options: Any,
 ) -> Atlas:
     """Compute the atlas for ``layers`` (dotted names) of ``model`` over ``dataset``.
 
     ``channels``: the first N channels of each layer; ``sample``: items used for patches,
     the map and the neighbour queries (the first N of the dataset). ``progress``: a bar on
-    stderr counting finished steps (see :mod:`cnnlens._progress`)."""
+    stderr counting finished steps (see :mod:`cnnlens._progress`). ``engine="ray"`` runs
+    the dataset passes (patches, features, pixel neighbours) on Ray, with the same results
+    (``ray_options`` as in :func:`cnnlens.extract_features`)."""
     if not layers:
         raise InputError("the atlas needs at least one layer")
     for name in layers:  # an unknown name fails before any work
         resolve_layer(model.module, name)
+    passes = {"engine": engine, **ray_options} if engine != "local" or ray_options else {}
     with _progress(atlas_steps(len(layers)), "atlas", enabled=progress) as bar:
         return _build(
-            model, dataset, layers, channels, k, steps, sample, queries, neighbours, seed, bar
+            model,
+            dataset,
+            layers,
+            (channels, k, steps, sample, queries, neighbours, seed),
+            passes,
+            bar,
         )
 
 
@@ -160,15 +171,11 @@ def _build(
     model: LoadedModel,
     dataset: object,
     layers: Sequence[str],
-    channels: int,
-    k: int,
-    steps: int,
-    sample: int,
-    queries: int,
-    neighbours: int,
-    seed: int,
+    settings: tuple[int, int, int, int, int, int, int],
+    passes: dict[str, Any],
     bar: Progress,
 ) -> Atlas:
+    channels, k, steps, sample, queries, neighbours, seed = settings
     module = model.module
     subset = Head(dataset, sample)
     probe = model.preprocess(Image.new("RGB", model.input_size[::-1]))
@@ -179,7 +186,7 @@ def _build(
         layer = resolve_layer(module, name)
         with step(bar, f"{name}: top patches"):
             found = top_patches(
-                model, subset, layer, channels=list(range(channels)), k=k, progress=False
+                model, subset, layer, channels=list(range(channels)), k=k, progress=False, **passes
             )
         chosen = sorted(found)
         with step(bar, f"{name}: feature visualization"):
@@ -208,7 +215,7 @@ def _build(
         )
     with step(bar, "dataset map"):
         map_layer = default_feature_layer(module, probe)
-        store = extract_features(model, subset, map_layer, progress=False)
+        store = extract_features(model, subset, map_layer, progress=False, **passes)
         features = np.asarray(store.features)
         points = (
             embed(features, "tsne", seed=seed)
@@ -219,7 +226,9 @@ def _build(
         labels = _labels(dataset, [lab for _, lab in items])
         pictures_all = [_picture(model, image) for image, _ in items]
     with step(bar, "nearest neighbours"):
-        found_queries = _queries(model, subset, store, features, items, queries, neighbours, seed)
+        found_queries = _queries(
+            model, subset, store, features, items, (queries, neighbours, seed), passes
+        )
     spec = getattr(dataset, "spec", None)
     return Atlas(
         model=model.name,
@@ -257,20 +266,22 @@ def _queries(
     store: FeatureStore,
     features: np.ndarray,
     items: Sequence[tuple[object, int]],
-    queries: int,
-    neighbours: int,
-    seed: int,
+    settings: tuple[int, int, int],
+    passes: dict[str, Any],
 ) -> list[NeighbourQuery]:
     """Random query items with their feature-space and pixel-space neighbours."""
+    queries, neighbours, seed = settings
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(items), size=min(queries, len(items)), replace=False)
+    chosen = rng.choice(len(items), size=min(queries, len(items)), replace=False).tolist()
+    wanted = min(neighbours + 1, len(items))
+    # One pass over the pictures for all the queries.
+    pixel_idx, _ = pixel_nearest(
+        subset, [items[q][0] for q in chosen], wanted, model=model, progress=False, **passes
+    )
     found = []
-    for q in chosen.tolist():
-        idx, _ = store.nearest(features[q], min(neighbours + 1, len(items)))
+    for q, pidx in zip(chosen, pixel_idx, strict=True):
+        idx, _ = store.nearest(features[q], wanted)
         feature_rows = [int(i) for i in np.atleast_1d(idx) if int(i) != q][:neighbours]
-        pidx, _ = pixel_nearest(
-            subset, items[q][0], min(neighbours + 1, len(items)), model=model, progress=False
-        )
         pixel_rows = [int(i) for i in np.atleast_1d(pidx) if int(i) != q][:neighbours]
         found.append(NeighbourQuery(q, feature_rows, pixel_rows))
     return found

@@ -11,6 +11,7 @@ from ..dataset._sources import open_dataset
 from ..errors import InputError
 from ..render._atlas import atlas_pages
 from ._common import Output, add_model_args, open_model
+from ._dataset import add_engine_args, engine_options
 
 
 def register(sub: Any) -> None:
@@ -42,6 +43,7 @@ def register(sub: Any) -> None:
         metavar="FOLDER",
         help="folder for the site",
     )
+    add_engine_args(p)
     p.set_defaults(run=run)
 
 
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         k=args.k,
         steps=args.steps,
         sample=args.sample,
+        **engine_options(args, model),
     )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -337,6 +337,13 @@ def run_neighbors(args: argparse.Namespace) -> int:
     else:
         query_image, query_label = open_image(args.image), -1
     indices, distances = store.nearest(query_image, args.k, metric=args.metric, model=model)
+    index = store.index_info(args.metric)
+    if index["kind"] != "flat":
+        print(
+            f"approximate search ({index['kind']}, nprobe {index['nprobe']} of "
+            f"{index['nlist']} lists): recall@10 {index['recall_at_10']:.3f} when built",
+            file=sys.stderr,
+        )
     data = _store_dataset(store, args.store)
 
     def tiles(rows: np.ndarray, dists: np.ndarray, kind: str) -> list[tuple[Image.Image, str]]:

@@ -2,10 +2,11 @@
 
 Feature space: cosine distance (inner product of L2-normalized vectors, ``IndexFlatIP``)
 or Euclidean distance (``IndexFlatL2``), exact by default. Large stores use an inverted-file
-index (``IndexIVFFlat``, about sqrt(N) lists) whose ``nprobe`` is doubled until recall@10
-against exact search, on a sample of stored vectors used as queries, reaches
-:data:`TARGET_RECALL`; when only probing every list gets there (data without cluster
-structure) the searcher falls back to the exact index.
+index (``IndexIVFFlat``, about sqrt(N) lists; ``IndexIVFPQ`` with exact reranking above
+:data:`PQ_ABOVE` rows) whose ``nprobe`` is doubled until recall@10 against exact search, on
+a sample of stored vectors used as queries, reaches :data:`TARGET_RECALL`; when only probing
+every list gets there (data without cluster structure) an IVF-Flat searcher falls back to
+the exact index. An on-disk store saves its approximate indexes next to its shards.
 
 Pixel space (:func:`pixel_nearest`): Euclidean distance between pictures resized to a
 common size, streamed over the dataset with a running top-k.
@@ -13,9 +14,13 @@ common size, streamed over the dataset with a running top-k.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,9 +33,14 @@ from ..errors import InputError
 from ._batches import grouped_batches, range_batches
 from ._shards import ShardedArray
 
-__all__ = ["TARGET_RECALL", "Searcher", "exact_search", "pixel_nearest"]
+__all__ = ["INDEX_KINDS", "TARGET_RECALL", "Searcher", "exact_search", "pixel_nearest"]
 
 TARGET_RECALL = 0.97  # calibration target; the promise is >= 0.95
+INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")
+PQ_ABOVE = 5_000_000  # above this many rows the approximate index stores PQ codes
+# IVF-PQ candidates per wanted neighbour, reranked by exact distance: the first that
+# reaches the target recall when the index is built.
+RERANK = (4, 8, 16, 32, 64)
 _CHUNK = 65536
 
 
@@ -52,40 +62,80 @@ def _normalized(block: np.ndarray) -> np.ndarray:
 
 
 class Searcher:
-    """A FAISS index over ``vectors`` (N, D) for one metric, exact or approximate."""
+    """A FAISS index over ``vectors`` (N, D) for one metric, chosen by size: exact
+    (``"flat"``), or approximate — ``"ivf-flat"`` (an inverted file over the vectors) up to
+    :data:`PQ_ABOVE` rows, ``"ivf-pq"`` (product-quantized codes, 1/16 of the memory, its
+    candidates reranked by exact distance against ``vectors``) beyond. Approximate indexes are trained on
+    a seeded sample, filled chunk by chunk, and calibrated: ``nprobe`` doubles until
+    recall@10 against exact search on 256 stored vectors reaches :data:`TARGET_RECALL`;
+    ``recall`` is what was measured."""
 
     def __init__(
-        self, vectors: np.ndarray | ShardedArray, metric: str, *, exact: bool = True, seed: int = 0
+        self,
+        vectors: np.ndarray | ShardedArray,
+        metric: str,
+        *,
+        exact: bool = True,
+        seed: int = 0,
+        kind: str | None = None,
     ) -> None:
         faiss = _faiss()
+        started = time.perf_counter()
         self.metric = metric
         self.rows, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
-        self.exact = exact
+        self.kind = kind or ("flat" if exact else "ivf-pq" if self.rows > PQ_ABOVE else "ivf-flat")
+        if self.kind not in INDEX_KINDS:
+            raise InputError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
+        self.vectors = vectors
         self.nprobe = 0
-        self.recall: float | None = None
-        inner = metric == "cosine"
-        faiss_metric = faiss.METRIC_INNER_PRODUCT if inner else faiss.METRIC_L2
-        if exact:
-            self.index = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
-        else:
-            # About sqrt(N) lists, each trained on ~50 points (faiss wants at least 39).
-            nlist = int(min(max(16, math.sqrt(self.rows)), max(16, self.rows // 50)))
-            quantizer = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
-            self.index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss_metric)
-            self.index.cp.seed = seed
-            rng = np.random.default_rng(seed)
-            sample_rows = np.sort(rng.choice(self.rows, min(self.rows, 50 * nlist), replace=False))
-            self.index.train(self._prepare(vectors[sample_rows]))
-            self._quantizer = quantizer  # keep the Python object alive with the index
+        self.rerank = 0
+        self.recall: float | None = 1.0 if self.kind == "flat" else None
+        self.index = self._build(faiss, vectors, seed)
         self._add(vectors)
-        if not exact:
+        if self.kind != "flat":
             self._calibrate(vectors, seed)
-            if self.nprobe >= self.index.nlist:
+            if self.nprobe >= self.nlist and self.kind == "ivf-flat":
                 # No structure for the inverted file to use (it would scan every list): an
                 # exact flat index gives the same answers faster.
-                self.exact = True
-                self.index = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
+                self.kind, self.recall, self.nprobe = "flat", 1.0, 0
+                self.index = self._build(faiss, vectors, seed)
                 self._add(vectors)
+        self.build_seconds = time.perf_counter() - started
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "flat"
+
+    @property
+    def nlist(self) -> int:
+        return 0 if self.exact else int(self._ivf().nlist)
+
+    def _ivf(self) -> Any:
+        return _faiss().extract_index_ivf(self.index)
+
+    def _build(self, faiss: Any, vectors: np.ndarray | ShardedArray, seed: int) -> Any:
+        inner = self.metric == "cosine"
+        if self.kind == "flat":
+            return faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
+        faiss_metric = faiss.METRIC_INNER_PRODUCT if inner else faiss.METRIC_L2
+        # About sqrt(N) lists, each trained on ~50 points (faiss wants at least 39).
+        nlist = int(min(max(16, math.sqrt(self.rows)), max(16, self.rows // 50)))
+        quantizer = faiss.IndexFlatIP(self.dim) if inner else faiss.IndexFlatL2(self.dim)
+        train = 50 * nlist
+        if self.kind == "ivf-flat":
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss_metric)
+        else:
+            index = faiss.IndexIVFPQ(
+                quantizer, self.dim, nlist, _pq_parts(self.dim), 8, faiss_metric
+            )
+            train = max(train, 64 * 256)  # each sub-quantizer learns 256 centroids
+        index.own_fields = True
+        quantizer.this.disown()  # the index owns (and frees) its quantizer
+        index.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(self.rows, min(self.rows, train), replace=False))
+        index.train(self._prepare(vectors[sample]))
+        return index
 
     def _add(self, vectors: np.ndarray | ShardedArray) -> None:
         for start in range(0, self.rows, _CHUNK):
@@ -103,25 +153,110 @@ class Searcher:
         rows = np.sort(rng.choice(self.rows, min(queries, self.rows), replace=False))
         k = min(11, self.rows)
         truth, _ = exact_search(vectors, vectors[rows], k, self.metric)
-        nlist = self.index.nlist
-        nprobe = 1
-        while True:
-            self.index.nprobe = nprobe
-            found, _ = self._search_raw(self._prepare(vectors[rows]), k)
-            self.recall = _recall(truth, found, rows)
-            if self.recall >= TARGET_RECALL or nprobe >= nlist:
+        nlist = self.nlist
+        prepared = self._prepare(vectors[rows])
+        # IVF-PQ: when probing every list is not enough, its codes are too coarse to find
+        # the candidates: rerank more of them (IVF-Flat has nothing to rerank).
+        for rerank in RERANK if self.kind == "ivf-pq" else RERANK[:1]:
+            self.rerank = rerank
+            nprobe = 1
+            while True:
+                self._ivf().nprobe = nprobe
+                found, _ = self._search_raw(prepared, k)
+                self.recall = _recall(truth, found, rows)
+                if self.recall >= TARGET_RECALL or nprobe >= nlist:
+                    break
+                nprobe = min(2 * nprobe, nlist)
+            if self.recall >= TARGET_RECALL:
                 break
-            nprobe = min(2 * nprobe, nlist)
         self.nprobe = nprobe
 
     def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, indices = self.index.search(queries, k)
-        return indices.astype(np.int64), scores
+        if self.kind != "ivf-pq":
+            scores, indices = self.index.search(queries, k)
+            return indices.astype(np.int64), scores
+        # Product-quantized distances are coarse: take RERANK x k candidates and order them
+        # by their exact distance to the query.
+        wanted = min(self.rows, self.rerank * k)
+        _, candidates = self.index.search(queries, wanted)
+        candidates = candidates.astype(np.int64)
+        rows = self._prepare(self.vectors[np.maximum(candidates, 0)].reshape(-1, self.dim))
+        rows = rows.reshape(len(queries), wanted, self.dim)
+        if self.metric == "cosine":
+            scores = np.einsum("qd,qkd->qk", queries, rows)
+            scores[candidates < 0] = -np.inf
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        else:
+            scores = ((rows - queries[:, None, :]) ** 2).sum(axis=2)
+            scores[candidates < 0] = np.inf
+            order = np.argsort(scores, axis=1, kind="stable")[:, :k]
+        return (
+            np.take_along_axis(candidates, order, axis=1),
+            np.take_along_axis(scores, order, axis=1).astype(np.float32),
+        )
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices (Q, k) int64, distances (Q, k) float32), nearest first."""
         indices, scores = self._search_raw(self._prepare(queries), k)
         return indices, _distances(scores, self.metric)
+
+    def info(self) -> dict[str, Any]:
+        """What was built: kind, rows, lists, ``nprobe``, the recall@10 it was calibrated
+        to (1.0 for exact search), build time."""
+        return {
+            "kind": self.kind,
+            "metric": self.metric,
+            "rows": self.rows,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "rerank": self.rerank,
+            "recall_at_10": self.recall,
+            "build_seconds": round(self.build_seconds, 3),
+        }
+
+    def save(self, path: Path, key: str) -> None:
+        """Write the index and what it was built from (``key``) next to each other."""
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        _faiss().write_index(self.index, str(tmp))
+        os.replace(tmp, path)
+        meta = {**self.info(), "dim": self.dim, "key": key}
+        side = path.with_suffix(".json")
+        side.with_name(side.name + ".tmp").write_text(json.dumps(meta))
+        os.replace(side.with_name(side.name + ".tmp"), side)
+
+    @classmethod
+    def load(
+        cls, path: Path, vectors: np.ndarray | ShardedArray, metric: str, key: str
+    ) -> Searcher | None:
+        """The index saved at ``path`` if it was built from ``key`` for ``metric``."""
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            if meta.get("key") != key or meta.get("metric") != metric:
+                return None
+            index = _faiss().read_index(str(path))
+        except (OSError, ValueError, RuntimeError):
+            return None
+        searcher = cls.__new__(cls)
+        searcher.metric = metric
+        searcher.rows, searcher.dim = int(meta["rows"]), int(meta["dim"])
+        searcher.kind = str(meta["kind"])
+        searcher.vectors = vectors
+        searcher.index = index
+        searcher.nprobe = int(meta["nprobe"])
+        searcher.rerank = int(meta.get("rerank", 0))
+        searcher.recall = meta["recall_at_10"]
+        searcher.build_seconds = float(meta["build_seconds"])
+        if searcher.kind != "flat":
+            searcher._ivf().nprobe = searcher.nprobe
+        return searcher
+
+
+def _pq_parts(dim: int) -> int:
+    """Sub-quantizers for IVF-PQ: one byte per 4 dimensions where ``dim`` allows."""
+    for parts in (dim // 4, dim // 8, dim // 2, dim):
+        if parts >= 1 and dim % parts == 0:
+            return parts
+    return dim
 
 
 def _distances(scores: np.ndarray, metric: str) -> np.ndarray:
@@ -265,7 +400,7 @@ def pixel_nearest(
     from ._patches import _shard_rows
     from ._store import check_engine
 
-    check_engine(engine)
+    check_engine(engine, ray_options)
     data = as_dataset(dataset)
     preprocessing = getattr(model, "preprocessing", None)
     queries, single = as_queries(image, preprocessing)

@@ -209,7 +209,7 @@ def top_patches(
 
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
-    check_engine(engine)
+    check_engine(engine, ray_options)
     data = as_dataset(dataset)
     preprocessing = getattr(model, "preprocessing", None)
     probe = probe_input(data, preprocessing)

@@ -12,6 +12,8 @@ row lost or duplicated. Opening and resuming verify every shard; any damage is a
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -313,14 +315,43 @@ class FeatureStore:
                 f"query has shape {tuple(vectors.shape)}; expected ({self.dim},) or (Q, {self.dim})"
                 " feature vectors, or pass model= to search with pictures"
             )
+        searcher = self._searcher(metric, exact)
+        indices, distances = searcher.search(np.ascontiguousarray(matrix, dtype=np.float32), k)
+        return (indices[0], distances[0]) if single else (indices, distances)
+
+    def index_info(self, metric: str = "cosine", *, exact: bool | None = None) -> dict[str, Any]:
+        """The index :meth:`nearest` searches with these settings (built or loaded if
+        needed): ``kind`` (``flat``, ``ivf-flat``, ``ivf-pq``), ``rows``, ``nlist``,
+        ``nprobe``, ``recall_at_10`` (measured against exact search when it was built; 1.0
+        for exact search), ``build_seconds``."""
+        return self._searcher(metric, exact).info()
+
+    def _searcher(self, metric: str, exact: bool | None) -> Searcher:
         use_exact = self.count <= self.approximate_above if exact is None else exact
         key = (metric, use_exact)
         searcher = self._searchers.get(key)
+        if searcher is not None and searcher.rows == self.count:
+            return searcher
+        saved = None if use_exact or self.path is None else self.path / f"index-{metric}.faiss"
+        fingerprint = self._rows_key()
+        if saved is not None:
+            searcher = Searcher.load(saved, self.features, metric, fingerprint)
         if searcher is None or searcher.rows != self.count:
             searcher = Searcher(self.features, metric, exact=use_exact)
-            self._searchers[key] = searcher
-        indices, distances = searcher.search(np.ascontiguousarray(matrix, dtype=np.float32), k)
-        return (indices[0], distances[0]) if single else (indices, distances)
+            if saved is not None:
+                with contextlib.suppress(OSError):  # a read-only store just is not cached
+                    searcher.save(saved, fingerprint)
+        self._searchers[key] = searcher
+        return searcher
+
+    def _rows_key(self) -> str:
+        """What the stored rows are, for a saved index: the checksums of the shards."""
+        entries = sorted(self.manifest.get("shards") or [], key=lambda e: int(e["shard"]))
+        text = "".join(e["features"]["sha256"] for e in entries[: len(self._shard_parts())])
+        return hashlib.sha256(f"{self.count}:{text}".encode()).hexdigest()[:32]
+
+    def _shard_parts(self) -> list[Any]:
+        return self._features.parts if isinstance(self._features, ShardedArray) else []
 
     # -- identity --------------------------------------------------------------------------
     def _check_identity(self, info: ModelInfo, pool: str, total: int | None) -> None:
@@ -411,9 +442,11 @@ def default_shard_rows(dim: int, batch_size: int) -> int:
     return max(batch_size, rows // batch_size * batch_size)
 
 
-def check_engine(engine: str) -> None:
+def check_engine(engine: str, ray_options: dict[str, Any]) -> None:
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "local" and ray_options:
+        raise InputError(f"options {sorted(ray_options)} only apply to engine='ray'")
     if engine == "ray":
         from ._ray import require_ray
 
@@ -456,9 +489,7 @@ def extract_features(
     ``model_spec``) are described in :func:`cnnlens.dataset._ray.ray_shards`.
     """
     check_pool(pool)
-    check_engine(engine)
-    if engine == "local" and ray_options:
-        raise InputError(f"options {sorted(ray_options)} only apply to engine='ray'")
+    check_engine(engine, ray_options)
     data = as_dataset(dataset)
     total = len(data)
     preprocessing = getattr(model, "preprocessing", None)

@@ -338,6 +338,7 @@ class PixelJob:
     batch_size: int
     shard_rows: int
     total: int
+    num_workers: int = 0  # DataLoader processes inside a Ray actor
 
     def scan(
         self,
@@ -369,7 +370,8 @@ class PixelJob:
 
     def __call__(self, _info: Any, data: Any, index: int) -> tuple[Tensor, Tensor]:
         start = index * self.shard_rows
-        return self.scan(data, [(start, min(start + self.shard_rows, self.total))])
+        stop = min(start + self.shard_rows, self.total)
+        return self.scan(data, [(start, stop)], self.num_workers)
 
 
 def pixel_nearest(
@@ -417,7 +419,15 @@ def pixel_nearest(
     q = _pixels(queries.float(), target, channels).double()
     total = len(data)
     job = PixelJob(
-        q, target, channels, k, preprocessing, batch_size, _shard_rows(batch_size, total), total
+        q,
+        target,
+        channels,
+        k,
+        preprocessing,
+        batch_size,
+        _shard_rows(batch_size, total),
+        total,
+        num_workers,
     )
     with progress_bar(total, "pixels", enabled=progress, unit="img") as bar:
         if engine == "ray":

@@ -148,6 +148,7 @@ class PatchJob:
     batch_size: int
     shard_rows: int
     total: int
+    num_workers: int = 0  # DataLoader processes inside a Ray actor
 
     def scan(
         self,
@@ -177,7 +178,8 @@ class PatchJob:
 
     def __call__(self, info: Any, data: Any, index: int) -> tuple[Tensor, Tensor]:
         start = index * self.shard_rows
-        running = self.scan(info, data, [(start, min(start + self.shard_rows, self.total))])
+        stop = min(start + self.shard_rows, self.total)
+        running = self.scan(info, data, [(start, stop)], self.num_workers)
         return running.values, running.keys
 
 
@@ -221,7 +223,7 @@ def top_patches(
     positions = height * width
     chosen = _channels(channels, shape[0])
     total = len(data)
-    job = PatchJob(tuple(chosen), k, batch_size, _shard_rows(batch_size, total), total)
+    job = PatchJob(tuple(chosen), k, batch_size, _shard_rows(batch_size, total), total, num_workers)
     with progress_bar(total, "patches", enabled=progress, unit="img") as bar:
         if engine == "ray":
             from ._ray import run_remote

@@ -243,10 +243,11 @@ def ray_shards(
     batch_size: int,
     plan: Any,
     tick: Callable[[int], None],
+    num_workers: int = 0,
     **options: Any,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``extract_features``' shards on Ray: (shard, features, labels) as they finish."""
-    job = FeatureJob(pool, batch_size, plan.rows, plan.total)
+    job = FeatureJob(pool, batch_size, plan.rows, plan.total, num_workers)
     for index, (features, labels) in run_remote(
         job, model, data, info, options, tick, plan.pending
     ):
@@ -268,12 +269,13 @@ class FeatureJob:
     batch_size: int
     shard_rows: int
     total: int
+    num_workers: int = 0  # DataLoader processes inside the actor (decoding pictures)
 
     def __call__(self, info: Any, data: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
         from ._store import ShardPlan, local_shards
 
         plan = ShardPlan(self.shard_rows, self.total, [index])
         ((_, features, labels),) = local_shards(
-            info, data, self.pool, self.batch_size, 0, plan, lambda _n: None
+            info, data, self.pool, self.batch_size, self.num_workers, plan, lambda _n: None
         )
         return features, labels

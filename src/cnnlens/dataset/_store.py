@@ -485,8 +485,9 @@ def extract_features(
     ``meta``: extra JSON-able facts kept in the manifest.
 
     ``engine="ray"`` computes the shards on a Ray cluster (``pip install 'cnnlens[ray]'``)
-    with the same results; ``ray_options`` (``address``, ``workers``, ``num_gpus``,
-    ``model_spec``) are described in :func:`cnnlens.dataset._ray.ray_shards`.
+    with the same results (``num_workers``: DataLoader processes inside each actor);
+    ``ray_options`` (``address``, ``workers``, ``num_cpus``, ``num_gpus``, ``model_spec``)
+    are described in :class:`cnnlens.dataset._ray.RayOptions` and docs/scale.md.
     """
     check_pool(pool)
     check_engine(engine, ray_options)
@@ -518,7 +519,9 @@ def extract_features(
         if engine == "ray":
             from ._ray import ray_shards
 
-            return ray_shards(model, data, info, pool, batch_size, plan, tick, **ray_options)
+            return ray_shards(
+                model, data, info, pool, batch_size, plan, tick, num_workers, **ray_options
+            )
         return local_shards(info, data, pool, batch_size, num_workers, plan, tick)
 
     if out is None:

@@ -204,7 +204,6 @@ class KillsItsWorker(torch.utils.data.Dataset[Any]):
         return self.base[index]
 
 
-
 @pytest.mark.slow
 def test_a_worker_killed_mid_job_is_retried_and_the_result_is_exact(
     local_ray: None, model: cnnlens.LoadedModel, tmp_path: Path

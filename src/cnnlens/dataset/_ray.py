@@ -183,13 +183,32 @@ def run_job(
             num_gpus=options.num_gpus,
         )
         try:
-            for row in results.iter_rows():
-                yield int(row["shard"]), pickle.loads(row["result"])
+            with _quiet_ray_data():
+                for row in results.iter_rows():
+                    yield int(row["shard"]), pickle.loads(row["result"])
         except Exception as exc:
             cause = _input_error(exc)
             if cause is not None:
                 raise InputError(str(cause)) from None
             raise
+
+
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """Ray Data logs every execution at INFO and warns that its bars are off (ours count
+    the rows); keep its warnings about real problems."""
+    loggers = {
+        logging.getLogger("ray.data"): logging.WARNING,
+        logging.getLogger("ray.data._internal.progress"): logging.ERROR,
+    }
+    before = {logger: logger.level for logger in loggers}
+    try:
+        for logger, level in loggers.items():
+            logger.setLevel(max(level, logger.getEffectiveLevel()))
+        yield
+    finally:
+        for logger, level in before.items():
+            logger.setLevel(level)
 
 
 def _default_workers(ray: Any, options: RayOptions) -> int:

@@ -84,3 +84,19 @@ def test_scatter_legend_stays_inside_the_figure() -> None:
     labels = np.arange(30) % 3
     picture = embedding_scatter(points, labels, [LONG, WORD, "c"], title=LONG, size=(4, 3))
     assert picture.width == 440
+
+
+def test_activation_grid_has_a_colour_bar_with_its_scale() -> None:
+    import torch
+
+    from cnnlens.render._behaviour import activation_grid
+    from cnnlens.render._images import colorbar_image
+
+    maps = torch.rand(10, 7, 7) * 6
+    picture = activation_grid(maps, [3, 1, 4], [4.0, 2.5, 1.0], size=64)
+    bar = colorbar_image("viridis", 0.0, float(maps[[3, 1, 4]].max()), min(picture.width, 480), "x")
+    tiles = picture.height - bar.height
+    strip = np.asarray(picture)[tiles + 4 : tiles + 12, 8 : picture.width - 8]
+    assert strip.std(axis=1).mean() > 20  # a gradient runs along the bar
+    narrow = colorbar_image("viridis", -1234.5, 98765.4, 120, LONG)
+    assert _ink_columns(narrow, narrow.height).max() < narrow.width - 2

@@ -21,6 +21,7 @@ from ..render._behaviour import (
     rgb_filter_tiles,
     unit_overlays,
 )
+from ..render._images import colorbar_image, stack
 from ._common import add_model_args, add_output, open_image, open_model, positive_int
 
 
@@ -182,10 +183,13 @@ def run_activations(args: argparse.Namespace) -> int:
     name = layer_name(model.module, layer)
     top = add_caption(
         activation_grid(maps, ids[0].tolist(), values[0].tolist()),
-        f"{name}: top {ids.shape[1]} channels by {args.by} activation",
+        f"{name}: top {ids.shape[1]} channels by {args.by} activation (label: channel · {args.by})",
     )
     units = grid(unit_overlays(seen[0], maps, shown), columns=len(shown))
-    picture = grid([top, units], columns=1, pad=8)
+    scale = colorbar_image(
+        "jet", 0.0, 1.0, min(units.width, 480), "activation / the unit's max (opacity follows it)"
+    )
+    picture = stack([top, units, scale], pad=8)
     print(save_png(picture, args.output))
     return 0
 

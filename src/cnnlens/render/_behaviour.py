@@ -10,7 +10,16 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from ._images import _font, add_caption, colormap, diverging, grid, overlay, upsample
+from ._images import (
+    _font,
+    add_caption,
+    colorbar_image,
+    colormap,
+    diverging,
+    grid,
+    overlay,
+    upsample,
+)
 
 __all__ = [
     "FACTOR_COLOURS",
@@ -56,7 +65,8 @@ def filter_tiles(slices: Tensor, *, scale: int = 8) -> list[Image.Image]:
 def activation_grid(
     maps: Tensor, channels: Sequence[int], values: Sequence[float] | None = None, *, size: int = 96
 ) -> Image.Image:
-    """Feature maps (C, h, w) of the given channels as a labelled grid, one shared scale."""
+    """Feature maps (C, h, w) of the given channels as a labelled grid ("ch 142 · 5.85":
+    channel · value), one shared scale drawn as a colour bar under the tiles."""
     chosen = maps[list(channels)].detach().float().cpu()
     vmax = float(chosen.max()) if chosen.numel() else 1.0
     vmin = min(0.0, float(chosen.min())) if chosen.numel() else 0.0
@@ -65,10 +75,21 @@ def activation_grid(
         for m in chosen
     ]
     captions = [
-        f"{c}" + (f": {values[i]:.1f}" if values is not None else "")
+        f"ch {c}" + (f" · {values[i]:.2f}" if values is not None else "")
         for i, c in enumerate(channels)
     ]
-    return grid(tiles, captions=captions, columns=min(len(tiles), 6))
+    tiles_grid = grid(tiles, captions=captions, columns=min(len(tiles), 6))
+    bar = colorbar_image(
+        "viridis",
+        vmin,
+        vmax,
+        min(tiles_grid.width, 480),
+        f"activation, one scale shared by the tiles ({chosen.shape[-2]}x{chosen.shape[-1]} maps)",
+    )
+    out = Image.new("RGB", (tiles_grid.width, tiles_grid.height + bar.height), "white")
+    out.paste(tiles_grid, (0, 0))
+    out.paste(bar, (0, tiles_grid.height))
+    return out
 
 
 _FACTOR_COLORS = colormaps["tab10"]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ._images import fit_text, grid
+from ._images import fit_text, grid, stack
 from ._pages import data_uri, render_page
 from ._plots import fit_figure_text
 
@@ -32,17 +32,6 @@ def _row_title(image: Image.Image, title: str, width: int = 150) -> Image.Image:
     top = max(2, (image.height - line_height * len(lines)) // 2)
     for i, line in enumerate(lines):
         draw.text((6, top + line_height * i), line, fill="black", font=font)
-    return out
-
-
-def _stack(rows: Sequence[Image.Image], pad: int = 4) -> Image.Image:
-    width = max(r.width for r in rows)
-    height = sum(r.height for r in rows) + pad * (len(rows) - 1)
-    out = Image.new("RGB", (width, height), "white")
-    y = 0
-    for row in rows:
-        out.paste(row, (0, y))
-        y += row.height + pad
     return out
 
 
@@ -71,7 +60,7 @@ def neighbours_figure(
         rows.append(
             _row_title(grid(images, columns=len(images), captions=captions, tile=size), title)
         )
-    return _stack(rows)
+    return stack(rows)
 
 
 def _palette(n: int) -> np.ndarray:
@@ -227,4 +216,4 @@ def patch_rows(
         out_rows.append(
             _row_title(grid(cells, columns=width, captions=caps, tile=(tile, tile)), title, 90)
         )
-    return _stack(out_rows)
+    return stack(out_rows)

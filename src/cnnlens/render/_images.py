@@ -15,12 +15,14 @@ from torch import Tensor
 __all__ = [
     "add_caption",
     "caption_band",
+    "colorbar_image",
     "colormap",
     "diverging",
     "fit_text",
     "grid",
     "overlay",
     "save_png",
+    "stack",
     "tensor_to_image",
     "upsample",
 ]
@@ -179,6 +181,35 @@ def add_caption(
     return out
 
 
+def colorbar_image(
+    cmap: str, vmin: float, vmax: float, width: int, label: str = "", *, ticks: int = 3
+) -> Image.Image:
+    """A horizontal colour bar ``width`` pixels wide: the colormap, ``ticks`` values under it
+    (first and last aligned to the ends), and ``label`` wrapped below."""
+    from ._pages import format_number
+
+    strip = colormap(
+        torch.linspace(0, 1, max(2, width - 12)).expand(12, -1), cmap, vmin=0.0, vmax=1.0
+    )
+    font = _font(12)
+    lines, label_font, line_height = (
+        fit_text(label, width - 12, size=12) if label else ([], font, 0)
+    )
+    out = Image.new("RGB", (width, 12 + 4 + 16 + line_height * len(lines) + 4), "white")
+    out.paste(strip, (6, 2))
+    draw = ImageDraw.Draw(out)
+    inner = width - 12
+    for i in range(ticks):
+        text = format_number(vmin + (vmax - vmin) * i / (ticks - 1))
+        length = font.getlength(text)
+        x = 6 + inner * i / (ticks - 1) - length / 2
+        x = min(max(x, 6), 6 + inner - length)
+        draw.text((x, 16), text, fill="black", font=font)
+    for i, line in enumerate(lines):
+        draw.text((6, 33 + i * line_height), line, fill="#333333", font=label_font)
+    return out
+
+
 def grid(
     images: Sequence[Image.Image],
     *,
@@ -212,6 +243,18 @@ def grid(
     for i, cell in enumerate(cells):
         r, c = divmod(i, columns)
         out.paste(cell, (pad + c * (width + pad), pad + r * (height + pad)))
+    return out
+
+
+def stack(rows: Sequence[Image.Image], pad: int = 4) -> Image.Image:
+    """Pictures one under another, left-aligned, each at its own height."""
+    width = max(r.width for r in rows)
+    height = sum(r.height for r in rows) + pad * (len(rows) - 1)
+    out = Image.new("RGB", (width, height), "white")
+    y = 0
+    for row in rows:
+        out.paste(row.convert("RGB"), (0, y))
+        y += row.height + pad
     return out
 
 

@@ -155,20 +155,24 @@ class Searcher:
         truth, _ = exact_search(vectors, vectors[rows], k, self.metric)
         nlist = self.nlist
         prepared = self._prepare(vectors[rows])
-        # IVF-PQ: when probing every list is not enough, its codes are too coarse to find
+        # IVF-PQ: when probing more lists stops helping, its codes are too coarse to rank
         # the candidates: rerank more of them (IVF-Flat has nothing to rerank).
-        for rerank in RERANK if self.kind == "ivf-pq" else RERANK[:1]:
-            self.rerank = rerank
-            nprobe = 1
-            while True:
-                self._ivf().nprobe = nprobe
-                found, _ = self._search_raw(prepared, k)
-                self.recall = _recall(truth, found, rows)
-                if self.recall >= TARGET_RECALL or nprobe >= nlist:
-                    break
-                nprobe = min(2 * nprobe, nlist)
+        reranks = list(RERANK if self.kind == "ivf-pq" else RERANK[:1])
+        self.rerank = reranks.pop(0)
+        nprobe, before = 1, -1.0
+        while True:
+            self._ivf().nprobe = nprobe
+            found, _ = self._search_raw(prepared, k)
+            self.recall = _recall(truth, found, rows)
             if self.recall >= TARGET_RECALL:
                 break
+            if nprobe < nlist and (self.recall > before + 0.005 or not reranks):
+                nprobe = min(2 * nprobe, nlist)
+            elif reranks:
+                self.rerank = reranks.pop(0)
+            else:
+                break
+            before = self.recall
         self.nprobe = nprobe
 
     def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -300,3 +300,22 @@ def test_atlas_dataset_passes_on_ray_equal_local(
         ]
     np.testing.assert_array_equal(local.points, remote.points)
     assert local.queries == remote.queries
+
+
+@pytest.mark.slow
+def test_index_and_patches_commands_on_ray(
+    local_ray: None, model: cnnlens.LoadedModel, tmp_path: Path
+) -> None:
+    from cnnlens.cli import main
+
+    args = ["fashion-mnist:test", "--model", "fashion_cnn", "--limit", "256"]
+    ray_args = ["--engine", "ray", "--ray-workers", "1"]
+    store = tmp_path / "store"
+    assert main(["index", *args, "--layer", LAYER, *ray_args, "-o", str(store)]) == 0
+    local = cnnlens.extract_features(model, fashion(256), LAYER, progress=False)
+    np.testing.assert_array_equal(np.asarray(FeatureStore.open(store).features), local.features)
+    assert main(["index", "--verify", "-o", str(store)]) == 0
+    assert (
+        main(["patches", *args, "--channels", "0-1", *ray_args, "-o", str(tmp_path / "p.png")]) == 0
+    )
+    assert main(["index", *args, "--address", "auto", "-o", str(tmp_path / "x")]) == 2

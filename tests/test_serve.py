@@ -426,6 +426,12 @@ def test_feature_visualization_job_is_cached_and_cancellable(
     assert job["state"] == "done" and job["total"] == 4
     assert decode(job["result"]["picture"]).size == (32, 32)
     assert client.post("/api/jobs", params=params).json()["state"] == "done"  # cached
+    shown = {k: v for k, v in params.items() if k != "kind"}
+    known = client.get("/api/visualization", params=shown).json()["job"]
+    assert known["id"] == job["id"] and known["result"] == job["result"]
+    other = {"layer": "features.3", "channel": 0, "steps": 4, "size": 32}
+    assert client.get("/api/visualization", params=other).json() == {"job": None}
+    assert_error(client.get("/api/visualization", params={**other, "channel": 99}), 400)
 
     long = {**params, "steps": 500, "size": 256, "channel": 2}
     started = client.post("/api/jobs", params=long).json()
@@ -466,6 +472,10 @@ def test_every_route_answers(client: TestClient, cat: dict[str, Any]) -> None:
             {"layer": "features.0", "channel": 0},
         ),
         ("GET", "/api/weights"): ("/api/weights", {"layer": "features.0", "channel": 0}),
+        ("GET", "/api/visualization"): (
+            "/api/visualization",
+            {"layer": "features.0", "channel": 0},
+        ),
         ("POST", "/api/jobs"): (
             "/api/jobs",
             {"kind": "explain", "image": image, "method": "scorecam"},

@@ -53,6 +53,8 @@ IMAGE_TYPES = (
 )
 
 # name -> (package, folder, media type): a fixed list, so no request names a file.
+VISUAL_STEPS, VISUAL_SIZE = 96, 128  # feature visualization defaults: a minute at most here
+
 ASSETS = {
     "explorer.js": ("cnnlens.serve", "static", "text/javascript"),
     "explorer.css": ("cnnlens.serve", "static", "text/css"),
@@ -253,6 +255,15 @@ def weights(explorer: Explorer, request: Request) -> Any:
     return explorer.weights_json(_text(request, "layer"), _int(request, "channel"))
 
 
+def visualization(explorer: Explorer, request: Request) -> Any:
+    return explorer.visualization_json(
+        _text(request, "layer"),
+        _int(request, "channel"),
+        _int(request, "steps", VISUAL_STEPS),
+        _int(request, "size", VISUAL_SIZE),
+    )
+
+
 def index_info(explorer: Explorer, request: Request) -> Any:
     return explorer.index_json()
 
@@ -274,8 +285,8 @@ def start_job(explorer: Explorer, request: Request) -> Any:
         job = explorer.visualize_job(
             _text(request, "layer"),
             _int(request, "channel"),
-            _int(request, "steps", 96),
-            _int(request, "size", 128),
+            _int(request, "steps", VISUAL_STEPS),
+            _int(request, "size", VISUAL_SIZE),
         )
     elif kind == "neighbors":
         job = explorer.neighbors_job(explorer.entry(_text(request, "image")), _int(request, "k", 8))
@@ -387,6 +398,12 @@ ROUTES: list[tuple[str, str, Callable[[Explorer, Request], Any], str]] = [
         "GET",
         weights,
         "a convolution channel's weights as a picture; layer, channel",
+    ),
+    (
+        "/api/visualization",
+        "GET",
+        visualization,
+        "the feature visualization job for layer, channel (steps, size) if asked for, else null",
     ),
     (
         "/api/jobs",

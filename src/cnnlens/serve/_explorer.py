@@ -541,7 +541,13 @@ class Explorer:
             "explain", ("explain", entry.id, request.key, display), params, work
         )
 
-    def visualize_job(self, layer: str, channel: int, steps: int, size: int) -> Job:
+    def visualization_json(self, layer: str, channel: int, steps: int, size: int) -> Any:
+        """The feature visualization job already asked for (running or done), else None."""
+        self._check_visual(layer, channel, steps, size)
+        job = self.jobs.find(("visualize", layer, channel, steps, size))
+        return {"job": None if job is None else job.as_json()}
+
+    def _check_visual(self, layer: str, channel: int, steps: int, size: int) -> None:
         self.check_layer(layer)
         shape = next(i.output_shape for i in self.layer_infos() if i.name == layer)
         assert shape is not None
@@ -551,6 +557,9 @@ class Explorer:
             raise InputError(f"steps must be between 1 and {self.limits.visualize_steps}")
         if not 32 <= size <= 512:
             raise InputError(f"size must be between 32 and 512 pixels, got {size}")
+
+    def visualize_job(self, layer: str, channel: int, steps: int, size: int) -> Job:
+        self._check_visual(layer, channel, steps, size)
         params = {"layer": layer, "channel": channel, "steps": steps, "size": size}
 
         def work(progress: Progress) -> dict[str, Any]:

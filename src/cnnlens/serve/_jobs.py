@@ -133,6 +133,11 @@ class Jobs:
         finally:
             job.seconds = time.perf_counter() - start
 
+    def find(self, key: tuple[Any, ...]) -> Job | None:
+        """The job kept for ``key`` (running or finished), if any; starts nothing."""
+        with self._lock:
+            return self._by_key.get(key)
+
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             return self._jobs.get(job_id)

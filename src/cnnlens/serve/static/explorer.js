@@ -338,6 +338,8 @@ async function chooseChannel(layer, channel) {
     const img = $("weights");
     if (weights.picture) { img.src = weights.picture; img.hidden = false; } else { img.hidden = true; }
     $("weights-caption").textContent = `Weights: ${weights.note}`;
+    const known = await api(`/api/visualization?${query}`);  // computed before: show it
+    if (known.job && known.job.state !== "failed" && known.job.state !== "cancelled") startVisual();
   } catch (err) {
     showError("inside-error", err.message);
   }

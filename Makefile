@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # `reference`: captum, zennit, pytorch-grad-cam, torchcam, timm, which the tests compare against.
 EXTRAS ?= data,test,reference,serve
 
-.PHONY: demo test bench lint typecheck venv clean system-deps
+.PHONY: demo test bench bench-quick lint typecheck venv clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,11 +37,18 @@ typecheck: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	CNNLENS_REQUIRE_REFERENCES=1 $(PY) -m pytest -n 2 tests
 
+# One process, interleaved rounds: every method against its floor and the peers (captum,
+# zennit, pytorch-grad-cam, torchcam), ratios, peak memory, CPU and wall time.
 bench: EXTRAS = data,test,reference,serve,bench
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out docs/benchmarks.md
 	$(PY) benchmarks/pointing_game.py --out docs/pointing_game.md
 	nice -n 19 $(PY) benchmarks/trust.py --out docs/trust.md
+
+# The same table on a subset (EfficientNet-Lite0 at 128 px, 2 rounds): under 5 minutes.
+bench-quick: EXTRAS = data,test,reference,serve,bench
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run.py --quick --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

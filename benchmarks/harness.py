@@ -1,68 +1,127 @@
-"""A small benchmark harness: time a method against its floor in the same run.
+"""The benchmark harness: time a method against its floor and its peers in the same run.
 
-A :class:`Case` pairs the method (``fn``) with its *floor* (``floor_fn``): the raw torch
-computation it cannot beat, e.g. one forward and backward pass of the same model and batch.
-Optional ``competitors`` (captum, zennit, ...) are timed alongside. Rounds are interleaved
-(every function once per round, in rotating order) so that drifting machine load hits all
-rows alike; after ``warmup`` rounds, ``repeats`` rounds are timed and each row reports its
-median, min and max, and the ratio of its median to the floor's median.
+A :class:`Case` is one method on one model: the *floor* (the raw torch computation the
+method cannot beat, e.g. one forward and one backward pass to the input), *ours* (the
+cnnlens call) and the *peers* (captum, zennit, pytorch-grad-cam, torchcam doing the same
+computation). :func:`run_case` runs them in interleaved rounds (every entry once per round,
+in rotating order) so that drifting machine load hits all of them alike, and records both
+wall time and process CPU time; after the timed rounds it measures each entry's peak memory
+with one more, untimed, call (:func:`peak_memory`). :func:`markdown` writes one table line
+per case with the ratios to the floor and the goal's verdict.
 
-Modules ``benchmarks/bench_*.py`` expose ``cases() -> list[Case]``; ``benchmarks/run.py``
-collects them and writes the table to ``docs/benchmarks.md``.
+Modules define cases with :class:`Entry` (a name and a callable) and :class:`Goal` (a text
+and a check on the :class:`Result`); ``benchmarks/method_cases.py`` builds all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import platform
+import re
 import statistics
+import sys
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-__all__ = ["Case", "Row", "environment", "markdown", "run_case", "set_threads"]
+__all__ = [
+    "Case",
+    "Entry",
+    "Goal",
+    "Result",
+    "Timing",
+    "environment",
+    "markdown",
+    "peak_memory",
+    "run_case",
+    "set_threads",
+]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A timed computation; ``fn`` None with ``error`` set: a peer that cannot do it."""
+
+    name: str
+    fn: Callable[[], object] | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """The goal a case is checked against: ``check(result)`` True (met), False (missed) or
+    None (cannot be decided, e.g. no peer ran)."""
+
+    text: str
+    check: Callable[[Result], bool | None]
+    from_issue: bool = True
 
 
 @dataclass
 class Case:
-    """One benchmark: ``fn`` against ``floor_fn``.
+    """One method on one model: ``floor``, ``ours`` and ``peers``, checked against ``goal``."""
 
-    ``target``: the largest acceptable ratio to the floor (shown in the table, ``None`` for
-    none). ``competitors``: name -> function, timed as extra rows with their own ratio.
-    """
-
-    name: str
-    fn: Callable[[], object]
-    floor_fn: Callable[[], object]
-    repeats: int = 5
-    warmup: int = 1
-    competitors: dict[str, Callable[[], object]] = field(default_factory=dict)
-    target: float | None = None
-    floor_name: str = "floor"
-    method_name: str = "cnnlens"
+    method: str
+    model: str
+    floor: Entry
+    ours: Entry
+    peers: list[Entry] = field(default_factory=list)
+    goal: Goal | None = None
     note: str = ""
+    rounds: int | None = None  # overrides run_case's (a case of minutes: fewer)
+    warmup: int | None = None
 
 
 @dataclass(frozen=True)
-class Row:
-    case: str
-    name: str
-    times: tuple[float, ...]  # seconds, one per timed round
-    ratio: float  # median / floor median
-    target: float | None
-    kind: str  # "floor", "method" or "competitor"
+class Timing:
+    """What was measured of one entry: seconds per round (wall and CPU) and the peak memory
+    above the state before the call, in bytes (None: not measured)."""
 
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
+    name: str
+    wall: tuple[float, ...] = ()
+    cpu: tuple[float, ...] = ()
+    memory: int | None = None
+    error: str = ""
+
+    def median(self, clock: str = "cpu") -> float:
+        return statistics.median(self.cpu if clock == "cpu" else self.wall)
+
+    def best(self, clock: str = "cpu") -> float:
+        return min(self.cpu if clock == "cpu" else self.wall)
+
+
+@dataclass(frozen=True)
+class Result:
+    case: Case
+    floor: Timing
+    ours: Timing
+    peers: tuple[Timing, ...]
+
+    def ratio(self, timing: Timing, clock: str = "cpu") -> float:
+        """``timing``'s median over the floor's median (inf where it did not run)."""
+        if timing.error or not timing.cpu:
+            return float("inf")
+        floor = self.floor.median(clock)
+        return timing.median(clock) / floor if floor > 0 else float("inf")
 
     @property
     def ok(self) -> bool | None:
-        if self.kind != "method" or self.target is None:
-            return None
-        return self.ratio <= self.target
+        if self.case.goal is None or self.ours.error:
+            return None if self.case.goal is None else False
+        return self.case.goal.check(self)
+
+
+def _error(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:120]}" if lines else type(exc).__name__
 
 
 def _sync() -> None:
@@ -70,45 +129,112 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn: Callable[[], object]) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
+def _quiet(fn: Callable[[], object]) -> object:
+    """``fn()`` with warnings silenced: the peers warn on every call (and the test suite
+    turns warnings into errors), which is noise in a timing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn()
 
 
-def run_case(case: Case, *, repeats: int | None = None, warmup: int | None = None) -> list[Row]:
-    """Time ``case``: floor, method and competitors, interleaved; one :class:`Row` each."""
-    entries: list[tuple[str, str, Callable[[], object]]] = [
-        ("floor", case.floor_name, case.floor_fn),
-        ("method", case.method_name, case.fn),
-        *(("competitor", name, fn) for name, fn in case.competitors.items()),
-    ]
-    n = case.repeats if repeats is None else repeats
-    w = case.warmup if warmup is None else warmup
-    if n < 1:
-        raise ValueError("repeats must be at least 1")
-    samples: list[list[float]] = [[] for _ in entries]
-    for round_ in range(w + n):
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    _sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    _quiet(fn)
+    _sync()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+# Peak memory. tracemalloc does not see torch's CPU tensors and torch keeps no CPU allocator
+# statistics, so we read the process's resident set: Linux resets its high-water mark
+# (VmHWM) to the current RSS when "5" is written to /proc/self/clear_refs. Before the call
+# the garbage is collected and glibc's free memory is returned to the system (malloc_trim
+# releases the free pages of every arena), so memory freed by earlier calls cannot hide
+# the call's own allocations; the peak above the RSS before the call is what it needs
+# beyond the model, its inputs and the imported libraries.
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kb(key: str) -> int:
+    match = re.search(rf"^{key}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    if match is None:
+        raise OSError(f"{key} not in {_STATUS}")
+    return int(match.group(1))
+
+
+def _trim() -> None:
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def peak_memory(fn: Callable[[], object]) -> int | None:
+    """Bytes of resident memory ``fn()`` needs above the state before it, on CPU (Linux
+    only: None elsewhere); on CUDA, torch's peak allocated bytes above the current ones."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        _trim()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        _quiet(fn)
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - before)
+    if not (_STATUS.exists() and _CLEAR_REFS.exists()):
+        return None
+    _trim()
+    try:
+        before = _status_kb("VmRSS")
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return None
+    result = _quiet(fn)
+    peak = _status_kb("VmHWM")
+    del result
+    return max(0, peak - before) * 1024
+
+
+def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = True) -> Result:
+    """Time ``case``'s floor, ours and peers in interleaved rounds (``case.rounds`` and
+    ``case.warmup`` override the arguments), then their peak memory.
+
+    The first round (warm-up or timed) also probes the peers and ours: one that raises is
+    reported with its error and left out of the timing (a peer that cannot explain the
+    model is a result); a failing floor is a bug of the case and raises."""
+    rounds = case.rounds if case.rounds is not None else rounds
+    warmup = case.warmup if case.warmup is not None else warmup
+    if rounds < 1 or warmup < 0:
+        raise ValueError("rounds must be at least 1, warmup at least 0")
+    entries = [case.floor, case.ours, *case.peers]
+    errors = [entry.error for entry in entries]
+    wall: list[list[float]] = [[] for _ in entries]
+    cpu: list[list[float]] = [[] for _ in entries]
+    for round_ in range(warmup + rounds):
         order = list(range(len(entries)))
         shift = round_ % len(entries)
         for i in order[shift:] + order[:shift]:
-            elapsed = _time(entries[i][2])
-            if round_ >= w:
-                samples[i].append(elapsed)
-    floor = statistics.median(samples[0])
-    return [
-        Row(
-            case=case.name,
-            name=name,
-            times=tuple(times),
-            ratio=statistics.median(times) / floor if floor > 0 else float("inf"),
-            target=case.target if kind == "method" else None,
-            kind=kind,
-        )
-        for (kind, name, _), times in zip(entries, samples, strict=True)
-    ]
+            fn = entries[i].fn
+            if errors[i] or fn is None:
+                continue
+            try:
+                seconds = _timed(fn)
+            except Exception as exc:
+                if round_ > 0 or i == 0:
+                    raise
+                errors[i] = _error(exc)
+                if os.environ.get("CNNLENS_BENCH_TRACEBACK"):
+                    traceback.print_exc()
+                continue
+            if round_ >= warmup:
+                wall[i].append(seconds[0])
+                cpu[i].append(seconds[1])
+    timings = []
+    for i, entry in enumerate(entries):
+        fn = entry.fn
+        mem = peak_memory(fn) if memory and fn is not None and not errors[i] else None
+        timings.append(Timing(entry.name, tuple(wall[i]), tuple(cpu[i]), mem, errors[i]))
+    return Result(case, timings[0], timings[1], tuple(timings[2:]))
 
 
 def set_threads(threads: int | None) -> int:
@@ -118,8 +244,16 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def _load() -> str:
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def environment() -> dict[str, str]:
-    """What the numbers depend on, for the table's header."""
+    """What the numbers depend on, for the table's header (the load average now: call it
+    at the start of the run)."""
     device = "cpu"
     if torch.cuda.is_available():
         device = f"cuda ({torch.cuda.get_device_name(0)})"
@@ -130,33 +264,92 @@ def environment() -> dict[str, str]:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
-        "cuda available": device,
+        "device": device,
+        "load average at the start (1 / 5 / 15 min)": _load(),
     }
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f}"
+def _mb(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.0f}"
 
 
-def markdown(rows: Sequence[Row], env: dict[str, str], *, title: str = "Benchmarks") -> str:
-    """The results as a markdown document: environment, then one table row per timing."""
-    lines = [f"# {title}", ""]
-    lines += [f"- {key}: {value}" for key, value in env.items()]
-    lines += [
-        "",
-        "Each case is timed against its floor (the raw torch computation it cannot beat) in "
-        "the same run, rounds interleaved; times are per call. `x floor` is the median's "
-        "ratio to the floor's median.",
-        "",
-        "| case | row | median ms | min ms | max ms | x floor | target |",
-        "|---|---|---:|---:|---:|---:|---|",
+def _peer_cell(result: Result, peer: Timing) -> str:
+    if peer.error:
+        return f"{peer.name}: fails ({peer.error})"
+    return (
+        f"{peer.name} {result.ratio(peer):.2f}× ({result.ratio(peer, 'wall'):.2f}× wall), "
+        f"+{_mb(peer.memory)} MB"
+    )
+
+
+def _verdict(result: Result) -> str:
+    ok = result.ok
+    return "" if ok is None else ("✔" if ok else "✘")
+
+
+def _goal(result: Result) -> str:
+    goal = result.case.goal
+    if goal is None:
+        return ""
+    return goal.text if goal.from_issue else f"{goal.text} *"
+
+
+def table(results: Sequence[Result]) -> list[str]:
+    """One markdown table line per case."""
+    lines = [
+        "| method | model | floor | floor ms CPU · wall | cnnlens × floor CPU · wall "
+        "| peak MB floor · cnnlens | peers: × floor CPU (wall), peak MB | goal | ✔/✘ |",
+        "|---|---|---|---:|---:|---:|---|---|:-:|",
     ]
-    for row in rows:
-        target = ""
-        if row.ok is not None:
-            target = f"<= {row.target:.2f} {'ok' if row.ok else 'MISSED'}"
+    for r in results:
+        floor = f"{r.floor.median('cpu') * 1e3:.0f} · {r.floor.median('wall') * 1e3:.0f}"
+        if r.ours.error:
+            ours = f"fails ({r.ours.error})"
+        else:
+            ours = f"{r.ratio(r.ours):.2f} · {r.ratio(r.ours, 'wall'):.2f}"
+        memory = f"{_mb(r.floor.memory)} · {_mb(r.ours.memory)}"
+        peers = "<br>".join(_peer_cell(r, p) for p in r.peers) or "—"
+        name = r.case.method + (f" ({r.case.note})" if r.case.note else "")
         lines.append(
-            f"| {row.case} | {row.name} ({row.kind}) | {_ms(row.median)} | "
-            f"{_ms(min(row.times))} | {_ms(max(row.times))} | {row.ratio:.2f} | {target} |"
+            f"| {name} | {r.case.model} | {r.case.floor.name} | {floor} | {ours} | {memory} "
+            f"| {peers} | {_goal(r)} | {_verdict(r)} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+HOW_TO_READ = """\
+How to read it. Each line is one method on one model; its floor is the raw torch
+computation the method cannot beat (F = one forward pass and one backward pass to the
+input; for the Grad-CAM family the backward stops at the layer; CAM's floor is one forward;
+Score-CAM's its C + 1 forwards, batched as ours; occlusion's the same occluded copies as
+batched full forwards; SmoothGrad, integrated gradients and feature visualization: one F
+per sample, step or iteration). The floor, cnnlens and every peer ran in the same process,
+in interleaved rounds, on the same model and batch; `× floor` is the median time over the
+floor's median time, first in process CPU time (all threads; steadier than wall time on a
+shared machine, and what the ✔/✘ verdict uses), then in wall time. A ratio below 1 is
+possible where the floor does work the method skips (parameter-free shortcuts, or
+occlusion's incremental inference). Peak MB is the resident memory a call needs above the
+model, its input and the libraries (the process's peak RSS above the RSS before the call,
+measured in one untimed call after the timed rounds, after a garbage collection and
+`malloc_trim`); on CUDA it is torch's peak allocated memory. A peer that cannot do the
+computation on the model is listed with its error. Goals marked * are ours, not the issue's.
+"""
+
+
+def markdown(
+    results: Sequence[Result],
+    env: dict[str, str],
+    *,
+    title: str = "Benchmarks",
+    run: str = "",
+    notes: Sequence[str] = (),
+) -> str:
+    """The document: what ran where, the table, how to read it, notes."""
+    lines = [f"# {title}", ""]
+    if run:
+        lines += [run, ""]
+    lines += [f"- {key}: {value}" for key, value in env.items()]
+    lines += ["", *table(results), "", HOW_TO_READ.replace("\n", " ").strip(), ""]
+    if notes:
+        lines += ["Notes:", "", *(f"- {note}" for note in notes), ""]
+    return "\n".join(lines)

@@ -1,120 +1,136 @@
-"""Run every benchmark and write the table.
+"""Run the benchmark and write the table: every method of ``cnnlens.METHODS`` plus feature
+visualization, against its floor and the peers, in one process.
 
-    python benchmarks/run.py --out docs/benchmarks.md [--only SUBSTRING] [--quick]
-                             [--threads N] [--no-scripts]
+    python benchmarks/run.py --out docs/benchmarks.md            (make bench)
+    python benchmarks/run.py --quick --out docs/benchmarks.md    (make bench-quick)
+    python benchmarks/run.py --only lrp --rounds 1               (a subset, printed)
 
-Modules ``benchmarks/bench_*.py`` that expose ``cases() -> list[harness.Case]`` (callable
-without arguments) are timed by the harness and make the main table. Other ``bench_*.py``
-files are standalone scripts with their own options: they are run as they are (skipped
-with ``--quick`` or ``--no-scripts``) and their output is appended verbatim.
+Full: resnet50 (batch 8, 224 px; Score-CAM and occlusion on its first image) and the
+bundled EfficientNet-Lite0 (batch 1, 224 px), 3 timed rounds, SmoothGrad/IG with 16
+samples, occlusion with a 32 px window at stride 8 (729 windows), the dataset tools.
+Quick (under 5 minutes on an idle 2-core machine): EfficientNet-Lite0 only at 128 px,
+2 rounds, 8 samples, stride 16, no dataset tools.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
-import subprocess
+import dataclasses
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import Case, Row, environment, markdown, run_case, set_threads  # noqa: E402
+from harness import Case, Result, environment, markdown, run_case, set_threads  # noqa: E402
+from method_cases import dataset_cases, heavy_setup, method_cases, setup, smoke_cases  # noqa: E402
 
 
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"benchmarks.{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+@dataclass(frozen=True)
+class Profile:
+    models: tuple[tuple[str, int, int], ...]  # (model, batch, size)
+    heavy_batch: int  # images for Score-CAM and occlusion
+    heavy_rounds: int  # their timed rounds, without warm-up (each is minutes of forwards)
+    rounds: int
+    samples: int  # SmoothGrad samples, IG steps
+    steps: int  # feature-visualization steps
+    stride: int  # occlusion stride (window 32)
+    dataset: bool
 
 
-def _harness_cases(module: ModuleType) -> list[Case] | None:
-    """The module's cases if it follows the harness protocol, else None."""
-    factory = getattr(module, "cases", None)
-    if not callable(factory):
-        return None
-    required = [
-        p
-        for p in inspect.signature(factory).parameters.values()
-        if p.default is inspect.Parameter.empty
-        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    if required:
-        return None
-    cases = factory()
-    if not isinstance(cases, list) or not all(isinstance(c, Case) for c in cases):
-        return None
-    return cases
+PROFILES = {
+    "full": Profile(
+        (("resnet50", 8, 224), ("efficientnet_lite0", 1, 224)), 1, 1, 3, 16, 16, 8, True
+    ),
+    "quick": Profile((("efficientnet_lite0", 1, 128),), 1, 1, 2, 8, 8, 16, False),
+}
+
+NOTES = [
+    "Parameters are frozen (`requires_grad=False`) for every row: nobody here needs their "
+    "gradients, and a peer that calls `loss.backward()` would otherwise pay for them.",
+    "captum's DeepLift refuses torchvision's ResNet (one ReLU module called several times "
+    "per block); the `one ReLU per call site` row runs it on an equivalent copy.",
+    "captum's LRP uses ε rules everywhere (it is listed beside `epsilon_plus`, the nearest "
+    "composite); zennit's composites run with its ResNet canonizer (other models: "
+    "SequentialMergeBatchNorm).",
+    "Feature visualization has no installed peer: lucent (torch-lucent 0.1.8) pins "
+    "kornia ≤ 0.4.1 (2020) and pulls IPython, coveralls and pytest-mock into the "
+    "environment, so it is not part of the `bench` extra; the naive Adam loop on raw pixels "
+    "is the reference instead.",
+]
+
+
+def _cases(profile: Profile) -> list[Callable[[], list[Case]]]:
+    """Case builders, one per model (built lazily: one model in memory at a time)."""
+    builders: list[Callable[[], list[Case]]] = []
+    for model, batch, size in profile.models:
+
+        def build(model: str = model, batch: int = batch, size: int = size) -> list[Case]:
+            s = setup(model, batch, size, samples=profile.samples, stride=profile.stride)
+            heavy = heavy_setup(s, profile.heavy_batch)
+            return smoke_cases(s) + method_cases(
+                s, heavy=heavy, heavy_rounds=profile.heavy_rounds, steps=profile.steps
+            )
+
+        builders.append(build)
+    if profile.dataset:
+        builders.append(dataset_cases)
+    return builders
+
+
+def _selected(case: Case, only: str | None) -> bool:
+    return only is None or only in case.method or only in (case.note or "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
-    parser.add_argument(
-        "--only", default=None, help="only cases (or files) whose name has this substring"
-    )
-    parser.add_argument("--quick", action="store_true", help="3 repeats, no standalone scripts")
+    parser.add_argument("--quick", action="store_true", help="the quick profile (see above)")
+    parser.add_argument("--only", default=None, help="only methods with this substring")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--no-scripts", action="store_true", help="skip standalone scripts")
-    parser.add_argument("--script-timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME:BATCH:SIZE",
+        help="instead of the profile's models (repeatable), e.g. resnet18:2:112",
+    )
     args = parser.parse_args(argv)
-    threads = set_threads(args.threads)
-    rows: list[Row] = []
-    scripts: list[tuple[str, str]] = []
-    for path in sorted(HERE.glob("bench_*.py")):
-        module = _load(path)
-        cases = _harness_cases(module)
-        if cases is None:
-            skip = bool(args.only) and args.only not in path.stem
-            if skip or args.quick or args.no_scripts:
+    name = "quick" if args.quick else "full"
+    profile = PROFILES[name]
+    if args.model:
+        models = tuple(
+            (m, int(b), int(px)) for m, b, px in (spec.split(":") for spec in args.model)
+        )
+        profile = dataclasses.replace(profile, models=models)
+        name += " with --model " + " ".join(args.model)
+    rounds = args.rounds or profile.rounds
+    set_threads(args.threads)
+    env = environment()  # the load average at the start
+    start = time.perf_counter()
+    results: list[Result] = []
+    for build in _cases(profile):
+        for case in build():
+            if not _selected(case, args.only):
                 continue
-            print(f"== {path.name} (standalone script)", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            proc = subprocess.run(
-                [sys.executable, str(path), "--threads", str(threads)],
-                capture_output=True,
-                text=True,
-                timeout=args.script_timeout,
-                check=False,
-            )
-            if proc.returncode != 0 and "--threads" in proc.stderr:
-                proc = subprocess.run(
-                    [sys.executable, str(path)],
-                    capture_output=True,
-                    text=True,
-                    timeout=args.script_timeout,
-                    check=False,
-                )
-            took = time.perf_counter() - start
-            status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
-            text = proc.stdout if proc.returncode == 0 else proc.stdout + proc.stderr[-2000:]
-            scripts.append((f"{path.name} ({status}, {took:.0f} s)", text))
-            continue
-        for case in cases:
-            if args.only and args.only not in case.name and args.only not in path.stem:
-                continue
-            print(f"== {case.name}", file=sys.stderr, flush=True)
-            repeats = min(case.repeats, 3) if args.quick else None
-            rows.extend(run_case(case, repeats=repeats, warmup=1 if args.quick else None))
-    env = environment()
-    env["torch threads"] = str(threads)
-    text = markdown(rows, env)
-    for title, output in scripts:
-        text += f"\n## {title}\n\n```\n{output.rstrip()}\n```\n"
+            print(f"== {case.method} {case.note} on {case.model}", file=sys.stderr, flush=True)
+            results.append(run_case(case, rounds=rounds))
+    minutes = (time.perf_counter() - start) / 60
+    command = "make bench-quick" if args.quick else "make bench"
+    run = (
+        f"Written by `{command}` (`benchmarks/run.py{' --quick' if args.quick else ''}`, "
+        f"profile `{name}`: {', '.join(f'{m} batch {b} at {s} px' for m, b, s in profile.models)}, "
+        f"{rounds} timed rounds after one warm-up) in {minutes:.0f} min."
+    )
+    text = markdown(results, env, run=run, notes=NOTES)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-    missed = [r for r in rows if r.ok is False]
-    return 1 if missed else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""The benchmark harness keeps working: every case (each method of ``cnnlens.METHODS``, its
+floor and its peers) runs one round on a tiny model and makes one table line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import harness
+import method_cases as cases
+
+
+class _Tiny(nn.Module):
+    """Conv-BN-ReLU-conv-ReLU, global pooling, a linear classifier (flattened by a function,
+    as torchvision does: captum's LRP has no rule for ``nn.Flatten``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        return out
+
+
+def test_every_case_runs_one_round_and_makes_a_table_line() -> None:
+    s = cases.setup("tiny", 2, 16, module=_Tiny().eval(), samples=2, rows=4, window=8, stride=8)
+    all_cases = cases.smoke_cases(s) + cases.method_cases(s, heavy=cases.heavy_setup(s, 1), steps=2)
+    # peak memory (a garbage collection per entry: slow in a big process) on two cases only
+    measured = {"saliency", "scorecam"}
+    results = [harness.run_case(c, rounds=1, memory=c.method in measured) for c in all_cases]
+    for result in results:
+        assert not result.ours.error, (result.case.method, result.ours.error)
+        assert len(result.floor.cpu) == len(result.ours.wall) == 1
+        if result.case.method in measured and sys.platform == "linux":
+            assert result.ours.memory is not None and result.ours.memory >= 0
+        for peer in result.peers:
+            assert not peer.error, (result.case.method, peer.name, peer.error)
+        if result.case.goal is not None:
+            assert result.ok in (True, False)
+    lines = harness.table(results)
+    assert len(lines) == 2 + len(results)
+    text = harness.markdown(results, harness.environment())
+    assert "How to read it" in text and "load average" in text
+
+
+def test_a_failing_peer_is_reported_not_timed() -> None:
+    def fails() -> None:
+        raise RuntimeError("cannot do this\nmore")
+
+    floor = harness.Entry("floor", lambda: None)
+    case = harness.Case("m", "tiny", floor, floor, [harness.Entry("peer", fails)])
+    result = harness.run_case(case, rounds=2, memory=False)
+    assert result.peers[0].error == "RuntimeError: cannot do this"
+    assert result.peers[0].cpu == () and len(result.ours.cpu) == 2
+    assert "peer: fails (RuntimeError: cannot do this)" in harness.table([result])[2]
+    with pytest.raises(ValueError):
+        harness.run_case(case, rounds=0)

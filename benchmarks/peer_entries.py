@@ -202,12 +202,14 @@ def _zennit(s: Setup, name: str, composite: Callable[[], Any] | None, **kw: Any)
     import zennit.attribution as za
 
     attributor_cls = getattr(za, kw.pop("attributor", "Gradient"))
-    one_hot = torch.nn.functional.one_hot(s.target, -1)
+
+    def output_relevance(out: Tensor) -> Tensor:
+        return torch.nn.functional.one_hot(s.target, out.shape[1]) * out
 
     def run() -> object:
         comp = composite() if composite is not None else None
         with attributor_cls(model=s.module, composite=comp, **kw) as attributor:
-            _, relevance = attributor(s.x, lambda out: one_hot[:, : out.shape[1]] * out)
+            _, relevance = attributor(s.x, output_relevance)
         return relevance
 
     return [Entry(f"zennit {name}", run)]

@@ -71,3 +71,12 @@ def test_a_failing_peer_is_reported_not_timed() -> None:
     assert "peer: fails (RuntimeError: cannot do this)" in harness.table([result])[2]
     with pytest.raises(ValueError):
         harness.run_case(case, rounds=0)
+
+
+def test_the_dataset_cases_run() -> None:
+    results = [
+        harness.run_case(c, rounds=1, memory=False)
+        for c in cases.dataset_cases(items=64, batch=32, rows=2000)
+    ]
+    assert [r.case.method for r in results] == ["extract_features", "top_patches", "nearest (IVF)"]
+    assert all(not r.ours.error and r.ok in (True, False) for r in results)

@@ -33,7 +33,8 @@ from ..dataset import FeatureStore
 from ..errors import InputError
 from ..images import decode_image
 from ..models import LoadedModel
-from ._explorer import Explorer, ImageEntry, Limits, NotFoundError
+from ._errors import NotFoundError
+from ._explorer import Explorer, ImageEntry, Limits
 from ._jobs import one_line
 from ._pictures import png_bytes
 
@@ -243,20 +244,22 @@ def curves(explorer: Explorer, request: Request) -> Any:
 
 def activation_grid(explorer: Explorer, request: Request) -> Any:
     entry = _entry(explorer, request)
-    return explorer.activations_json(entry, _text(request, "layer"), _int(request, "top", 64))
+    return explorer.inside.activations_json(
+        entry, _text(request, "layer"), _int(request, "top", 64)
+    )
 
 
 def channel(explorer: Explorer, request: Request) -> Any:
     entry = _entry(explorer, request)
-    return explorer.channel_json(entry, _text(request, "layer"), _int(request, "channel"))
+    return explorer.inside.channel_json(entry, _text(request, "layer"), _int(request, "channel"))
 
 
 def weights(explorer: Explorer, request: Request) -> Any:
-    return explorer.weights_json(_text(request, "layer"), _int(request, "channel"))
+    return explorer.inside.weights_json(_text(request, "layer"), _int(request, "channel"))
 
 
 def visualization(explorer: Explorer, request: Request) -> Any:
-    return explorer.visualization_json(
+    return explorer.inside.visualization_json(
         _text(request, "layer"),
         _int(request, "channel"),
         _int(request, "steps", VISUAL_STEPS),
@@ -265,11 +268,13 @@ def visualization(explorer: Explorer, request: Request) -> Any:
 
 
 def index_info(explorer: Explorer, request: Request) -> Any:
-    return explorer.index_json()
+    return explorer.index.index_json()
 
 
 def index_item(explorer: Explorer, request: Request) -> Response:
-    return Response(explorer.item_png(int(request.path_params["row"])), media_type="image/png")
+    return Response(
+        explorer.index.item_png(int(request.path_params["row"])), media_type="image/png"
+    )
 
 
 def start_job(explorer: Explorer, request: Request) -> Any:
@@ -282,16 +287,18 @@ def start_job(explorer: Explorer, request: Request) -> Any:
         )
         job = explorer.explain_job(entry, parsed, query.get("display", "heatmap"))
     elif kind == "visualize":
-        job = explorer.visualize_job(
+        job = explorer.inside.visualize_job(
             _text(request, "layer"),
             _int(request, "channel"),
             _int(request, "steps", VISUAL_STEPS),
             _int(request, "size", VISUAL_SIZE),
         )
     elif kind == "neighbors":
-        job = explorer.neighbors_job(explorer.entry(_text(request, "image")), _int(request, "k", 8))
+        job = explorer.index.neighbors_job(
+            explorer.entry(_text(request, "image")), _int(request, "k", 8)
+        )
     elif kind == "patches":
-        job = explorer.patches_job(
+        job = explorer.index.patches_job(
             _text(request, "layer"), _int(request, "channel"), _int(request, "k", 9)
         )
     else:

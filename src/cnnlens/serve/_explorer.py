@@ -1,5 +1,6 @@
-"""The explorer's state and computation, apart from HTTP: images and their cached forward
-pass, explanations, curves, activations, channel views, and the long jobs.
+"""The explorer's state and computation, apart from HTTP: the model and its layers, images
+and their cached forward pass, explanations and their curves, and the job runner; the
+look-inside views live in ``_inside``, the feature-store views in ``_index``.
 
 Everything returns plain JSON-ready dicts; pictures inside them are PNG data URIs.
 Every call on the served model goes through the model guard (``cnnlens._guard``): calls on
@@ -28,25 +29,20 @@ from torch import Tensor, nn
 from .._guard import guard
 from .._modules import resolve_layer
 from ..attribution.api import Explanation, explain, method_spec, registry
-from ..behaviour import activations, filters, visualize
-from ..behaviour._inspect import top_channels
-from ..dataset import FeatureStore, open_dataset, pixel_nearest, top_patches
+from ..dataset import FeatureStore
 from ..errors import InputError
 from ..evaluate import deletion_insertion
 from ..images import sample_description, sample_image, sample_images
-from ..layers import LayerInfo, layers, receptive_field
+from ..layers import LayerInfo, layers
 from ..models import LoadedModel
-from ..render import grid, tensor_to_image
-from ..render._behaviour import filter_tiles, rgb_filter_tiles
+from ._errors import NotFoundError
+from ._index import DatasetViews
+from ._inside import Inside
 from ._jobs import Job, Jobs, Progress, reporting
 from ._options import LONG_METHODS, METHOD_OPTIONS, parse_options
-from ._pictures import ColorScale, data_uri, map_picture, png_bytes, scale_for, tile_picture
+from ._pictures import data_uri, map_picture, png_bytes, scale_for
 
 __all__ = ["Explorer", "Limits", "NotFoundError"]
-
-
-class NotFoundError(InputError):
-    """A named thing (image, job, sample, index) that does not exist: HTTP 404."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +103,8 @@ class Explorer:
         self.model = model
         self.limits = limits or Limits()
         self.store = store
-        self._dataset = dataset
+        self.inside = Inside(self)
+        self.index = DatasetViews(self, store, dataset)
         self.jobs = Jobs()
         self._images: OrderedDict[str, ImageEntry] = OrderedDict()
         self._images_lock = threading.Lock()
@@ -154,7 +151,7 @@ class Explorer:
             "methods": methods,
             "samples": [{"name": n, "description": sample_description(n)} for n in sample_images()],
             "limits": dataclasses.asdict(self.limits),
-            "index": self.index_json() if self.store is not None else None,
+            "index": self.index.index_json() if self.store is not None else None,
         }
 
     def classes_json(self, query: str, limit: int) -> list[dict[str, Any]]:
@@ -425,104 +422,6 @@ class Explorer:
         entry.curves[key] = result
         return result
 
-    # -- look inside ------------------------------------------------------------------------
-    def layer_maps(self, entry: ImageEntry, layer: str) -> Tensor:
-        """(C, h, w) activations of ``layer`` for the image (recorded once per image)."""
-        self.check_layer(layer)
-        maps = entry.activations.get(layer)
-        if maps is None:
-            maps = activations(self.model, entry.inputs, layer)[0].detach().float().cpu()
-            entry.activations[layer] = maps
-        return maps
-
-    def activations_json(self, entry: ImageEntry, layer: str, top: int) -> dict[str, Any]:
-        if not 1 <= top <= self.limits.top_channels:
-            raise InputError(f"top must be between 1 and {self.limits.top_channels}, got {top}")
-        maps = self.layer_maps(entry, layer)
-        values, ids = top_channels(maps[None], top)
-        shown = maps[ids[0]]
-        scale = ColorScale("inferno", min(0.0, float(shown.min())), float(shown.max()) or 1.0)
-        return {
-            "image": entry.id,
-            "layer": layer,
-            "shape": list(maps.shape),
-            "channels": int(maps.shape[0]),
-            "order": "mean activation, highest first",
-            "scale": scale.as_json(),
-            "tiles": [
-                {
-                    "channel": int(c),
-                    "mean": float(v),
-                    "max": float(maps[int(c)].max()),
-                    "png": data_uri(tile_picture(maps[int(c)], scale)),
-                }
-                for v, c in zip(values[0], ids[0], strict=True)
-            ],
-        }
-
-    def channel_json(self, entry: ImageEntry, layer: str, channel: int) -> dict[str, Any]:
-        maps = self.layer_maps(entry, layer)
-        if not 0 <= channel < maps.shape[0]:
-            raise InputError(f"channel {channel} is out of range for {maps.shape[0]} channels")
-        values = maps[channel]
-        scale = ColorScale("inferno", min(0.0, float(values.min())), float(values.max()) or 1.0)
-        peak = int(values.flatten().argmax())
-        y, x = divmod(peak, values.shape[1])
-        info = next(i for i in self.layer_infos() if i.name == layer)
-        box = None
-        if info.receptive_field is not None:
-            box = list(info.receptive_field.box(y, x))
-        else:
-            try:
-                box = list(receptive_field(self.model, layer).box(y, x))
-            except InputError:
-                box = None
-        size = (entry.picture.height, entry.picture.width)
-        return {
-            "image": entry.id,
-            "layer": layer,
-            "channel": channel,
-            "mean": float(values.mean()),
-            "max": float(values.max()),
-            "peak": [y, x],
-            "peak_box": box,
-            "map": data_uri(map_picture(values, scale, size)),
-            "scale": scale.as_json(),
-        }
-
-    def weights_json(self, layer: str, channel: int) -> dict[str, Any]:
-        self.check_layer(layer)
-        module = resolve_layer(self.model.module, layer)
-        if not isinstance(module, nn.Conv2d):
-            return {
-                "layer": layer,
-                "channel": channel,
-                "picture": None,
-                "note": f"{type(module).__name__} has no convolution weights to show",
-            }
-        if not 0 <= channel < module.out_channels:
-            raise InputError(
-                f"channel {channel} is out of range for {module.out_channels} channels"
-            )
-        weights = filters(self.model.module, module)[channel]  # (in / groups, kh, kw)
-        if weights.shape[0] == 3:
-            picture = rgb_filter_tiles(weights[None], scale=max(1, 96 // weights.shape[-1]))[0]
-            note = f"RGB filter {weights.shape[-2]}×{weights.shape[-1]} (grey = 0)"
-        else:
-            strongest = weights.flatten(1).norm(dim=1).argsort(descending=True)[:64]
-            tiles = filter_tiles(weights[strongest], scale=max(1, 24 // weights.shape[-1]))
-            picture = grid(tiles, columns=min(8, len(tiles)), pad=2)
-            note = (
-                f"{len(tiles)} of {weights.shape[0]} input kernels "
-                f"{weights.shape[-2]}×{weights.shape[-1]}, strongest first (blue −, red +)"
-            )
-        return {
-            "layer": layer,
-            "channel": channel,
-            "picture": data_uri(png_bytes(picture)),
-            "note": note,
-        }
-
     # -- jobs -------------------------------------------------------------------------------
     def explain_job(self, entry: ImageEntry, request: ExplainRequest, display: str) -> Job:
         params = {
@@ -540,149 +439,3 @@ class Explorer:
         return self.jobs.submit(
             "explain", ("explain", entry.id, request.key, display), params, work
         )
-
-    def visualization_json(self, layer: str, channel: int, steps: int, size: int) -> Any:
-        """The feature visualization job already asked for (running or done), else None."""
-        self._check_visual(layer, channel, steps, size)
-        job = self.jobs.find(("visualize", layer, channel, steps, size))
-        return {"job": None if job is None else job.as_json()}
-
-    def _check_visual(self, layer: str, channel: int, steps: int, size: int) -> None:
-        self.check_layer(layer)
-        shape = next(i.output_shape for i in self.layer_infos() if i.name == layer)
-        assert shape is not None
-        if not 0 <= channel < shape[0]:
-            raise InputError(f"channel {channel} is out of range for {shape[0]} channels")
-        if not 1 <= steps <= self.limits.visualize_steps:
-            raise InputError(f"steps must be between 1 and {self.limits.visualize_steps}")
-        if not 32 <= size <= 512:
-            raise InputError(f"size must be between 32 and 512 pixels, got {size}")
-
-    def visualize_job(self, layer: str, channel: int, steps: int, size: int) -> Job:
-        self._check_visual(layer, channel, steps, size)
-        params = {"layer": layer, "channel": channel, "steps": steps, "size": size}
-
-        def work(progress: Progress) -> dict[str, Any]:
-            worker = self.worker_model()
-            start = time.perf_counter()
-            with reporting(progress):
-                image = visualize(
-                    worker,
-                    f"{layer}:{channel}",
-                    steps=steps,
-                    seed=0,
-                    size=(size, size),
-                    progress=False,
-                )
-            return {
-                **params,
-                "picture": data_uri(png_bytes(tensor_to_image(image[0]))),
-                "seconds": time.perf_counter() - start,
-            }
-
-        return self.jobs.submit(
-            "visualize", ("visualize", layer, channel, steps, size), params, work
-        )
-
-    # -- the feature store ------------------------------------------------------------------
-    def dataset(self) -> Any:
-        if self.store is None:
-            raise NotFoundError("no feature store: start the server with --index STORE")
-        if self._dataset is None:
-            if self.store.dataset is None:
-                raise InputError("the feature store does not record which dataset it indexes")
-            self._dataset = open_dataset(self.store.dataset)
-        return self._dataset
-
-    def index_json(self) -> dict[str, Any]:
-        if self.store is None:
-            raise NotFoundError("no feature store: start the server with --index STORE")
-        return {
-            "rows": self.store.count,
-            "dim": self.store.dim,
-            "model": self.store.model_name,
-            "layer": self.store.layer,
-            "dataset": self.store.dataset,
-        }
-
-    def item_png(self, row: int) -> bytes:
-        data = self.dataset()
-        if not 0 <= row < len(data):
-            raise NotFoundError(f"no item {row}: the dataset has {len(data)} items")
-        picture = data[row][0]
-        if not isinstance(picture, Image.Image):
-            picture = tensor_to_image(torch.as_tensor(picture))
-        return png_bytes(self.model.preprocessing.crop_image(picture))
-
-    def _item(self, row: int, distance: float) -> dict[str, Any]:
-        assert self.store is not None
-        return {
-            "row": row,
-            "distance": distance,
-            "label": self.store.label_name(row) if row < self.store.count else None,
-            "picture": f"/api/index/items/{row}.png",
-        }
-
-    def neighbors_job(self, entry: ImageEntry, k: int) -> Job:
-        store = self.store
-        if store is None:
-            raise NotFoundError("no feature store: start the server with --index STORE")
-        if not 1 <= k <= min(64, store.count):
-            raise InputError(f"k must be between 1 and {min(64, store.count)}, got {k}")
-        params = {"image": entry.id, "k": k}
-
-        def work(progress: Progress) -> dict[str, Any]:
-            worker = self.worker_model()
-            progress.update(0, None, "feature space")
-            rows, distances = store.nearest(entry.picture, k, model=worker)
-            features = [self._item(int(r), float(d)) for r, d in zip(rows, distances, strict=True)]
-            with reporting(progress):
-                rows, distances = pixel_nearest(
-                    self.dataset(), entry.picture, k, model=worker, progress=False
-                )
-            pixels = [self._item(int(r), float(d)) for r, d in zip(rows, distances, strict=True)]
-            return {
-                **params,
-                "feature_space": features,
-                "pixel_space": pixels,
-                "layer": store.layer,
-            }
-
-        return self.jobs.submit("neighbors", ("neighbors", entry.id, k), params, work)
-
-    def patches_job(self, layer: str, channel: int, k: int) -> Job:
-        self.check_layer(layer)
-        data = self.dataset()
-        if not 1 <= k <= 36:
-            raise InputError(f"k must be between 1 and 36, got {k}")
-        params = {"layer": layer, "channel": channel, "k": k}
-
-        def work(progress: Progress) -> dict[str, Any]:
-            worker = self.worker_model()
-            with reporting(progress):
-                found = top_patches(worker, data, layer, channels=[channel], k=k, progress=False)
-            patches = []
-            for patch in found[channel]:
-                pixels = worker.preprocessing.invert(patch.pixels)
-                picture = tensor_to_image(pixels)
-                side = max(picture.size)
-                if side < 64:  # tiny patches (28-pixel datasets) are shown enlarged
-                    factor = max(1, 64 // side)
-                    picture = picture.resize(
-                        (picture.width * factor, picture.height * factor), Image.Resampling.NEAREST
-                    )
-                patches.append(
-                    {
-                        "row": patch.index,
-                        "activation": patch.activation,
-                        "position": list(patch.position),
-                        "box": list(patch.box),
-                        "picture": data_uri(png_bytes(picture)),
-                        "label": self.store.label_name(patch.index)
-                        if self.store is not None and patch.index < self.store.count
-                        else None,
-                    }
-                )
-            return {**params, "patches": patches}
-
-        return self.jobs.submit("patches", ("patches", layer, channel, k), params, work)

@@ -1,0 +1,174 @@
+"""Look inside: a layer's activations for an image, one channel over the image with the
+receptive field of its peak, a convolution channel's weights, and its feature visualization
+(a background job, cached)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from .._modules import resolve_layer
+from ..behaviour import activations, filters, visualize
+from ..behaviour._inspect import top_channels
+from ..errors import InputError
+from ..layers import receptive_field
+from ..render import grid, tensor_to_image
+from ..render._behaviour import filter_tiles, rgb_filter_tiles
+from ._jobs import Job, Progress, reporting
+from ._pictures import ColorScale, data_uri, map_picture, png_bytes, tile_picture
+
+if TYPE_CHECKING:
+    from ._explorer import Explorer, ImageEntry
+
+__all__ = ["Inside"]
+
+
+class Inside:
+    """The explorer's look-inside views; the model, layers and jobs are the explorer's."""
+
+    def __init__(self, explorer: Explorer) -> None:
+        self.explorer = explorer
+
+    def layer_maps(self, entry: ImageEntry, layer: str) -> Tensor:
+        """(C, h, w) activations of ``layer`` for the image (recorded once per image)."""
+        self.explorer.check_layer(layer)
+        maps = entry.activations.get(layer)
+        if maps is None:
+            maps = activations(self.explorer.model, entry.inputs, layer)[0].detach().float().cpu()
+            entry.activations[layer] = maps
+        return maps
+
+    def activations_json(self, entry: ImageEntry, layer: str, top: int) -> dict[str, Any]:
+        if not 1 <= top <= self.explorer.limits.top_channels:
+            raise InputError(
+                f"top must be between 1 and {self.explorer.limits.top_channels}, got {top}"
+            )
+        maps = self.layer_maps(entry, layer)
+        values, ids = top_channels(maps[None], top)
+        shown = maps[ids[0]]
+        scale = ColorScale("inferno", min(0.0, float(shown.min())), float(shown.max()) or 1.0)
+        return {
+            "image": entry.id,
+            "layer": layer,
+            "shape": list(maps.shape),
+            "channels": int(maps.shape[0]),
+            "order": "mean activation, highest first",
+            "scale": scale.as_json(),
+            "tiles": [
+                {
+                    "channel": int(c),
+                    "mean": float(v),
+                    "max": float(maps[int(c)].max()),
+                    "png": data_uri(tile_picture(maps[int(c)], scale)),
+                }
+                for v, c in zip(values[0], ids[0], strict=True)
+            ],
+        }
+
+    def channel_json(self, entry: ImageEntry, layer: str, channel: int) -> dict[str, Any]:
+        maps = self.layer_maps(entry, layer)
+        if not 0 <= channel < maps.shape[0]:
+            raise InputError(f"channel {channel} is out of range for {maps.shape[0]} channels")
+        values = maps[channel]
+        scale = ColorScale("inferno", min(0.0, float(values.min())), float(values.max()) or 1.0)
+        peak = int(values.flatten().argmax())
+        y, x = divmod(peak, values.shape[1])
+        info = next(i for i in self.explorer.layer_infos() if i.name == layer)
+        box = None
+        if info.receptive_field is not None:
+            box = list(info.receptive_field.box(y, x))
+        else:
+            try:
+                box = list(receptive_field(self.explorer.model, layer).box(y, x))
+            except InputError:
+                box = None
+        size = (entry.picture.height, entry.picture.width)
+        return {
+            "image": entry.id,
+            "layer": layer,
+            "channel": channel,
+            "mean": float(values.mean()),
+            "max": float(values.max()),
+            "peak": [y, x],
+            "peak_box": box,
+            "map": data_uri(map_picture(values, scale, size)),
+            "scale": scale.as_json(),
+        }
+
+    def weights_json(self, layer: str, channel: int) -> dict[str, Any]:
+        self.explorer.check_layer(layer)
+        module = resolve_layer(self.explorer.model.module, layer)
+        if not isinstance(module, nn.Conv2d):
+            return {
+                "layer": layer,
+                "channel": channel,
+                "picture": None,
+                "note": f"{type(module).__name__} has no convolution weights to show",
+            }
+        if not 0 <= channel < module.out_channels:
+            raise InputError(
+                f"channel {channel} is out of range for {module.out_channels} channels"
+            )
+        weights = filters(self.explorer.model.module, module)[channel]  # (in / groups, kh, kw)
+        if weights.shape[0] == 3:
+            picture = rgb_filter_tiles(weights[None], scale=max(1, 96 // weights.shape[-1]))[0]
+            note = f"RGB filter {weights.shape[-2]}×{weights.shape[-1]} (grey = 0)"
+        else:
+            strongest = weights.flatten(1).norm(dim=1).argsort(descending=True)[:64]
+            tiles = filter_tiles(weights[strongest], scale=max(1, 24 // weights.shape[-1]))
+            picture = grid(tiles, columns=min(8, len(tiles)), pad=2)
+            note = (
+                f"{len(tiles)} of {weights.shape[0]} input kernels "
+                f"{weights.shape[-2]}×{weights.shape[-1]}, strongest first (blue −, red +)"
+            )
+        return {
+            "layer": layer,
+            "channel": channel,
+            "picture": data_uri(png_bytes(picture)),
+            "note": note,
+        }
+
+    def visualization_json(self, layer: str, channel: int, steps: int, size: int) -> Any:
+        """The feature visualization job already asked for (running or done), else None."""
+        self._check_visual(layer, channel, steps, size)
+        job = self.explorer.jobs.find(("visualize", layer, channel, steps, size))
+        return {"job": None if job is None else job.as_json()}
+
+    def _check_visual(self, layer: str, channel: int, steps: int, size: int) -> None:
+        self.explorer.check_layer(layer)
+        shape = next(i.output_shape for i in self.explorer.layer_infos() if i.name == layer)
+        assert shape is not None
+        if not 0 <= channel < shape[0]:
+            raise InputError(f"channel {channel} is out of range for {shape[0]} channels")
+        if not 1 <= steps <= self.explorer.limits.visualize_steps:
+            raise InputError(f"steps must be between 1 and {self.explorer.limits.visualize_steps}")
+        if not 32 <= size <= 512:
+            raise InputError(f"size must be between 32 and 512 pixels, got {size}")
+
+    def visualize_job(self, layer: str, channel: int, steps: int, size: int) -> Job:
+        self._check_visual(layer, channel, steps, size)
+        params = {"layer": layer, "channel": channel, "steps": steps, "size": size}
+
+        def work(progress: Progress) -> dict[str, Any]:
+            worker = self.explorer.worker_model()
+            start = time.perf_counter()
+            with reporting(progress):
+                image = visualize(
+                    worker,
+                    f"{layer}:{channel}",
+                    steps=steps,
+                    seed=0,
+                    size=(size, size),
+                    progress=False,
+                )
+            return {
+                **params,
+                "picture": data_uri(png_bytes(tensor_to_image(image[0]))),
+                "seconds": time.perf_counter() - start,
+            }
+
+        return self.explorer.jobs.submit(
+            "visualize", ("visualize", layer, channel, steps, size), params, work
+        )

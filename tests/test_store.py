@@ -188,6 +188,9 @@ def test_several_damaged_shards_are_all_named(store: Path, clean: Path) -> None:
 def test_another_dataset_of_the_same_size_is_refused(store: Path) -> None:
     other = data(seed=2)
     one_line_error(lambda: extract(store, dataset=other), "made from another dataset")
+    # Not even redo='all' touches a store of another dataset.
+    one_line_error(lambda: extract(store, dataset=other, redo="all"), "another dataset")
+    assert len(list((store / "shards").iterdir())) == 16
     one_line_error(lambda: FeatureStore.open(store).check_dataset(other), "another dataset")
     FeatureStore.open(store).check_dataset(data())
 

@@ -584,6 +584,10 @@ def _resumable(
     """The manifest of the store at ``folder``, checked to be this extraction's, with the
     ``redo`` shards dropped and every other listed shard verified (held under the lock)."""
     manifest = shards.read_manifest(folder)
+    # Whose store this is comes first: nothing is removed from another extraction's store.
+    store = FeatureStore(manifest, np.empty((0, 0), np.float32), np.empty(0, np.int64), path=folder)
+    store._check_identity(info, pool, total)
+    store._check_dataset_id(dataset_id)
     if redo == "all":
         for entry in manifest.get("shards") or []:
             if isinstance(entry, dict) and isinstance(entry.get("shard"), int):
@@ -591,9 +595,6 @@ def _resumable(
         manifest["shards"] = []
         manifest["count"] = 0
     shards.check_manifest(folder, manifest)
-    store = FeatureStore(manifest, np.empty((0, 0), np.float32), np.empty(0, np.int64), path=folder)
-    store._check_identity(info, pool, total)
-    store._check_dataset_id(dataset_id)
     if redo is not None and redo != "all":
         if isinstance(redo, str):
             raise InputError(f"redo must be shard numbers or 'all', got {redo!r}")

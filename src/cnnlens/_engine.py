@@ -217,6 +217,10 @@ class Engine(TorchFunctionMode):
             kwargs = {}
         if entry is None:
             return func(*args, **kwargs)
+        if entry.kind is not None and not self.record:
+            kind = entry.kind(tuple(args), kwargs)
+            if kind is None or self._rules.get(kind) is GRADIENT:
+                return func(*args, **kwargs)
         call = entry.bind(func, tuple(args), kwargs)
         if call is None:
             return func(*args, **kwargs)

@@ -12,7 +12,8 @@ model input (it does not require grad), or it is not the kind of call the entry 
 
 Whether a tensor depends on the model input is read from ``requires_grad``: the engine's
 users run the model with parameter gradients off and the input requiring grad. Under
-``no_grad`` nothing requires grad, and every tensor counts as dependent.
+``no_grad`` (and inside :func:`all_dependent`) every tensor but a parameter counts as
+dependent.
 
 Methods never see the raw arguments: they get :class:`Call` objects from the engine
 (:mod:`cnnlens._engine`) and give each kind a rule.
@@ -20,16 +21,18 @@ Methods never see the raw arguments: they get :class:`Call` objects from the eng
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["REGISTRY", "Binder", "Call", "Entry", "Kind", "depends"]
+__all__ = ["REGISTRY", "Binder", "Call", "Entry", "Kind", "all_dependent", "depends"]
 
 
 class Kind(enum.Enum):
@@ -85,13 +88,32 @@ class Call:
 Binder = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Call | None]
 
 
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def all_dependent() -> Iterator[None]:
+    """Inside (on this thread), every floating tensor other than a parameter counts as
+    depending on the model input: for passes that must classify calls the same way with and
+    without gradients (DeepLIFT's reference pass runs without them)."""
+    previous = getattr(_LOCAL, "all", False)
+    _LOCAL.all = True
+    try:
+        yield
+    finally:
+        _LOCAL.all = previous
+
+
 def depends(value: object) -> TypeGuard[Tensor]:
-    """Whether ``value`` is a floating tensor that depends on the model input."""
-    return (
-        isinstance(value, Tensor)
-        and value.is_floating_point()
-        and (value.requires_grad or not torch.is_grad_enabled())
-    )
+    """Whether ``value`` is a floating tensor that depends on the model input: it requires
+    grad; without gradients (or inside :func:`all_dependent`) any tensor but a parameter."""
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        return False
+    if value.requires_grad:
+        return True
+    if isinstance(value, nn.Parameter):
+        return False
+    return not torch.is_grad_enabled() or bool(getattr(_LOCAL, "all", False))
 
 
 def _named(
@@ -343,16 +365,24 @@ _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "group
 _LINEAR_ARGS = ("input", "weight", "bias")
 
 
+def _affine_kind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Kind | None:
+    x = args[0] if args else kwargs.get("input")
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    if not depends(x) or not isinstance(weight, Tensor):
+        return None
+    # A weight computed from the input (dynamic convolution, attention) is a product.
+    return Kind.OTHER if weight.requires_grad else Kind.AFFINE
+
+
 def _affine(op: str, names: Sequence[str]) -> Binder:
     def bind(
         func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Call | None:
-        named = _named(func, names, args, kwargs)
-        if named is None or not isinstance(named[0].get("weight"), Tensor):
+        kind = _affine_kind(args, kwargs)
+        named = None if kind is None else _named(func, names, args, kwargs)
+        if kind is None or named is None:
             return None
         bound, x, apply = named
-        # A weight computed from the input (dynamic convolution, attention) is a product.
-        kind = Kind.OTHER if bound["weight"].requires_grad else Kind.AFFINE
         return Call(func, args, kwargs, op, kind, x, apply, bound=bound)
 
     return bind
@@ -361,17 +391,24 @@ def _affine(op: str, names: Sequence[str]) -> Binder:
 _BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 
 
-def _batch_norm(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Call | None:
-    named = _named(func, _BN_ARGS, args, kwargs)
-    if named is None:
+def _batch_norm_kind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Kind | None:
+    bound = _bind_names(_BN_ARGS[:6], args, kwargs)
+    if not depends(bound.get("input")):
         return None
-    bound, x, apply = named
     running = isinstance(bound.get("running_mean"), Tensor) and isinstance(
         bound.get("running_var"), Tensor
     )
-    kind = Kind.BATCH_NORM if running and not bound.get("training", False) else Kind.BATCH_STATS
+    return Kind.BATCH_NORM if running and not bound.get("training", False) else Kind.BATCH_STATS
+
+
+def _batch_norm(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Call | None:
+    kind = _batch_norm_kind(args, kwargs)
+    named = None if kind is None else _named(func, _BN_ARGS, args, kwargs)
+    if kind is None or named is None:
+        return None
+    bound, x, apply = named
     return Call(func, args, kwargs, "batch_norm", kind, x, apply, bound=bound)
 
 
@@ -543,10 +580,13 @@ def _bilinear(op: str) -> Binder:
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered callable: its binder and the kinds its calls can have."""
+    """A registered callable: its binder and the kinds its calls can have. ``kind``, when
+    given, tells a call's kind (``None``: of no interest) without binding it, so that a
+    method whose rule for that kind is the gradient pays almost nothing for it."""
 
     bind: Binder
     kinds: frozenset[Kind]
+    kind: Callable[[tuple[Any, ...], dict[str, Any]], Kind | None] | None = None
 
 
 _ACT = frozenset({Kind.ACTIVATION})
@@ -556,10 +596,15 @@ _RECT = frozenset({Kind.RECTIFIER, Kind.ACTIVATION})
 def _build() -> dict[Callable[..., Any], Entry]:
     table: dict[Callable[..., Any], Entry] = {}
 
-    def put(funcs: Sequence[Any], binder: Binder, *kinds: Kind) -> None:
+    def put(
+        funcs: Sequence[Any],
+        binder: Binder,
+        *kinds: Kind,
+        quick: Callable[[tuple[Any, ...], dict[str, Any]], Kind | None] | None = None,
+    ) -> None:
         for func in funcs:
             if func is not None and func not in table:
-                table[func] = Entry(binder, frozenset(kinds))
+                table[func] = Entry(binder, frozenset(kinds), quick)
 
     def rect(op: str, base: Callable[..., Any], rule: Any, funcs: Sequence[Any], **kw: Any) -> None:
         put(funcs, _elementwise(op, base, rectifier=rule, **kw), Kind.RECTIFIER, Kind.ACTIVATION)
@@ -684,9 +729,15 @@ def _build() -> dict[Callable[..., Any], Entry]:
 
     # layers
     for name in ("conv1d", "conv2d", "conv3d"):
-        put([getattr(F, name)], _affine(name, _CONV_ARGS), Kind.AFFINE, Kind.OTHER)
-    put([F.linear], _affine("linear", _LINEAR_ARGS), Kind.AFFINE, Kind.OTHER)
-    put([F.batch_norm], _batch_norm, Kind.BATCH_NORM, Kind.BATCH_STATS)
+        put(
+            [getattr(F, name)],
+            _affine(name, _CONV_ARGS),
+            Kind.AFFINE,
+            Kind.OTHER,
+            quick=_affine_kind,
+        )
+    put([F.linear], _affine("linear", _LINEAR_ARGS), Kind.AFFINE, Kind.OTHER, quick=_affine_kind)
+    put([F.batch_norm], _batch_norm, Kind.BATCH_NORM, Kind.BATCH_STATS, quick=_batch_norm_kind)
     norm_args = ("input", "normalized_shape", "weight", "bias", "eps")
     put([F.layer_norm], _normalization("layer_norm", norm_args, _trailing), Kind.NORMALIZATION)
     put(

@@ -38,12 +38,12 @@ a dimension, batch statistics, ...) keep their gradient and are reported with a
 :class:`~cnnlens._engine.RuleWarning` naming them (an error with ``strict=True``).
 
 The computation is two forward passes under the engine: the reference pass runs the
-reference and records, for every nonlinear call in call order, what the rule needs (its
-inputs; for max pooling the output and the winners); the input pass then runs the input
-with gradients and gives call k the multiplier built from record k. The reference pass
-runs with gradients enabled (nothing is differentiated) so that which tensors depend on
-the input — what makes a product of two activations different from a rescaling — is read
-the same way in both passes. A reference shared by all items is run as a single item and
+reference without gradients and records, for every nonlinear call in call order, what the
+rule needs (its inputs; for max pooling the output and the winners); the input pass then
+runs the input with gradients and gives call k the multiplier built from record k. Both
+passes count every tensor but a parameter as input-dependent
+(:func:`~cnnlens._ops.all_dependent`), so they classify calls the same way; a product with
+a constant then gets the product split, which is exact for it as well (Δc = 0). A reference shared by all items is run as a single item and
 broadcast. In-place calls are computed out of place; library code uses the returned tensor.
 """
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .._engine import Engine
+from .._ops import all_dependent
 from .._progress import track
 from ..errors import InputError
 from ..targets import Target
@@ -89,12 +90,13 @@ def _multipliers(
 ) -> Tensor:
     """DeepLIFT multipliers from the target score to ``inputs`` against ``reference``."""
     run = DeepLift()
-    # with gradients, so that products of two activations are told from rescalings the
-    # same way in both passes (nothing is differentiated here)
-    with torch.enable_grad(), Engine(run.reference_rules(), warn=False):
-        module(reference.detach().requires_grad_(True))
+    # Both passes treat every tensor as input-dependent, so that they classify calls the
+    # same way although only the second has gradients (a product with a constant then gets
+    # the product split, which is exact for it too).
+    with torch.no_grad(), all_dependent(), Engine(run.reference_rules(), warn=False):
+        module(reference)
     x = inputs.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), all_dependent():
         with Engine(run.input_rules(), model=module, strict=strict):
             output = module(x)
         if run.used != len(run.records):

@@ -193,3 +193,20 @@ def test_report_progress_counts_steps_when_done(capsys: pytest.CaptureFixture[st
     assert [s for s in lines if s.endswith("cat: saliency]")]
     assert all(f" 1/{total}" in s for s in lines if s.endswith("cat: saliency]"))
     assert any(f" 2/{total}" in s for s in lines if s.endswith("cat: saliency: done]"))
+
+
+def test_layer_words() -> None:
+    from cnnlens._report import LayerNote
+    from cnnlens.render._captions import layer_words
+
+    note = LayerNote("a.b", "ReLU", 64, (14, 14), 16, 4, 5, (99, 99))
+    assert layer_words(note, "a.b") == (
+        "a.b — ReLU, stage 4 of 5, 64 channels at 14×14 (1/16 of the input side), "
+        "receptive field 99×99 px"
+    )
+    assert layer_words(note, "a.b", with_name=False).startswith("ReLU, stage 4 of 5")
+    unknown = LayerNote("a.b", "ReLU", 64, (14, 14), 16, 4, 5, None, "the probe failed")
+    assert layer_words(unknown, "a.b").endswith("receptive field not computed (the probe failed)")
+    glob = LayerNote("a.b", "ReLU", 64, (14, 14), 16, 4, 5, None)
+    assert "no local receptive field" in layer_words(glob, "a.b")
+    assert layer_words(None, "a.b") == "a.b"

@@ -113,7 +113,8 @@ class ImageReport:
 class LayerNote:
     """A layer in plain terms: ``stage`` of ``stages`` (the network's distinct feature-map
     resolutions, input side first), output ``channels`` × ``size``, ``stride`` (input
-    pixels per map position) and ``receptive_field`` (h, w) in input pixels."""
+    pixels per map position) and ``receptive_field`` (h, w) in input pixels (None: no
+    local field, or ``receptive_field_error`` says why it could not be computed)."""
 
     name: str
     type: str
@@ -123,6 +124,7 @@ class LayerNote:
     stage: int
     stages: int
     receptive_field: tuple[int, int] | None
+    receptive_field_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,12 @@ def describe_layers(
     wanted = set(names)
     if not wanted:
         return {}
-    infos = layers(model, (int(inputs.shape[-2]), int(inputs.shape[-1])))
+    size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+    error = None
+    try:
+        infos = layers(model, size)
+    except InputError as exc:  # the probe cannot run this model: describe without fields
+        infos, error = layers(model, size, receptive_fields=False), str(exc)
     maps = [i for i in infos if i.output_shape is not None and len(i.output_shape) == 3]
     # Stages: the resolutions of the layers with weights (padding modules make odd sizes).
     sizes = sorted(
@@ -193,6 +200,7 @@ def describe_layers(
             stage=sizes.index((h, w)) + 1 if (h, w) in sizes else len(sizes),
             stages=len(sizes),
             receptive_field=None if info.receptive_field is None else info.receptive_field.size,
+            receptive_field_error=error,
         )
     return notes
 

@@ -107,11 +107,12 @@ def layer_words(note: Any | None, name: str | None, *, with_name: bool = True) -
         return ""
     if note is None:
         return name if with_name else ""
-    rf = (
-        f"receptive field {note.receptive_field[0]}×{note.receptive_field[1]} px"
-        if note.receptive_field is not None
-        else "receptive field: the whole image"
-    )
+    if note.receptive_field is not None:
+        rf = f"receptive field {note.receptive_field[0]}×{note.receptive_field[1]} px"
+    elif note.receptive_field_error:
+        rf = f"receptive field not computed ({note.receptive_field_error})"
+    else:
+        rf = "no local receptive field (each position depends on the whole image)"
     return (f"{name} — " if with_name else "") + (
         f"{note.type}, stage {note.stage} of {note.stages}, {note.channels} channels "
         f"at {note.size[0]}×{note.size[1]} (1/{note.stride} of the input side), {rf}"

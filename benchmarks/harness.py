@@ -6,7 +6,8 @@ cnnlens call) and the *peers* (captum, zennit, pytorch-grad-cam, torchcam doing 
 computation). :func:`run_case` runs them in interleaved rounds (every entry once per round,
 in rotating order) so that drifting machine load hits all of them alike, and records both
 wall time and process CPU time; after the timed rounds it measures each entry's peak memory
-with one more, untimed, call (:func:`peak_memory`). :func:`markdown` writes one table line
+with one more, untimed, call (:func:`peak_memory`; in the last round for a case run without
+warm-up, whose calls take minutes). :func:`markdown` writes one table line
 per case with the ratios to the floor and the goal's verdict.
 
 Modules define cases with :class:`Entry` (a name and a callable) and :class:`Goal` (a text
@@ -39,6 +40,7 @@ __all__ = [
     "Result",
     "Timing",
     "environment",
+    "load_average",
     "markdown",
     "peak_memory",
     "run_case",
@@ -137,14 +139,6 @@ def _quiet(fn: Callable[[], object]) -> object:
         return fn()
 
 
-def _timed(fn: Callable[[], object]) -> tuple[float, float]:
-    _sync()
-    wall, cpu = time.perf_counter(), time.process_time()
-    _quiet(fn)
-    _sync()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 # Peak memory. tracemalloc does not see torch's CPU tensors and torch keeps no CPU allocator
 # statistics, so we read the process's resident set: Linux resets its high-water mark
 # (VmHWM) to the current RSS when "5" is written to /proc/self/clear_refs. Before the call
@@ -170,29 +164,39 @@ def _trim() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def peak_memory(fn: Callable[[], object]) -> int | None:
-    """Bytes of resident memory ``fn()`` needs above the state before it, on CPU (Linux
-    only: None elsewhere); on CUDA, torch's peak allocated bytes above the current ones."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+def _measured(fn: Callable[[], object], *, memory: bool = False) -> tuple[float, float, int | None]:
+    """Wall and CPU seconds of ``fn()`` and, with ``memory``, the bytes of resident memory
+    it needs above the state before it (CPU: Linux only, else None; CUDA: torch's peak
+    allocated bytes above the current ones). The memory bookkeeping is outside the timing."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    before: int | None = None
+    if memory:
         _trim()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        _quiet(fn)
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - before)
-    if not (_STATUS.exists() and _CLEAR_REFS.exists()):
-        return None
-    _trim()
-    try:
-        before = _status_kb("VmRSS")
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        return None
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        elif _STATUS.exists() and _CLEAR_REFS.exists():
+            try:
+                before = _status_kb("VmRSS")
+                _CLEAR_REFS.write_text("5")
+            except OSError:
+                before = None
+    _sync()
+    wall, cpu = time.perf_counter(), time.process_time()
     result = _quiet(fn)
-    peak = _status_kb("VmHWM")
+    _sync()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if before is None:
+        return wall, cpu, None
+    peak = torch.cuda.max_memory_allocated() if cuda else _status_kb("VmHWM") * 1024
     del result
-    return max(0, peak - before) * 1024
+    return wall, cpu, max(0, peak - (before if cuda else before * 1024))
+
+
+def peak_memory(fn: Callable[[], object]) -> int | None:
+    """Bytes of memory ``fn()`` needs above the state before it (see :func:`_measured`)."""
+    return _measured(fn, memory=True)[2]
 
 
 def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = True) -> Result:
@@ -210,6 +214,11 @@ def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = Tru
     errors = [entry.error for entry in entries]
     wall: list[list[float]] = [[] for _ in entries]
     cpu: list[list[float]] = [[] for _ in entries]
+    # Without warm-up (cases of minutes) the last round also measures the memory (it may
+    # then include one-off allocations of a first call); otherwise one more, untimed call.
+    inline = memory and warmup == 0
+    peaks: list[int | None] = [None for _ in entries]
+    last = warmup + rounds - 1
     for round_ in range(warmup + rounds):
         order = list(range(len(entries)))
         shift = round_ % len(entries)
@@ -218,7 +227,7 @@ def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = Tru
             if errors[i] or fn is None:
                 continue
             try:
-                seconds = _timed(fn)
+                seconds = _measured(fn, memory=inline and round_ == last)
             except Exception as exc:
                 if round_ > 0 or i == 0:
                     raise
@@ -229,11 +238,13 @@ def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = Tru
             if round_ >= warmup:
                 wall[i].append(seconds[0])
                 cpu[i].append(seconds[1])
+                peaks[i] = seconds[2]
     timings = []
     for i, entry in enumerate(entries):
         fn = entry.fn
-        mem = peak_memory(fn) if memory and fn is not None and not errors[i] else None
-        timings.append(Timing(entry.name, tuple(wall[i]), tuple(cpu[i]), mem, errors[i]))
+        if memory and not inline and fn is not None and not errors[i]:
+            peaks[i] = peak_memory(fn)
+        timings.append(Timing(entry.name, tuple(wall[i]), tuple(cpu[i]), peaks[i], errors[i]))
     return Result(case, timings[0], timings[1], tuple(timings[2:]))
 
 
@@ -244,7 +255,8 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def _load() -> str:
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, "a / b / c"."""
     try:
         return " / ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
@@ -265,7 +277,7 @@ def environment() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "device": device,
-        "load average at the start (1 / 5 / 15 min)": _load(),
+        "load average at the start (1 / 5 / 15 min)": load_average(),
     }
 
 
@@ -331,7 +343,8 @@ possible where the floor does work the method skips (parameter-free shortcuts, o
 occlusion's incremental inference). Peak MB is the resident memory a call needs above the
 model, its input and the libraries (the process's peak RSS above the RSS before the call,
 measured in one untimed call after the timed rounds, after a garbage collection and
-`malloc_trim`); on CUDA it is torch's peak allocated memory. A peer that cannot do the
+`malloc_trim`; for Score-CAM and occlusion, which run one round without warm-up, in that
+round); on CUDA it is torch's peak allocated memory. A peer that cannot do the
 computation on the model is listed with its error. Goals marked * are ours, not the issue's.
 """
 

@@ -25,7 +25,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import Case, Result, environment, markdown, run_case, set_threads  # noqa: E402
+from harness import (  # noqa: E402
+    Case,
+    Result,
+    environment,
+    load_average,
+    markdown,
+    run_case,
+    set_threads,
+)
 from method_cases import dataset_cases, heavy_setup, method_cases, setup, smoke_cases  # noqa: E402
 
 
@@ -110,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or profile.rounds
     set_threads(args.threads)
     env = environment()  # the load average at the start
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     results: list[Result] = []
     for build in _cases(profile):
         for case in build():
@@ -119,11 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {case.method} {case.note} on {case.model}", file=sys.stderr, flush=True)
             results.append(run_case(case, rounds=rounds))
     minutes = (time.perf_counter() - start) / 60
+    cpu_minutes = (time.process_time() - start_cpu) / 60
+    env["load average at the end"] = load_average()
     command = "make bench-quick" if args.quick else "make bench"
     run = (
         f"Written by `{command}` (`benchmarks/run.py{' --quick' if args.quick else ''}`, "
         f"profile `{name}`: {', '.join(f'{m} batch {b} at {s} px' for m, b, s in profile.models)}, "
-        f"{rounds} timed rounds after one warm-up) in {minutes:.0f} min."
+        f"{rounds} timed rounds after one warm-up; Score-CAM and occlusion "
+        f"{profile.heavy_rounds} round, no warm-up) in {minutes:.0f} min "
+        f"({cpu_minutes:.0f} min of CPU time)."
     )
     text = markdown(results, env, run=run, notes=NOTES)
     print(text)

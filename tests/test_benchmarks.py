@@ -80,3 +80,16 @@ def test_the_dataset_cases_run() -> None:
     ]
     assert [r.case.method for r in results] == ["extract_features", "top_patches", "nearest (IVF)"]
     assert all(not r.ours.error and r.ok in (True, False) for r in results)
+
+
+@pytest.mark.skipif(harness.peak_memory(lambda: None) is None, reason="needs /proc/self")
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_peak_memory_sees_a_torch_tensor(warmup: int) -> None:
+    """16 MiB of torch CPU memory (invisible to tracemalloc) shows in the peak, whether it
+    is measured in the timed round (no warm-up) or in a call of its own."""
+    entry = harness.Entry("16 MiB", lambda: torch.ones(2**22))
+    case = harness.Case("m", "none", harness.Entry("nothing", lambda: None), entry)
+    result = harness.run_case(case, rounds=1, warmup=warmup)
+    assert result.ours.memory is not None and result.floor.memory is not None
+    assert 15 * 2**20 <= result.ours.memory <= 64 * 2**20
+    assert result.floor.memory <= 4 * 2**20

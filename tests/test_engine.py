@@ -278,6 +278,28 @@ def test_deeplift_is_exact_on_hand_written_gates_and_norms() -> None:
     assert not torch.allclose(g.flatten(1).sum(1), delta, rtol=1e-2)
 
 
+def test_inplace_add_into_an_activation_output() -> None:
+    # EfficientNet-V2's fused blocks end with SiLU and add the skip in place
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1).double()
+
+        def forward(self, x: Tensor) -> Tensor:
+            out = F.silu(self.conv(x))
+            out += x
+            return out.mean((2, 3))
+
+    x, block = torch.randn(2, 3, 5, 5, dtype=torch.float64), Block()
+    for method in ("deeplift", "lrp", "guided_backprop", "deconvnet"):
+        a = cnnlens.explain(block, x, method, target=0).attribution
+        assert bool(torch.isfinite(a).all()), method
+    a = cnnlens.explain(block, x, "deeplift", target=0).attribution
+    with torch.no_grad():
+        delta = block(x)[:, 0] - block(torch.zeros_like(x))[:, 0]
+    torch.testing.assert_close(a.flatten(1).sum(1), delta, rtol=1e-9, atol=1e-12)
+
+
 def test_lrp_gate_is_held_constant() -> None:
     # y_c = sum_hw x_c * s_c with s = sigmoid(fc(mean(x))) broadcast over x: relevance
     # flows through the signal x only, the gate is held constant (Arras et al. 2017), so

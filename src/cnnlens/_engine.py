@@ -77,7 +77,7 @@ GRADIENT = Rule()
 @dataclass(frozen=True)
 class RuleSet:
     """A method's rules by kind. A kind missing from ``rules`` has no rule: its calls are
-    computed plainly and reported. ``exact`` says what is lost there (for the warning)."""
+    computed plainly and reported. ``lost`` says what is lost there (for the warning)."""
 
     method: str
     rules: Mapping[Kind, Rule]
@@ -93,12 +93,11 @@ class RuleSet:
         }
 
 
-def gradient_rules(method: str, **special: Rule) -> dict[Kind, Rule]:
+def gradient_rules(**special: Rule) -> dict[Kind, Rule]:
     """Every kind mapped to :data:`GRADIENT`, except those given by name (``rectifier=...``)."""
     rules: dict[Kind, Rule] = dict.fromkeys(Kind, GRADIENT)
     for name, rule in special.items():
         rules[Kind(name)] = rule
-    del method
     return rules
 
 

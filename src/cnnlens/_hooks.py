@@ -168,7 +168,7 @@ class RectifierMode(Engine):
     every other operation keeps its gradient. ``calls`` counts the rectifier calls."""
 
     def __init__(self, rule: RectifierRule) -> None:
-        rules = gradient_rules("rectifier", rectifier=RectifierCallRule(rule))
+        rules = gradient_rules(rectifier=RectifierCallRule(rule))
         super().__init__(RuleSet("rectifier", rules), warn=False)
         self.rule = rule
 

@@ -589,10 +589,6 @@ class Entry:
     kind: Callable[[tuple[Any, ...], dict[str, Any]], Kind | None] | None = None
 
 
-_ACT = frozenset({Kind.ACTIVATION})
-_RECT = frozenset({Kind.RECTIFIER, Kind.ACTIVATION})
-
-
 def _build() -> dict[Callable[..., Any], Entry]:
     table: dict[Callable[..., Any], Entry] = {}
 

@@ -203,13 +203,15 @@ class _Use(Rule):
 
 
 class _Multiplier(torch.autograd.Function):
-    """Forward: the precomputed output; backward: the incoming gradient times ``m``."""
+    """Forward: the precomputed output ``value[0]``; backward: the incoming gradient times
+    ``m``. (The output is passed boxed: a tensor argument returned as it is would be a view,
+    which a model may not add into in place.)"""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, y: Tensor, m: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, value: tuple[Tensor], m: Tensor) -> Tensor:
         del x
         ctx.save_for_backward(m)
-        return y
+        return value[0]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
@@ -257,7 +259,7 @@ def rescale(x: Tensor, x0: Tensor, y0: Tensor, fn: Callable[[Tensor], Tensor]) -
         large = dx.abs() > torch.finfo(dx.dtype).eps ** 0.5
         ratio = (y - y0) / torch.where(large, dx, torch.ones_like(dx))
         m = torch.where(large, ratio, gradient)
-    result: Tensor = _Multiplier.apply(x, y, m)
+    result: Tensor = _Multiplier.apply(x, (y,), m)
     return result
 
 
@@ -274,7 +276,7 @@ def _rectifier(call: Call, record: Record) -> Tensor:
         if bool(same.any()):
             gradient = x > 0 if upper is None else (x > 0) & (x < upper)
             m = torch.where(same, gradient.to(m.dtype), m)
-    out: Tensor = _Multiplier.apply(x, y, m)
+    out: Tensor = _Multiplier.apply(x, (y,), m)
     return out
 
 
@@ -283,7 +285,7 @@ class _MaxPoolMultiplier(torch.autograd.Function):
     def forward(
         ctx: Any,
         x: Tensor,
-        y: Tensor,
+        value: tuple[Tensor],
         shares: Tensor,
         winners: Tensor,
         ref_winners: Tensor,
@@ -291,7 +293,7 @@ class _MaxPoolMultiplier(torch.autograd.Function):
     ) -> Tensor:
         del x
         ctx.save_for_backward(shares, winners, ref_winners, dx)
-        return y
+        return value[0]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -321,7 +323,7 @@ def _max_pool(call: Call, record: Record) -> Any:
         shares = torch.stack([top - y0, y - top])
         ref_winners = record.winners.expand_as(winners)
         dx = call.x - record.x0
-    out = _MaxPoolMultiplier.apply(call.x, y, shares, winners, ref_winners, dx)
+    out = _MaxPoolMultiplier.apply(call.x, (y,), shares, winners, ref_winners, dx)
     return (out, winners) if wanted else out
 
 

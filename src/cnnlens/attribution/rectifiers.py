@@ -104,7 +104,6 @@ class _ActivationRule(Rule):
 GUIDED = RuleSet(
     "guided_backprop",
     gradient_rules(
-        "guided_backprop",
         rectifier=RectifierCallRule(GuidedRule(), "guided"),
         activation=_ActivationRule("guided: max(f'(x)·g, 0)", derivative=True),
     ),
@@ -112,7 +111,6 @@ GUIDED = RuleSet(
 DECONVNET = RuleSet(
     "deconvnet",
     gradient_rules(
-        "deconvnet",
         rectifier=RectifierCallRule(DeconvnetRule(), "deconvnet"),
         activation=_ActivationRule("deconvnet: max(g, 0)", derivative=False),
     ),

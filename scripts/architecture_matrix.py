@@ -1,0 +1,263 @@
+"""Run the architecture matrix and write ``docs/architectures.md``.
+
+Every classification CNN builder of ``torchvision.models`` (and, with ``--timm``, a few timm
+CNNs) × every method of ``cnnlens.METHODS``, with the checks of ``tests/_matrix.py``: runs,
+model untouched, an item alone equals the same item in a batch, and each method's axiom
+(DeepLIFT summation-to-delta, integrated-gradients completeness, LRP conservation on a
+bias-free copy), all in float64 on random non-degenerate weights.
+
+CPU-heavy: run it at the lowest priority, one thread::
+
+    OMP_NUM_THREADS=1 nice -n 19 python scripts/architecture_matrix.py --timm
+
+``--only NAME ...`` restricts the architectures; ``--budget SECONDS`` stops starting new
+architectures after that much CPU time (the table then lists what was not run). Each cell
+is appended to ``--cells FILE`` (JSON lines) as it finishes; the table is rendered from that
+file, the latest run of each cell winning, so a run can be resumed or partly redone
+(``--skip-done``, ``--render-only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from tests._matrix import (  # noqa: E402
+    DEEPLIFT_TOLERANCE,
+    FAMILIES,
+    IG_TOLERANCE,
+    LRP_TOLERANCE,
+    TIMM_ARCHITECTURES,
+    Cell,
+    cells,
+    describe,
+    family,
+    methods,
+    torchvision_architectures,
+)
+
+import cnnlens  # noqa: E402
+
+SYMBOLS = {
+    "exact": "exact",
+    "complete": "complete",
+    "conserving": "conserving",
+    "runs": "runs",
+    "zero": "zero",
+    "refuses": "refuses",
+    "fails": "**FAILS**",
+}
+
+
+def _entry(cell: Cell) -> str:
+    text = describe(cell)
+    return text.replace("fails", SYMBOLS["fails"])
+
+
+def _table(rows: dict[str, dict[str, Cell]], names: Sequence[str]) -> list[str]:
+    header = ["architecture", *methods()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        row = rows.get(name)
+        if row is None:
+            lines.append(f"| {name} | " + " | ".join("not run" for _ in methods()) + " |")
+            continue
+        lines.append(f"| {name} | " + " | ".join(_entry(row[m]) for m in methods()) + " |")
+    return lines
+
+
+def _failures(rows: dict[str, dict[str, Cell]]) -> list[str]:
+    lines = []
+    for name, row in rows.items():
+        for method, cell in row.items():
+            if not cell.ok:
+                lines.append(f"- `{name}` × `{method}`: {cell.note}")
+    return lines or ["None."]
+
+
+def _notes(rows: dict[str, dict[str, Cell]]) -> list[str]:
+    lines = []
+    for name, row in rows.items():
+        for method, cell in row.items():
+            if cell.ok and cell.status in ("zero", "refuses"):
+                lines.append(f"- `{name}` × `{method}`: {cell.status}: {cell.note[:160]}")
+    return lines or ["None."]
+
+
+def render(
+    rows: dict[str, dict[str, Cell]],
+    names: Sequence[str],
+    timm_rows: dict[str, dict[str, Cell]],
+    seconds: float,
+) -> str:
+    worst: dict[str, float] = {}
+    for row in [*rows.values(), *timm_rows.values()]:
+        for method, cell in row.items():
+            if cell.error is not None and cell.ok:
+                worst[method] = max(worst.get(method, 0.0), cell.error)
+    lines = [
+        "# Architectures",
+        "",
+        "Every classification CNN builder of `torchvision.models` "
+        f"({len(names)} builders; the transformers `vit_*`, `swin_*`, `maxvit_t` are not "
+        "CNNs and not covered) × every method of `cnnlens.METHODS`, checked by "
+        "`scripts/architecture_matrix.py` (the same checks as `tests/test_architectures.py`, "
+        "whose default run covers one architecture per family and whose `slow` run covers "
+        f"the whole matrix). cnnlens {cnnlens.__version__}, torch {torch.__version__}, "
+        f"{seconds / 60:.0f} CPU minutes.",
+        "",
+        "## What is checked",
+        "",
+        "Random weights made non-degenerate (BatchNorm running statistics and affine "
+        "parameters, LayerNorm affine parameters, every bias and ConvNeXt's layer scales "
+        "drawn at random: a fresh ConvNeXt has zero biases and layer scale 1e-6 and is "
+        "then nearly scale-invariant in its input, which hides every completeness error), "
+        "float64, the smallest square input each architecture allows at or above 16 px, "
+        "two random items. In every cell:",
+        "",
+        "- the method runs; `cam` may refuse a head that is not global-average-pooling + "
+        "linear, with `InputError` (**refuses**);",
+        "- no warning (an all-zero result instead gets a `ZeroAttributionWarning`, shown as "
+        "**zero**: the documented behaviour, e.g. Grad-CAM whose ReLU removes the whole map "
+        "of a random network);",
+        "- the model is untouched: parameters, buffers, train flags, `requires_grad`, "
+        "gradients, hooks;",
+        "- the first item explained alone equals it explained in the batch (1e-6 of the "
+        "largest value);",
+        f"- DeepLIFT: each item sums to score(x) − score(0) within {DEEPLIFT_TOLERANCE:g} "
+        "relative (**exact**);",
+        "- integrated gradients at its default (64 Gauss–Legendre points): the sum is "
+        f"within {IG_TOLERANCE:.0%} of score(x) − score(0) (**complete**), and "
+        "`extras['delta']` is that gap;",
+        "- LRP (default composite `epsilon_plus_flat`) on a bias-free copy (biases, "
+        "BatchNorm shifts and means, LayerNorm shifts set to zero): the relevance sums to "
+        f"the explained logit within {LRP_TOLERANCE:g} relative (**conserving**).",
+        "",
+        "Other methods have no axiom to check (**runs**). The number in brackets is the "
+        "largest relative error measured over the two items.",
+        "",
+        "Largest errors measured over the passing cells: "
+        + ", ".join(f"{m} {e:.1e}" for m, e in sorted(worst.items()))
+        + ".",
+        "",
+        "## torchvision",
+        "",
+        *_table(rows, names),
+        "",
+    ]
+    if timm_rows:
+        lines += ["## timm (random init)", "", *_table(timm_rows, list(TIMM_ARCHITECTURES)), ""]
+    lines += [
+        "## Failing cells",
+        "",
+        *_failures({**rows, **{f"timm/{k}": v for k, v in timm_rows.items()}}),
+        "",
+        "## All-zero results and refusals",
+        "",
+        *_notes({**rows, **{f"timm/{k}": v for k, v in timm_rows.items()}}),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _run(
+    names: Sequence[str], source: str, budget: float, started: float, store: Path, skip: set[str]
+) -> None:
+    for name in names:
+        if f"{source}/{name}" in skip:
+            continue
+        if time.process_time() - started > budget:
+            print(f"budget spent; not running {name}", flush=True)
+            continue
+        for cell in cells([name], source):
+            with store.open("a", encoding="utf-8") as out:
+                out.write(json.dumps({"source": source, **dataclasses.asdict(cell)}) + "\n")
+            print(
+                f"{source}/{name} {cell.method}: {describe(cell)} {cell.seconds:.1f}s "
+                f"{cell.note[:200] if not cell.ok else ''}",
+                flush=True,
+            )
+
+
+def _load(store: Path) -> tuple[dict[str, dict[str, Cell]], dict[str, dict[str, Cell]], float]:
+    """torchvision rows, timm rows and the CPU seconds spent, from the cells file."""
+    rows: dict[str, dict[str, dict[str, Cell]]] = {"torchvision": {}, "timm": {}}
+    seconds = 0.0
+    if store.exists():
+        for line in store.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            source = record.pop("source")
+            cell = Cell(**record)
+            rows[source].setdefault(cell.architecture, {})[cell.method] = cell
+            seconds += cell.seconds
+    complete = {
+        source: {n: r for n, r in table.items() if set(r) >= set(methods())}
+        for source, table in rows.items()
+    }
+    return complete["torchvision"], complete["timm"], seconds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="architectures to run (default: all)")
+    parser.add_argument("--timm", action="store_true", help="also the timm CNNs")
+    parser.add_argument("--budget", type=float, default=float("inf"), help="CPU seconds")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "architectures.md")
+    parser.add_argument("--cells", type=Path, default=Path("architecture_cells.jsonl"))
+    parser.add_argument("--skip-done", action="store_true", help="skip finished architectures")
+    parser.add_argument("--render-only", action="store_true", help="only write the table")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    names = torchvision_architectures()
+    if not args.render_only:
+        done = set()
+        if args.skip_done:
+            rows, timm_rows, _ = _load(args.cells)
+            done = {f"torchvision/{n}" for n in rows} | {f"timm/{n}" for n in timm_rows}
+        started = time.process_time()
+        order = args.only or _order(names)
+        families = len([n for n in order if n in FAMILIES])
+        # every family first, then timm, then the other torchvision variants
+        _run(order[:families], "torchvision", args.budget, started, args.cells, done)
+        if args.timm:
+            _run(TIMM_ARCHITECTURES, "timm", args.budget, started, args.cells, done)
+        _run(order[families:], "torchvision", args.budget, started, args.cells, done)
+    rows, timm_rows, seconds = _load(args.cells)
+    ordered = sorted(names, key=lambda n: (family(n), _size_rank(n), n))
+    args.out.write_text(render(rows, ordered, timm_rows, seconds), encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _size_rank(name: str) -> int:
+    return _order(torchvision_architectures()).index(name)
+
+
+def _order(names: Sequence[str]) -> list[str]:
+    """The family representatives first, then the rest smallest first (by parameter
+    count), so a run stopped by its budget has covered every family."""
+    first = sorted((n for n in FAMILIES if n in names), key=_parameters)
+    rest = [n for n in names if n not in FAMILIES]
+    return first + sorted(rest, key=_parameters)
+
+
+@functools.cache
+def _parameters(name: str) -> int:
+    import torchvision
+
+    # the published weights' metadata (nothing is downloaded)
+    return int(torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

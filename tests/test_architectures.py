@@ -1,0 +1,78 @@
+"""The architecture matrix (issue 13's acceptance): classification CNNs × every method.
+
+The default run checks one torchvision architecture of each family (``FAMILIES``) on a
+16-px-floor input; the whole matrix — every classification CNN builder of
+``torchvision.models`` and a few timm CNNs — is marked ``slow`` and its outcome is written to
+``docs/architectures.md`` by ``scripts/architecture_matrix.py``. What each cell checks is in
+:mod:`tests._matrix`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ._matrix import (
+    FAMILIES,
+    TIMM_ARCHITECTURES,
+    check,
+    family,
+    methods,
+    subject,
+    torchvision_architectures,
+)
+
+FAST_FLOOR = 16
+"""Input side floor (each architecture gets its smallest input at or above it)."""
+
+SLOW_ONLY = {"scorecam"}
+"""Methods whose cells run only in the slow matrix (Score-CAM costs one forward pass per
+channel of the layer: 1000+ on most families), except on ``SLOW_ONLY_EXCEPT``."""
+SLOW_ONLY_EXCEPT = {("mobilenet_v3_small", "scorecam")}
+
+EXPECTED_FAILURES: dict[tuple[str, str], str] = {}
+"""Cells known to fail, with the reason (marked ``xfail(strict=True)``: a cell that starts
+passing must be taken off this list)."""
+
+
+def _cells(names: list[str], prefix: str = "", fast: bool = False) -> list[object]:
+    params: list[object] = []
+    for name in names:
+        for method in methods():
+            if fast and method in SLOW_ONLY and (name, method) not in SLOW_ONLY_EXCEPT:
+                continue
+            reason = EXPECTED_FAILURES.get((prefix + name, method))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            params.append(pytest.param(name, method, marks=marks, id=f"{prefix}{name}-{method}"))
+    return params
+
+
+def _assert_cell(name: str, method: str, source: str, floor: int) -> None:
+    cell = check(subject(name, source, floor=floor), method)
+    assert cell.ok, f"{name} × {method}: {cell.status}: {cell.note}"
+
+
+@pytest.mark.parametrize(("name", "method"), _cells(list(FAMILIES), fast=True))
+def test_one_architecture_per_family(name: str, method: str) -> None:
+    _assert_cell(name, method, "torchvision", FAST_FLOOR)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "method"), _cells(torchvision_architectures()))
+def test_every_torchvision_architecture(name: str, method: str) -> None:
+    _assert_cell(name, method, "torchvision", FAST_FLOOR)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "method"), _cells(list(TIMM_ARCHITECTURES), "timm/"))
+def test_timm_architectures(name: str, method: str) -> None:
+    pytest.importorskip("timm")
+    _assert_cell(name, method, "timm", FAST_FLOOR)
+
+
+def test_families_cover_the_torchvision_cnns() -> None:
+    # Every classification CNN builder belongs to a family whose representative runs by
+    # default, and every representative is such a builder of its own family.
+    names = torchvision_architectures()
+    assert len(names) >= 60
+    assert {family(n) for n in names} == set(FAMILIES.values())
+    assert all(family(n) == label for n, label in FAMILIES.items())

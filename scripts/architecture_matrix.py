@@ -121,7 +121,8 @@ def render(
         "Random weights made non-degenerate (BatchNorm running statistics and affine "
         "parameters, LayerNorm affine parameters, every bias and ConvNeXt's layer scales "
         "drawn at random: a fresh ConvNeXt has zero biases and layer scale 1e-6 and is "
-        "then nearly scale-invariant in its input, which hides every completeness error), "
+        "then nearly scale-invariant in its input, which hides every completeness error; "
+        "`tests/_matrix.py`), "
         "float64, the smallest square input each architecture allows at or above 16 px, "
         "two random items. In every cell:",
         "",
@@ -135,13 +136,21 @@ def render(
         "- the first item explained alone equals it explained in the batch (1e-6 of the "
         "largest value);",
         f"- DeepLIFT: each item sums to score(x) − score(0) within {DEEPLIFT_TOLERANCE:g} "
-        "relative (**exact**);",
-        "- integrated gradients at its default (64 Gauss–Legendre points): the sum is "
-        f"within {IG_TOLERANCE:.0%} of score(x) − score(0) (**complete**), and "
-        "`extras['delta']` is that gap;",
-        "- LRP (default composite `epsilon_plus_flat`) on a bias-free copy (biases, "
-        "BatchNorm shifts and means, LayerNorm shifts set to zero): the relevance sums to "
-        f"the explained logit within {LRP_TOLERANCE:g} relative (**conserving**).",
+        "of the larger of |score(x) − score(0)| and Σ|attribution| (random networks can "
+        "have a score that barely changes while the attributions cancel; float64 rounding "
+        "is then relative to the attributions) (**exact**);",
+        "- integrated gradients at its default (64 Gauss–Legendre points, doubled up to 512 "
+        "for items still more than 1 % off): the sum is within "
+        f"{IG_TOLERANCE:.0%} of score(x) − score(0) (**complete**; the steps used are "
+        "shown), and `extras['delta']` is that gap;",
+        "- LRP on a bias-free copy (biases, BatchNorm shifts and means, LayerNorm shifts "
+        "set to zero; each BatchNorm's variance set to what it receives, so the signal "
+        "neither vanishes nor explodes): with the epsilon rule (1e-9) at every layer the "
+        f"relevance sums to the explained logit within {LRP_TOLERANCE:g} relative — every "
+        "operation's rule conserves (**conserving**). The default composite "
+        "(`epsilon_plus_flat`) is run too, and its deviation shown where above that: its "
+        "z+ rule drops the relevance of a neuron that has no positive contribution (as "
+        "zennit's does), common in depthwise convolutions at these tiny resolutions.",
         "",
         "Other methods have no axiom to check (**runs**). The number in brackets is the "
         "largest relative error measured over the two items.",

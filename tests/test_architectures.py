@@ -24,10 +24,15 @@ from ._matrix import (
 FAST_FLOOR = 16
 """Input side floor (each architecture gets its smallest input at or above it)."""
 
-SLOW_ONLY = {"scorecam"}
-"""Methods whose cells run only in the slow matrix (Score-CAM costs one forward pass per
-channel of the layer: 1000+ on most families), except on ``SLOW_ONLY_EXCEPT``."""
-SLOW_ONLY_EXCEPT = {("mobilenet_v3_small", "scorecam")}
+SLOW_ONLY = {"scorecam", "integrated_gradients"}
+"""Methods whose cells run only in the slow matrix, except on ``SLOW_ONLY_EXCEPT``:
+Score-CAM costs one forward pass per channel of the layer (1000+ on most families) and
+integrated gradients 64 to 512 gradient evaluations per item."""
+SLOW_ONLY_EXCEPT = {
+    ("mobilenet_v3_small", "scorecam"),
+    ("resnet18", "integrated_gradients"),
+    ("squeezenet1_0", "integrated_gradients"),
+}
 
 EXPECTED_FAILURES: dict[tuple[str, str], str] = {}
 """Cells known to fail, with the reason (marked ``xfail(strict=True)``: a cell that starts

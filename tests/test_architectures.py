@@ -28,13 +28,17 @@ SLOW_ONLY = {"scorecam", "integrated_gradients"}
 """Methods whose cells run only in the slow matrix, except on ``SLOW_ONLY_EXCEPT``:
 Score-CAM costs one forward pass per channel of the layer (1000+ on most families) and
 integrated gradients 64 to 512 gradient evaluations per item."""
-SLOW_ONLY_EXCEPT = {
-    ("mobilenet_v3_small", "scorecam"),
-    ("resnet18", "integrated_gradients"),
-    ("squeezenet1_0", "integrated_gradients"),
-}
+SLOW_ONLY_EXCEPT = {("squeezenet1_0", "integrated_gradients")}
 
-EXPECTED_FAILURES: dict[tuple[str, str], str] = {}
+SLOW_FAMILIES = {"inception_v3"}
+"""Representatives whose cells run only in the slow matrix (Inception-v3 needs 75 px)."""
+
+EXPECTED_FAILURES: dict[tuple[str, str], str] = {
+    ("googlenet", "deeplift"): "DeepLIFT summation-to-delta off by 4e-6 on GoogLeNet (engine)",
+    ("efficientnet_b0", "deeplift"): (
+        "DeepLIFT summation-to-delta off by 1.4e-2 on EfficientNet-B0 (engine)"
+    ),
+}
 """Cells known to fail, with the reason (marked ``xfail(strict=True)``: a cell that starts
 passing must be taken off this list)."""
 
@@ -43,7 +47,10 @@ def _cells(names: list[str], prefix: str = "", fast: bool = False) -> list[objec
     params: list[object] = []
     for name in names:
         for method in methods():
-            if fast and method in SLOW_ONLY and (name, method) not in SLOW_ONLY_EXCEPT:
+            if fast and (
+                name in SLOW_FAMILIES
+                or (method in SLOW_ONLY and (name, method) not in SLOW_ONLY_EXCEPT)
+            ):
                 continue
             reason = EXPECTED_FAILURES.get((prefix + name, method))
             marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []

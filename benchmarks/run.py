@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         f"profile `{name}`: {', '.join(f'{m} batch {b} at {s} px' for m, b, s in profile.models)}, "
         f"{rounds} timed rounds after one warm-up; Score-CAM and occlusion "
         f"{profile.heavy_rounds} round, no warm-up) in {minutes:.0f} min "
-        f"({cpu_minutes:.0f} min of CPU time)."
+        f"({cpu_minutes:.1f} min of CPU time)."
     )
     text = markdown(results, env, run=run, notes=NOTES)
     print(text)

@@ -89,6 +89,16 @@ def test_every_written_path_is_checked(tmp_path: Path, capsys: pytest.CaptureFix
     assert _listing(tmp_path) == []
 
 
+def test_misspelt_report_method_is_refused_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not a report with an empty "not available" panel and exit 0.
+    line = _fails(capsys, "report", "cat", "--methods", "saliency,gradcm", *RANDOM,
+                  "-o", str(tmp_path / "new" / "r.html"))  # fmt: skip
+    assert "unknown method 'gradcm'; did you mean gradcam" in line
+    assert _listing(tmp_path) == []
+
+
 # ------------------------------------------------------------------ counts
 
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import runpy
+import sys
 
 import pytest
 
@@ -22,6 +24,16 @@ COMMANDS = _commands()
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cnnlens {cnnlens.__version__}"
+
+
+def test_python_dash_m_runs_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["cnnlens", "--version"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("cnnlens", run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"cnnlens {cnnlens.__version__}"
 
 

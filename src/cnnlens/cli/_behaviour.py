@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
         "tiles; for deeper layers one filter's slices per input channel (--filter) or the "
         "filters most tied to one input channel (--input-channel).",
         epilog="examples:\n  cnnlens filters -o filters.png\n"
-        "  cnnlens filters --model resnet18 --layer layer1.0.conv1 --filter 3 -o f3.png",
+        "  cnnlens filters --model fashion_cnn --layer features.conv2 --filter 3 -o f3.png",
     )
     add_model_args(p)
     p.add_argument("--layer", help="a convolution's name (default: the first convolution)")

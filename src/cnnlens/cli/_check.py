@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
         "without a rule are listed at the end and make the exit code 1. Without IMAGE the "
         "first bundled sample photo is used.",
         epilog="examples:\n  cnnlens check --method deeplift\n"
-        "  cnnlens check --model mobilenet_v3_small --method lrp --all cat",
+        "  cnnlens check --model mobilenet_v3_small --random-weights --method lrp --all cat",
     )
     add_model_args(p)
     p.add_argument(

@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
         description="List every submodule of the model in definition order: dotted name "
         "(what --layer takes), type, output shape for one image, number of parameters, "
         "and with --receptive-fields the receptive field size and stride in input pixels.",
-        epilog="examples:\n  cnnlens layers -r\n  cnnlens layers --model resnet18 --size 160 160",
+        epilog="examples:\n  cnnlens layers -r\n  cnnlens layers --model resnet18 --random-weights --size 160 160",
     )
     add_model_args(p)
     p.add_argument(

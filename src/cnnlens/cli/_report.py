@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._report import REPORT_METHODS, build_report
+from ..attribution.api import method_spec
 from ..render._html import report_html
 from ._common import Output, add_model_args, open_image, open_model, parse_target
 
@@ -35,7 +36,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--second-class", action="store_true", help="also explain the second most likely class"
     )
-    p.add_argument("--methods", default=",".join(REPORT_METHODS), help="comma-separated methods")
+    p.add_argument(
+        "--methods",
+        default=",".join(REPORT_METHODS),
+        help=f"comma-separated methods (default: {','.join(REPORT_METHODS)})",
+    )
     p.add_argument("--no-behaviour", action="store_true", help="skip the model-behaviour section")
     p.add_argument(
         "-o",
@@ -52,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
 
     specs = args.images or [DEFAULT_IMAGE]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+    if not methods:
+        raise InputError("--methods needs a method name")
+    for method in methods:  # a misspelt name is bad input, not an empty panel
+        method_spec(method)
     model = open_model(args)
     if args.target is not None and len(args.target) != len(specs):
         raise InputError(

@@ -30,5 +30,5 @@ def peer(name: str) -> ModuleType:
         try:
             return importlib.import_module(name)
         except ImportError as exc:
-            pytest.fail(f"reference library {name!r} is missing on CI: {exc}")
+            pytest.fail(f"reference library {name!r} is missing on CI (or under make test): {exc}")
     return pytest.importorskip(name)

@@ -153,3 +153,18 @@ def test_road_equals_pytorch_grad_cam(score: str) -> None:
     ours = road(model, x, levels, target=[1, 3], noise=0.0, score=score)
     theirs = grad_cam_road(model, x, levels.numpy(), [1, 3], softmax=score == "probability")
     torch.testing.assert_close(ours.values, torch.from_numpy(theirs), rtol=1e-5, atol=1e-5)
+
+
+def test_a_missing_reference_fails_where_references_are_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CNNLENS_REQUIRE_REFERENCES", raising=False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="missing on CI"):
+        peer("cnnlens_no_such_reference")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        peer("cnnlens_no_such_reference")
+    monkeypatch.setenv("CNNLENS_REQUIRE_REFERENCES", "1")  # what `make test` sets
+    with pytest.raises(pytest.fail.Exception):
+        peer("cnnlens_no_such_reference")

@@ -21,6 +21,8 @@ from cnnlens.attribution.gradient import (
     path_points,
 )
 
+from .peers import peer
+
 D = torch.float64
 
 
@@ -76,7 +78,7 @@ def test_gauss_legendre_is_exact_for_polynomials_below_twice_its_steps() -> None
 
 @pytest.mark.parametrize("rule", PATH_RULES)
 def test_path_points_are_captums(rule: str) -> None:
-    methods = pytest.importorskip("captum.attr._utils.approximation_methods")
+    methods = peer("captum.attr._utils.approximation_methods")
     step_sizes, alphas = methods.approximation_parameters(rule)
     got_alphas, got_weights = path_points(7, rule)
     if rule == "riemann_trapezoid":
@@ -254,7 +256,7 @@ def test_adaptation_stops_at_its_cap_and_warns() -> None:
     [("gausslegendre", 16), ("riemann_middle", 12), ("riemann_trapezoid", 9), ("riemann_right", 5)],
 )
 def test_agrees_with_captum(rule: str, steps: int) -> None:
-    captum_attr = pytest.importorskip("captum.attr")
+    captum_attr = peer("captum.attr")
     net, x = kinked_cnn(), _x(3)
     baseline = torch.full_like(x, -0.1)
     classes = [2, 0, 4]

@@ -181,6 +181,8 @@ def _row(
         ).values
     if e.layer is not None:
         method_options.setdefault("layer", e.layer)
+    # The re-runs inside a metric show no bar of their own (the table's bar counts methods).
+    method_options.pop("progress", None)
     if "max_sensitivity" in metrics:
         values["max_sensitivity"] = max_sensitivity(
             module,

@@ -374,11 +374,16 @@ def _affine_kind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Kind | None:
     return Kind.OTHER if weight.requires_grad else Kind.AFFINE
 
 
-def _affine(op: str, names: Sequence[str]) -> Binder:
+KindOf = Callable[[tuple[Any, ...], dict[str, Any]], Kind | None]
+
+
+def _classified(op: str, names: Sequence[str], kind_of: KindOf) -> Binder:
+    """Binder of a call whose kind ``kind_of`` tells from its arguments."""
+
     def bind(
         func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Call | None:
-        kind = _affine_kind(args, kwargs)
+        kind = kind_of(args, kwargs)
         named = None if kind is None else _named(func, names, args, kwargs)
         if kind is None or named is None:
             return None
@@ -399,17 +404,6 @@ def _batch_norm_kind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Kind | No
         bound.get("running_var"), Tensor
     )
     return Kind.BATCH_NORM if running and not bound.get("training", False) else Kind.BATCH_STATS
-
-
-def _batch_norm(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Call | None:
-    kind = _batch_norm_kind(args, kwargs)
-    named = None if kind is None else _named(func, _BN_ARGS, args, kwargs)
-    if kind is None or named is None:
-        return None
-    bound, x, apply = named
-    return Call(func, args, kwargs, "batch_norm", kind, x, apply, bound=bound)
 
 
 def _norm_parts(
@@ -586,7 +580,7 @@ class Entry:
 
     bind: Binder
     kinds: frozenset[Kind]
-    kind: Callable[[tuple[Any, ...], dict[str, Any]], Kind | None] | None = None
+    kind: KindOf | None = None
 
 
 def _build() -> dict[Callable[..., Any], Entry]:
@@ -596,7 +590,7 @@ def _build() -> dict[Callable[..., Any], Entry]:
         funcs: Sequence[Any],
         binder: Binder,
         *kinds: Kind,
-        quick: Callable[[tuple[Any, ...], dict[str, Any]], Kind | None] | None = None,
+        quick: KindOf | None = None,
     ) -> None:
         for func in funcs:
             if func is not None and func not in table:
@@ -724,16 +718,14 @@ def _build() -> dict[Callable[..., Any], Entry]:
     put([F.multi_head_attention_forward], _bilinear("attention"), Kind.OTHER)
 
     # layers
-    for name in ("conv1d", "conv2d", "conv3d"):
-        put(
-            [getattr(F, name)],
-            _affine(name, _CONV_ARGS),
-            Kind.AFFINE,
-            Kind.OTHER,
-            quick=_affine_kind,
-        )
-    put([F.linear], _affine("linear", _LINEAR_ARGS), Kind.AFFINE, Kind.OTHER, quick=_affine_kind)
-    put([F.batch_norm], _batch_norm, Kind.BATCH_NORM, Kind.BATCH_STATS, quick=_batch_norm_kind)
+    for func, op, names, kind_of, kinds in (
+        (F.conv1d, "conv1d", _CONV_ARGS, _affine_kind, (Kind.AFFINE, Kind.OTHER)),
+        (F.conv2d, "conv2d", _CONV_ARGS, _affine_kind, (Kind.AFFINE, Kind.OTHER)),
+        (F.conv3d, "conv3d", _CONV_ARGS, _affine_kind, (Kind.AFFINE, Kind.OTHER)),
+        (F.linear, "linear", _LINEAR_ARGS, _affine_kind, (Kind.AFFINE, Kind.OTHER)),
+        (F.batch_norm, "batch_norm", _BN_ARGS, _batch_norm_kind, (Kind.BATCH_NORM, Kind.BATCH_STATS)),
+    ):  # fmt: skip
+        put([func], _classified(op, names, kind_of), *kinds, quick=kind_of)
     norm_args = ("input", "normalized_shape", "weight", "bias", "eps")
     put([F.layer_norm], _normalization("layer_norm", norm_args, _trailing), Kind.NORMALIZATION)
     put(

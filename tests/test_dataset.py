@@ -473,3 +473,22 @@ def test_top_k_order_is_total_and_splits_merge_exactly() -> None:
     for part in reversed(parts):  # the order parts arrive in does not matter
         merged.merge(part.values, part.keys)
     assert torch.equal(merged.keys, running.keys) and torch.equal(merged.values, running.values)
+
+
+def test_an_index_that_cannot_keep_the_recall_promise_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Vectors without structure: product quantization (here reranking only k candidates)
+    cannot rank them well enough, so the searcher keeps the vectors (IVF-Flat) instead."""
+    from cnnlens.dataset import _nearest
+    from cnnlens.dataset._nearest import Searcher
+
+    monkeypatch.setattr(_nearest, "RERANK", (1,))
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(3_000, 16)).astype(np.float32)
+    queries = rng.normal(size=(20, 16)).astype(np.float32)
+    searcher = Searcher(base, "l2", exact=False, kind="ivf-pq")
+    assert searcher.kind == "ivf-flat" and searcher.info()["recall_at_10"] >= 0.95
+    found, _ = searcher.search(queries, 10)
+    truth = brute_force(base, queries, 10, "l2")[0]
+    assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]) >= 0.9

@@ -33,9 +33,17 @@ from ..errors import InputError
 from ._batches import grouped_batches, range_batches
 from ._shards import ShardedArray
 
-__all__ = ["INDEX_KINDS", "TARGET_RECALL", "Searcher", "exact_search", "pixel_nearest"]
+__all__ = [
+    "INDEX_KINDS",
+    "PROMISED_RECALL",
+    "TARGET_RECALL",
+    "Searcher",
+    "exact_search",
+    "pixel_nearest",
+]
 
-TARGET_RECALL = 0.97  # calibration target; the promise is >= 0.95
+TARGET_RECALL = 0.97  # calibration target
+PROMISED_RECALL = 0.95  # an approximate index that cannot reach this is not used
 INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")
 PQ_ABOVE = 5_000_000  # above this many rows the approximate index stores PQ codes
 # IVF-PQ candidates per wanted neighbour, reranked by exact distance: the first that
@@ -87,19 +95,24 @@ class Searcher:
         if self.kind not in INDEX_KINDS:
             raise InputError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
         self.vectors = vectors
-        self.nprobe = 0
-        self.rerank = 0
-        self.recall: float | None = 1.0 if self.kind == "flat" else None
-        self.index = self._build(faiss, vectors, seed)
-        self._add(vectors)
-        if self.kind != "flat":
+        while True:
+            self.nprobe, self.rerank = 0, 0
+            self.recall: float | None = 1.0 if self.kind == "flat" else None
+            self.index = self._build(faiss, vectors, seed)
+            self._add(vectors)
+            if self.kind == "flat":
+                break
             self._calibrate(vectors, seed)
-            if self.nprobe >= self.nlist and self.kind == "ivf-flat":
+            if self.kind == "ivf-pq" and (self.recall or 0.0) < PROMISED_RECALL:
+                # The codes are too coarse for these vectors even reranked: keep the
+                # promise with the vectors themselves (IVF-Flat, which may turn exact).
+                self.kind = "ivf-flat"
+            elif self.kind == "ivf-flat" and self.nprobe >= self.nlist:
                 # No structure for the inverted file to use (it would scan every list): an
                 # exact flat index gives the same answers faster.
-                self.kind, self.recall, self.nprobe = "flat", 1.0, 0
-                self.index = self._build(faiss, vectors, seed)
-                self._add(vectors)
+                self.kind = "flat"
+            else:
+                break
         self.build_seconds = time.perf_counter() - started
 
     @property

@@ -272,4 +272,5 @@ def test_cli_layers(capsys: pytest.CaptureFixture[str]) -> None:
     assert line.split()[-2:] == ["435", "32"]
     assert "512x2x2" in line
     assert main(["layers", "--model", "resnet18", "--random-weights", "--size", "0", "3"]) == 2
-    assert "input_size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--size" in err and "at least 1" in err and len(err.strip().splitlines()) == 1

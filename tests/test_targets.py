@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import detection, segmentation
 
-from cnnlens import DetectionTarget, InputError, SegmentationTarget, explain
+from cnnlens import DetectionTarget, InputError, SegmentationTarget, ZeroAttributionWarning, explain
 from cnnlens.targets import resolve_target
 
 
@@ -108,10 +108,11 @@ def test_gradcam_with_segmentation_target_on_deeplabv3(
         e.attribution, expected, rtol=1e-4, atol=1e-6 * float(expected.max())
     )
     assert float(e.attribution.amax()) > 0
-    # an empty mask scores a constant 0: no gradient, an all-zero map
-    empty = explain(
-        segmenter, x, "gradcam", target=SegmentationTarget(3, torch.zeros(64, 64)), layer=layer
-    )
+    # an empty mask scores a constant 0: no gradient, an all-zero map, said in a warning
+    with pytest.warns(ZeroAttributionWarning, match="identically zero"):
+        empty = explain(
+            segmenter, x, "gradcam", target=SegmentationTarget(3, torch.zeros(64, 64)), layer=layer
+        )
     assert float(empty.attribution.abs().amax()) == 0.0
 
 

@@ -209,3 +209,15 @@ def test_incremental_equals_plain_at_224(name: str) -> None:
     with torch.no_grad():
         scale = float(model(x).abs().max())
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4 * scale)
+
+
+def test_coverage_says_which_occlusion_path_runs() -> None:
+    model = _torchvision("resnet18", 32)
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    (note,) = cnnlens.coverage(model, "occlusion", x, window=8, incremental=True).notes
+    assert note.startswith("occlusion: incremental engine:") and "avgpool" in note
+    (plain,) = cnnlens.coverage(model, "occlusion", x, incremental=False).notes
+    assert "plain batched forwards" in plain
+    untraceable = _Untraceable().double().eval()
+    (fallback,) = cnnlens.coverage(untraceable, "occlusion", x[:, :, :16, :16]).notes
+    assert "plain batched forwards" in fallback and "cannot be traced" in fallback

@@ -13,6 +13,7 @@ from ._engine import GRADIENT, Engine, Met, Rule, RuleSet, RuleWarning, recordin
 from ._guard import guard
 from ._ops import Kind
 from .attribution.api import check_inputs, explain, method_spec
+from .attribution.occlusion import incremental_note
 from .targets import TargetSpec
 
 __all__ = ["Coverage", "CoverageEntry", "coverage"]
@@ -30,6 +31,8 @@ class Coverage:
 
     method: str
     entries: tuple[CoverageEntry, ...]
+    notes: tuple[str, ...] = ()
+    """What else the method does on this model (occlusion: the incremental engine's plan)."""
 
     @property
     def unhandled(self) -> tuple[CoverageEntry, ...]:
@@ -82,4 +85,9 @@ def coverage(
         engine = Engine(plain, model=module, record=True, warn=False)
         with torch.enable_grad(), engine:
             module(inputs.detach().requires_grad_(True))
-    return Coverage(method, tuple(engine.met))
+        notes: tuple[str, ...] = ()
+        if spec.kind == "occlusion":
+            notes = (
+                incremental_note(module, inputs, options.get("window"), options.get("incremental")),
+            )
+    return Coverage(method, tuple(engine.met), notes)

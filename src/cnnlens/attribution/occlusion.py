@@ -29,7 +29,7 @@ from ..targets import Target
 from ._incremental import Occluder, plan, trace
 from .api import MethodFn, MethodSpec
 
-__all__ = ["METHODS", "occlusion", "window_starts"]
+__all__ = ["METHODS", "incremental_note", "occlusion", "window_starts"]
 
 _DEFAULT_BATCH = 32
 _SCORES = ("logit", "probability")
@@ -240,6 +240,38 @@ def _incremental_engine(
         return [
             Occluder(module, graph, inputs[i : i + 1], approximate) for i in range(inputs.shape[0])
         ]
+
+
+def incremental_note(
+    module: nn.Module,
+    inputs: Tensor,
+    window: int | tuple[int, int] | None = None,
+    incremental: bool | None = None,
+) -> str:
+    """One line for ``cnnlens.coverage``: which path occlusion takes on this model and,
+    for the incremental engine, what it recomputes and where it stops being incremental."""
+    h, w = int(inputs.shape[-2]), int(inputs.shape[-1])
+    size = _pair(max(1, min(h, w) // 7) if window is None else window, "window")
+    if incremental is False:
+        return "occlusion: plain batched forwards (incremental=False)"
+    report = plan(module, inputs, size)
+    if report.fallback is not None:
+        return f"occlusion: plain batched forwards; {report.fallback}"
+    counts: dict[str, int] = {}
+    for _, kind in report.steps:
+        counts[kind] = counts.get(kind, 0) + 1
+    used = incremental or report.estimated_cost <= AUTO_COST
+    path = "incremental engine" if used else "plain batched forwards (too little to skip)"
+    steps = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    dense = (
+        f"; incremental up to {report.densified_at} ({report.reason})"
+        if report.densified_at is not None
+        else ""
+    )
+    return (
+        f"occlusion: {path}: {steps}; estimated multiply-adds "
+        f"{report.estimated_cost:.2f} of the plain path for a {size[0]}x{size[1]} window{dense}"
+    )
 
 
 def _incremental_outputs(

@@ -63,6 +63,7 @@ def format_coverage(result: Coverage, *, every_call: bool) -> str:
         lines += [f"  {e.op} ({e.kind}) in {e.module}" for e in missing]
     else:
         lines.append(f"every operation has a rule for {result.method}")
+    lines += list(result.notes)
     return "\n".join(lines)
 
 

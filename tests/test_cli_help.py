@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import runpy
 import sys
+import warnings
 
 import pytest
 
@@ -88,3 +89,19 @@ def test_option_names_are_the_same_everywhere() -> None:
         assert {"--batch-size", "--workers", "--limit", "--model"} <= set(_options(COMMANDS[name]))
     for name in ("explain", "evaluate"):
         assert {"-m", "--method"} <= set(_options(COMMANDS[name]))
+
+
+def test_warnings_of_a_command_read_as_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    original = warnings.formatwarning
+
+    def run(args: argparse.Namespace) -> int:
+        seen.append(warnings.formatwarning("few steps", UserWarning, "/src/x.py", 7, "code()"))
+        return 0
+
+    import cnnlens.cli._models as models_command
+
+    monkeypatch.setattr(models_command, "run_models", run)
+    assert main(["models"]) == 0
+    assert seen == ["cnnlens: warning: few steps\n"]
+    assert warnings.formatwarning is original

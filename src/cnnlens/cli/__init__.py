@@ -16,8 +16,9 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
-from contextlib import nullcontext
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -109,6 +110,23 @@ def _outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[
     return [Path(v) for v in values if v]
 
 
+@contextmanager
+def _plain_warnings() -> Iterator[None]:
+    """Warnings a command shows read as one ``cnnlens: warning: ...`` line, not as Python's
+    file, line number and source line. Only the text is changed (``formatwarning``): filters,
+    ``-W error`` and recording by ``catch_warnings`` work as before."""
+
+    def one_line(message: Warning | str, *_: object, **__: object) -> str:
+        return f"cnnlens: warning: {message}\n"
+
+    saved = warnings.formatwarning
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -121,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     created = [new for new in map(first_missing, _outputs(parser, args)) if new is not None]
     try:
-        with progress_mode(False) if args.quiet else nullcontext():
+        with progress_mode(False) if args.quiet else nullcontext(), _plain_warnings():
             code = args.run(args)
     except InputError as exc:
         remove_created(created)

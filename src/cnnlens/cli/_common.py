@@ -139,10 +139,14 @@ def add_batch_size(parser: Any, default: int | None, what: str = "items per forw
 # ----------------------------------------------------------------------------- models
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model spec (default: {DEFAULT_MODEL})"
-    )
+def add_model_args(
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = DEFAULT_MODEL,
+    default_text: str = DEFAULT_MODEL,
+) -> None:
+    """The model options; ``default_text`` says in the help what a missing ``--model`` means."""
+    parser.add_argument("--model", default=default, help=f"model spec (default: {default_text})")
     parser.add_argument("--arch", default=None, help="architecture name for a state-dict file")
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load pretrained weights"

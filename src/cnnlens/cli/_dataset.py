@@ -94,8 +94,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("image", help="image path, sample name, or a dataset item as DATASET@INDEX")
     p.add_argument("--store", required=True, help="store folder made by `cnnlens index`")
-    add_model_args(p)
-    p.set_defaults(model=None)
+    add_model_args(p, default=None, default_text="the model the store was made with")
     p.add_argument("-k", type=positive_int, default=8, help="neighbours to show (default 8)")
     p.add_argument(
         "--metric",

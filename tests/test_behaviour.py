@@ -78,8 +78,13 @@ def test_filters_are_a_copy_of_the_weights(resnet: nn.Module) -> None:
     assert resnet.conv1.weight.abs().sum() > 0
     deeper = cnnlens.filters(resnet, "layer1.0.conv1")
     assert deeper.shape == (64, 64, 3, 3)
-    with pytest.raises(cnnlens.InputError, match="not a 2-D convolution"):
+    with pytest.raises(
+        cnnlens.InputError, match=r"layer1\.0\.bn1 is a BatchNorm2d, not a 2-D conv"
+    ):
         cnnlens.filters(resnet, "layer1.0.bn1")
+    # A block: the message names the convolutions inside it, ready for --layer.
+    with pytest.raises(cnnlens.InputError, match=r"in it: layer1\.0\.conv1, layer1\.0\.conv2$"):
+        cnnlens.filters(resnet, "layer1.0")
 
 
 def test_filters_of_depthwise_convolution() -> None:

@@ -47,7 +47,14 @@ def filters(model: Any, layer: nn.Module | str | None = None) -> Tensor:
     require_eager(module, "filters")
     conv = first_convolution(module) if layer is None else resolve_layer(module, layer)
     if not isinstance(conv, nn.Conv2d):
-        raise InputError(f"layer is a {type(conv).__name__}, not a 2-D convolution")
+        name = layer if isinstance(layer, str) else "the layer"
+        inside = [n for n, m in conv.named_modules() if n and isinstance(m, nn.Conv2d)][:3]
+        hint = (
+            f"; the convolutions in it: {', '.join(f'{name}.{n}' for n in inside)}"
+            if inside and isinstance(layer, str)
+            else ""
+        )
+        raise InputError(f"{name} is a {type(conv).__name__}, not a 2-D convolution{hint}")
     return conv.weight.detach().clone()
 
 

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -113,8 +114,8 @@ def render(
         "CNNs and not covered) × every method of `cnnlens.METHODS`, checked by "
         "`scripts/architecture_matrix.py` (the same checks as `tests/test_architectures.py`, "
         "whose default run covers one architecture per family and whose `slow` run covers "
-        f"the whole matrix). cnnlens {cnnlens.__version__}, torch {torch.__version__}, "
-        f"{seconds / 60:.0f} CPU minutes.",
+        f"the whole matrix). cnnlens {cnnlens.__version__} at commit {_commit()}, "
+        f"torch {torch.__version__}, {seconds / 60:.0f} CPU minutes.",
         "",
         "## What is checked",
         "",
@@ -177,6 +178,19 @@ def render(
         "",
     ]
     return "\n".join(lines)
+
+
+def _commit() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
 
 
 def _run(

@@ -194,7 +194,13 @@ def _commit() -> str:
 
 
 def _run(
-    names: Sequence[str], source: str, budget: float, started: float, store: Path, skip: set[str]
+    names: Sequence[str],
+    source: str,
+    budget: float,
+    started: float,
+    store: Path,
+    skip: set[str],
+    only: Sequence[str] | None = None,
 ) -> None:
     for name in names:
         if f"{source}/{name}" in skip:
@@ -202,7 +208,7 @@ def _run(
         if time.process_time() - started > budget:
             print(f"budget spent; not running {name}", flush=True)
             continue
-        for cell in cells([name], source):
+        for cell in cells([name], source, only=only):
             with store.open("a", encoding="utf-8") as out:
                 out.write(json.dumps({"source": source, **dataclasses.asdict(cell)}) + "\n")
             print(
@@ -239,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cells", type=Path, default=Path("architecture_cells.jsonl"))
     parser.add_argument("--skip-done", action="store_true", help="skip finished architectures")
     parser.add_argument("--render-only", action="store_true", help="only write the table")
+    parser.add_argument("--methods", nargs="*", help="redo only these methods' cells")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     names = torchvision_architectures()
@@ -251,10 +258,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         order = args.only or _order(names)
         families = len([n for n in order if n in FAMILIES])
         # every family first, then timm, then the other torchvision variants
-        _run(order[:families], "torchvision", args.budget, started, args.cells, done)
+        run = functools.partial(
+            _run,
+            budget=args.budget,
+            started=started,
+            store=args.cells,
+            skip=done,
+            only=args.methods,
+        )
+        run(order[:families], "torchvision")
         if args.timm:
-            _run(TIMM_ARCHITECTURES, "timm", args.budget, started, args.cells, done)
-        _run(order[families:], "torchvision", args.budget, started, args.cells, done)
+            run(TIMM_ARCHITECTURES, "timm")
+        run(order[families:], "torchvision")
     rows, timm_rows, seconds = _load(args.cells)
     ordered = sorted(names, key=lambda n: (family(n), _size_rank(n), n))
     args.out.write_text(render(rows, ordered, timm_rows, seconds), encoding="utf-8")

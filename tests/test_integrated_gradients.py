@@ -121,7 +121,8 @@ def test_delta_is_the_completeness_gap_by_its_definition() -> None:
     torch.testing.assert_close(e.extras["delta"], delta, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(e.extras["score"], score, rtol=1e-13, atol=1e-14)
     torch.testing.assert_close(e.extras["baseline_score"], base_score, rtol=1e-13, atol=1e-14)
-    relative = delta.abs() / (score - base_score).abs()
+    ulps = 64 * torch.finfo(D).eps * torch.maximum(score.abs(), base_score.abs())
+    relative = (delta.abs() - ulps) / (score - base_score).abs()
     torch.testing.assert_close(e.extras["relative_delta"], relative, rtol=1e-12, atol=0)
     assert float(relative.max()) > 1e-4  # five steps are visibly short of the integral
 
@@ -133,6 +134,10 @@ def test_relative_gap_of_an_unchanged_score() -> None:
     assert completeness_gap(zero, score, score).tolist() == [0.0, 0.0]
     # a gap where nothing changed is reported as huge, not divided by zero
     assert bool((completeness_gap(torch.full((2,), 1e-3, dtype=D), score, score) > 1e6).all())
+    # a gap within the scores' own rounding is no gap
+    change = torch.tensor([0.4 + 1e-15, 0.5], dtype=D)
+    gaps = completeness_gap(torch.tensor([2e-16, 0.005], dtype=D), change, change - 1e-15)
+    assert gaps[0] == 0 and 4e12 < float(gaps[1]) < 6e12
 
 
 def test_few_steps_warn_and_suggest_more() -> None:

@@ -327,7 +327,10 @@ def path_points(steps: int, rule: str = "gausslegendre") -> tuple[Tensor, Tensor
 
 def completeness_gap(delta: Tensor, score: Tensor, baseline_score: Tensor) -> Tensor:
     """The relative completeness gap per item: ``|delta| / |score − baseline_score|``, where
-    ``delta`` = Σ attributions − (score − baseline_score) (captum's convergence delta).
+    ``delta`` = Σ attributions − (score − baseline_score) (captum's convergence delta), less
+    the rounding of the scores themselves (64 ulps of the larger): a score that barely
+    changes (a logit of 0.4 changing by 1e-15) is not reported as far from complete because
+    of its last bits.
 
     When the score does not change along the path the denominator is taken as the machine
     epsilon times the scores' magnitude, so an exact zero gap stays 0 and any other gap is
@@ -336,7 +339,8 @@ def completeness_gap(delta: Tensor, score: Tensor, baseline_score: Tensor) -> Te
     change = (score - baseline_score).abs()
     scale = torch.finfo(change.dtype).eps * torch.maximum(score.abs(), baseline_score.abs())
     floor = torch.maximum(scale, torch.full_like(scale, torch.finfo(change.dtype).tiny))
-    return delta.abs() / torch.maximum(change, floor)
+    excess = (delta.abs() - 64 * scale).clamp(min=0)
+    return excess / torch.maximum(change, floor)
 
 
 def _endpoint_scores(

@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import cnnlens
-from cnnlens._report import REPORT_METHODS, Report, build_report, report_steps
+from cnnlens._report import REPORT_METHODS, TRUST_METRICS, Report, build_report, report_steps
 from cnnlens.cli import main
 from cnnlens.render._captions import baseline_words, method_text
 from cnnlens.render._html import report_html
@@ -63,6 +64,23 @@ def test_report_has_every_method_with_metrics(cat_report: Report) -> None:
     assert cat_report.behaviour is not None
     assert len(cat_report.behaviour.depths) == 3
     assert cat_report.zero_colour == (128, 128, 128)
+
+
+def test_trust_table_per_image(cat_report: Report) -> None:
+    (image,) = cat_report.images
+    ((target, results),) = image.explained.items()
+    for r in results:
+        assert r.trust is not None and r.trust.curves is r.curves  # the panels' own curves
+        assert set(r.trust.values) == set(TRUST_METRICS)
+        assert all(torch.isfinite(v).all() for v in r.trust.values.values())
+    # the page's table: one row per method, the best value of each column in bold
+    html = report_html(cat_report)
+    table = html[html.index(f'id="cat-{target}-trust"') :]
+    table = table[: table.index("</table>")]
+    assert table.count("data-trust-row=") == len(REPORT_METHODS)
+    deletion = [float(r.trust.values["deletion"][0]) for r in results if r.trust is not None]
+    assert f"<b>{min(deletion):.3f}</b>" in table
+    assert "ROAD" in table and "infidelity" in table
 
 
 def test_cam_and_gradcam_coincide_and_the_report_says_why(cat_report: Report) -> None:

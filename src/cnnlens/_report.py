@@ -23,13 +23,15 @@ from .attribution.api import Explanation, explain, registry
 from .behaviour import Factorization, activations, factorize, filters
 from .behaviour._inspect import first_convolution, mid_feature_layer, prefer_rectified, top_channels
 from .errors import InputError
-from .evaluate import DeletionInsertion, deletion_insertion
+from .evaluate import DeletionInsertion, TrustRow, trust_table
 from .layers import layers
 from .models import LoadedModel
 
 __all__ = [
     "DEFAULT_OPTIONS",
     "REPORT_METHODS",
+    "ROAD_FRACTIONS",
+    "TRUST_METRICS",
     "Coincidence",
     "ImageReport",
     "LayerNote",
@@ -64,6 +66,12 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "lrp": {"composite": "epsilon_plus"},
 }
 
+# The trust table under each class: the metrics that need no re-run of the method (the
+# deletion/insertion curves are those drawn in each panel), ROAD at three fractions to keep
+# the report quick.
+TRUST_METRICS: tuple[str, ...] = ("deletion", "insertion", "road", "infidelity")
+ROAD_FRACTIONS: tuple[float, ...] = (0.2, 0.5, 0.8)
+
 # Two maps this close (Pearson r of the heatmaps) are called the same picture.
 SAME_MAP = 0.99
 
@@ -76,6 +84,7 @@ class MethodResult:
     options: dict[str, Any] = field(default_factory=dict)
     curves: DeletionInsertion | None = None
     error: str | None = None
+    trust: TrustRow | None = None
 
     @property
     def deletion_auc(self) -> float | None:
@@ -228,10 +237,17 @@ def _explain_one(
     except InputError as exc:  # e.g. CAM on a model without a GAP + linear head
         return MethodResult(method, None, time.perf_counter() - start, options, error=str(exc))
     seconds = time.perf_counter() - start
-    curves = deletion_insertion(
-        model, inputs, explanation, steps=steps, target=target, progress=False
-    )
-    return MethodResult(method, explanation, seconds, options, curves)
+    (row,) = trust_table(
+        model,
+        inputs,
+        [explanation],
+        metrics=TRUST_METRICS,
+        steps=steps,
+        fractions=ROAD_FRACTIONS,
+        target=target,
+        progress=False,
+    ).rows
+    return MethodResult(method, explanation, seconds, options, row.curves, trust=row)
 
 
 def _cam_multiple(cam: Tensor, gradcam: Tensor) -> float:

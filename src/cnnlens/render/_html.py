@@ -230,6 +230,55 @@ def _panel(
     )
 
 
+@dataclass(frozen=True)
+class TrustView:
+    """The trust table of one class: a row per method with a value per metric; ``best``
+    marks the best value of each column."""
+
+    metrics: tuple[str, ...]
+    labels: tuple[str, ...]
+    rows: tuple[
+        tuple[str, str, str, tuple[tuple[str, bool], ...]], ...
+    ]  # id, title, ranking, cells
+    caption: str
+
+
+def _trust(results: Sequence[MethodResult], image: ImageReport, target: int) -> TrustView | None:
+    from .._report import ROAD_FRACTIONS, TRUST_METRICS
+    from ..evaluate._trust import BETTER, LABELS
+
+    rows = [r for r in results if r.trust is not None]
+    if not rows:
+        return None
+    values = {
+        m: [float(r.trust.values[m][0]) for r in rows if r.trust is not None] for m in TRUST_METRICS
+    }
+    best = {m: (min(v) if BETTER[m] == "lower" else max(v)) for m, v in values.items() if v}
+    label = next((lb for c, lb, _ in image.top if c == target), str(target))
+    table_rows = []
+    for i, r in enumerate(rows):
+        assert r.trust is not None
+        cells = tuple((f"{values[m][i]:.3f}", values[m][i] == best[m]) for m in TRUST_METRICS)
+        title = method_text(r.method, {}, target=label, zero_colour=()).title
+        table_rows.append(
+            (f"{_slug(image.name)}-{target}-{r.method}", title, r.trust.ranking, cells)
+        )
+    fractions = ", ".join(f"{f:g}" for f in ROAD_FRACTIONS)
+    caption = (
+        "Which map to believe: the faithfulness of each map above, best value of each column in "
+        "bold. Deletion and insertion are the areas under the curves drawn in the panels; ROAD "
+        f"(Rong et al. 2022) removes the pixels ranked most and least important with noisy linear "
+        f"imputation at {fractions} of the image and reports the mean of (least − most) / 2 "
+        "of the class probability; infidelity (Yeh et al. 2019, normalized) compares the map "
+        "with the score changes under small Gaussian perturbations. Ranking: how the pixels were "
+        "ordered (signed evidence or absolute value). Sanity checks that re-run the methods "
+        "(max-sensitivity, model randomization) are in `cnnlens evaluate` and docs/trust.md."
+    )
+    return TrustView(
+        tuple(TRUST_METRICS), tuple(LABELS[m] for m in TRUST_METRICS), tuple(table_rows), caption
+    )
+
+
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-") or "image"
 
@@ -328,6 +377,7 @@ def report_html(report: Report) -> str:
                     "label": label,
                     "probability": prob,
                     "panels": [_panel(r, image, target, report, found) for r in results],
+                    "trust": _trust(results, image, target),
                 }
             )
         images.append(

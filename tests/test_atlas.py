@@ -168,6 +168,10 @@ def test_atlas_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert (
         main(["atlas", str(tmp_path / "missing"), "--layers", "x", "-o", str(tmp_path / "s")]) == 2
     )
+    # Counts are refused while the arguments are parsed, as in every command.
+    site = str(tmp_path / "s")
+    assert main(["atlas", str(tmp_path), "--layers", "x", "--channels", "0", "-o", site]) == 2
+    assert "argument --channels: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_atlas_progress_counts_steps_when_done(

@@ -10,7 +10,7 @@ from .._atlas import build_atlas
 from ..dataset._sources import open_dataset
 from ..errors import InputError
 from ..render._atlas import atlas_pages
-from ._common import Output, add_model_args, open_model
+from ._common import Output, add_model_args, open_model, positive_int
 from ._dataset import add_engine_args, engine_options
 
 
@@ -28,12 +28,28 @@ def register(sub: Any) -> None:
     p.add_argument("dataset", help="an image folder or fashion-mnist")
     p.add_argument("--layers", required=True, help="comma-separated layer names")
     p.add_argument(
-        "--channels", type=int, default=8, help="the first N channels of each layer (default 8)"
+        "--channels",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="the first N channels of each layer (default 8)",
     )
-    p.add_argument("-k", type=int, default=6, help="top patches per channel (default 6)")
-    p.add_argument("--steps", type=int, default=96, help="feature-visualization steps (default 96)")
     p.add_argument(
-        "--sample", type=int, default=600, help="dataset items used (default: the first 600)"
+        "-k", type=positive_int, default=6, metavar="K", help="top patches per channel (default 6)"
+    )
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=96,
+        metavar="N",
+        help="feature-visualization steps (default 96)",
+    )
+    p.add_argument(
+        "--sample",
+        type=positive_int,
+        default=600,
+        metavar="N",
+        help="dataset items used (default: the first 600)",
     )
     p.add_argument(
         "-o",
@@ -51,14 +67,6 @@ def run(args: argparse.Namespace) -> int:
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     if not layers:
         raise InputError("--layers names no layer")
-    for value, flag in (
-        (args.channels, "--channels"),
-        (args.k, "-k"),
-        (args.steps, "--steps"),
-        (args.sample, "--sample"),
-    ):
-        if value < 1:
-            raise InputError(f"{flag} must be at least 1")
     model = open_model(args)
     dataset = open_dataset(args.dataset)
     atlas = build_atlas(

@@ -17,8 +17,11 @@ def register(sub: Any) -> None:
             "Start a local web app over one model: choose or upload an image, explain any "
             "class with any method and layer, look at activations, weights, feature "
             "visualizations and (with --index) dataset patches and neighbours. Every view "
-            "is also JSON (GET /api lists the routes). Example: cnnlens serve --port 8000"
+            "is also JSON (GET /api lists the routes). Stop it with Ctrl-C."
         ),
+        epilog="examples:\n  cnnlens serve                      # then open http://127.0.0.1:8000/\n"
+        "  cnnlens serve --port 8080\n"
+        "  cnnlens serve --model fashion_cnn --index fm_store   # store from `cnnlens index`",
     )
     add_model_args(p)
     p.add_argument(

@@ -157,7 +157,7 @@ def method_text(
         )
         overlay = "Left: the score drop (its positive part) drawn over a grey copy of the photo: opaque where hiding the place lowers the score most."
         signed = (
-            f"Right: the mean change in the {target} {options.get('score', 'logit')} when each place is hidden: "
+            f"Right: the mean drop of the {target} {options.get('score', 'logit')} when each place is hidden: "
             "red = the score fell (evidence for the class), blue = it rose (evidence against)."
         )
     elif method == "smoothgrad":

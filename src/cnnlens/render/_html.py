@@ -116,7 +116,7 @@ def method_maps(
         )
         bound = bound or 1.0
         picture_right = diverging(signed, limit=bound)
-        label = {"occlusion": "change in score when hidden", "cam": "Σ_k w_k A^k"}.get(
+        label = {"occlusion": "score drop when hidden", "cam": "Σ_k w_k A^k"}.get(
             kind, "sum over channels"
         )
         bar = color_bar("bwr", -bound, bound, label)

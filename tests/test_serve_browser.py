@@ -1,5 +1,6 @@
 """The explorer end to end in headless Chromium: a real uvicorn server on a free loopback
-port, the page driven as a person would (sample, methods, class, layer, upload)."""
+port, the page driven as a person would (preselected sample, another sample, methods,
+class, layer, upload)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,10 @@ def test_explorer_in_chromium(tmp_path: Path) -> None:
         driver.get(url + "/")
         until(driver, lambda: driver.execute_script("return document.body.dataset.ready"), "init")
 
-        # A sample: the picture, the top-5, and the two default methods' maps with curves.
-        Select(driver.find_element(By.ID, "sample")).select_by_value("cat")
+        # On first open the first sample (the cat) is chosen: the picture, the top-5, and the
+        # two default methods' maps with curves, without touching anything.
+        sample = Select(driver.find_element(By.ID, "sample"))
+        assert sample.first_selected_option.get_attribute("value") == "cat"
         until(
             driver,
             lambda: len(driver.find_elements(By.CSS_SELECTOR, "#top tbody tr")) == 5,
@@ -82,6 +85,28 @@ def test_explorer_in_chromium(tmp_path: Path) -> None:
         )
         gradcam = wait_map(driver, "gradcam")
         saliency = wait_map(driver, "saliency")
+        until(driver, lambda: map_state(driver, "gradcam")["curves"], "gradcam curves")
+        assert driver.find_element(By.ID, "picture").is_displayed()
+        until(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#grid figure"), "grid")
+
+        # Choosing another sample, then the cat again, changes the maps each time.
+        first_picture = driver.find_element(By.ID, "picture").get_attribute("src")
+        sample.select_by_value("coffee")
+        until(
+            driver,
+            lambda: driver.find_element(By.ID, "picture").get_attribute("src") != first_picture,
+            "coffee picture",
+        )
+        gradcam = wait_map(driver, "gradcam", gradcam["src"])
+        saliency = wait_map(driver, "saliency", saliency["src"])
+        sample.select_by_value("cat")
+        until(
+            driver,
+            lambda: driver.find_element(By.ID, "picture").get_attribute("src") == first_picture,
+            "cat picture again",
+        )
+        gradcam = wait_map(driver, "gradcam", gradcam["src"])
+        saliency = wait_map(driver, "saliency", saliency["src"])
         until(driver, lambda: map_state(driver, "gradcam")["curves"], "gradcam curves")
 
         # Switch methods: add guided backprop, drop saliency.

@@ -58,27 +58,37 @@ function scaleBar(container, scale) {
 
 // ------------------------------------------------------------------ image
 
+// Bumps on every image request: an answer that arrives after a newer choice is dropped
+// (the preselected sample may still be computing when the user picks another).
+let imageTicket = 0;
+
 async function chooseSample(name) {
   if (!name) return;
   showError("upload-error", "");
+  const ticket = ++imageTicket;
   try {
-    setImage(await api(`/api/samples/${encodeURIComponent(name)}`, { method: "POST" }));
+    const info = await api(`/api/samples/${encodeURIComponent(name)}`, { method: "POST" });
+    if (ticket === imageTicket) setImage(info);
   } catch (err) {
+    if (ticket !== imageTicket) return;
     showError("upload-error", err.message);
   }
 }
 
 async function upload(file) {
   showError("upload-error", "");
+  const ticket = ++imageTicket;
   try {
     const info = await api("/api/images", {
       method: "POST",
       headers: { "Content-Type": file.type || "application/octet-stream", "X-Filename": encodeURIComponent(file.name).slice(0, 80) },
       body: file,
     });
+    if (ticket !== imageTicket) return;
     $("sample").value = "";
     setImage(info);
   } catch (err) {
+    if (ticket !== imageTicket) return;
     showError("upload-error", `${file.name}: ${err.message}`);
   }
 }
@@ -479,6 +489,12 @@ async function init() {
   $("visual-start").addEventListener("click", startVisual);
   $("patches-start").addEventListener("click", startPatches);
   $("neighbors-start").addEventListener("click", startNeighbors);
+  // Open on the first sample so the page shows a whole explanation at once, not empty boxes.
+  if (state.model.samples.length) {
+    const first = state.model.samples[0].name;
+    $("sample").value = first;
+    chooseSample(first);
+  }
   document.body.dataset.ready = "1";
 }
 

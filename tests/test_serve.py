@@ -365,12 +365,37 @@ def test_activations_channel_and_weights(
     assert detail["peak_box"] == list(field.box(*detail["peak"]))
     assert detail["max"] == pytest.approx(float(maps[channel].max()))
 
+    assert detail["constant"] is False
+
     rgb = client.get("/api/weights", params={"layer": "features.0", "channel": 2}).json()
     assert "RGB filter 3×3" in rgb["note"] and decode(rgb["picture"]).size == (96, 96)
     deep = client.get("/api/weights", params={"layer": "features.3", "channel": 2}).json()
     assert "8 of 8 input kernels" in deep["note"]
     none = client.get("/api/weights", params={"layer": "features.1", "channel": 2}).json()
     assert none["picture"] is None and "ReLU" in none["note"]
+
+
+def test_a_constant_channel_has_no_peak_and_no_box() -> None:
+    """A channel that is the same everywhere (zero weights: its map is relu(bias)) gets no
+    peak and no receptive-field box, not argmax's (0, 0); a varying one keeps both."""
+    model = tiny_model()
+    conv = model.module.features[0]
+    with torch.no_grad():
+        conv.weight[5].zero_()
+        conv.bias[5] = 0.25
+    with TestClient(create_app(model)) as c:
+        image = c.post("/api/samples/cat").json()["id"]
+        for layer in ("features.0", "features.1"):
+            flat = c.get(
+                f"/api/images/{image}/channel", params={"layer": layer, "channel": 5}
+            ).json()
+            assert flat["constant"] is True and flat["peak"] is None
+            assert flat["peak_box"] is None
+            assert flat["max"] == pytest.approx(0.25) and flat["mean"] == pytest.approx(0.25)
+            varying = c.get(
+                f"/api/images/{image}/channel", params={"layer": layer, "channel": 4}
+            ).json()
+            assert varying["constant"] is False and varying["peak_box"] is not None
 
 
 # --------------------------------------------------------------------------- jobs
@@ -692,7 +717,7 @@ def test_cli_serve_usage(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for option in ("--model", "--index", "--host", "--port"):
         assert option in text
-    assert "127.0.0.1" in text and "Example: cnnlens serve" in text
+    assert "127.0.0.1" in text and "examples:\n  cnnlens serve" in text
     assert main(["serve", "--port", "70000"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
 

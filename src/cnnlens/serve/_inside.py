@@ -73,17 +73,10 @@ class Inside:
             raise InputError(f"channel {channel} is out of range for {maps.shape[0]} channels")
         values = maps[channel]
         scale = ColorScale("inferno", min(0.0, float(values.min())), float(values.max()) or 1.0)
-        peak = int(values.flatten().argmax())
-        y, x = divmod(peak, values.shape[1])
-        info = next(i for i in self.explorer.layer_infos() if i.name == layer)
-        box = None
-        if info.receptive_field is not None:
-            box = list(info.receptive_field.box(y, x))
-        else:
-            try:
-                box = list(receptive_field(self.explorer.model, layer).box(y, x))
-            except InputError:
-                box = None
+        # A constant map (e.g. a ReLU channel that is zero everywhere) has no peak: argmax
+        # would name (0, 0) and the box would point at a corner that means nothing.
+        constant = bool(values.max() == values.min())
+        peak = None if constant else divmod(int(values.flatten().argmax()), values.shape[1])
         size = (entry.picture.height, entry.picture.width)
         return {
             "image": entry.id,
@@ -91,11 +84,24 @@ class Inside:
             "channel": channel,
             "mean": float(values.mean()),
             "max": float(values.max()),
-            "peak": [y, x],
-            "peak_box": box,
+            "constant": constant,
+            "peak": None if peak is None else list(peak),
+            "peak_box": None if peak is None else self._peak_box(layer, *peak),
             "map": data_uri(map_picture(values, scale, size)),
             "scale": scale.as_json(),
         }
+
+    def _peak_box(self, layer: str, y: int, x: int) -> list[int] | None:
+        """The input region (top, left, bottom, right) that position (y, x) of ``layer``
+        sees, or None where the receptive field cannot be computed."""
+        info = next(i for i in self.explorer.layer_infos() if i.name == layer)
+        field = info.receptive_field
+        if field is None:
+            try:
+                field = receptive_field(self.explorer.model, layer)
+            except InputError:
+                return None
+        return list(field.box(y, x))
 
     def weights_json(self, layer: str, channel: int) -> dict[str, Any]:
         self.explorer.check_layer(layer)

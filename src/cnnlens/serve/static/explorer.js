@@ -344,7 +344,9 @@ async function chooseChannel(layer, channel) {
     } else {
       box.hidden = true;
     }
-    $("channel-caption").textContent = `mean ${fmt(detail.mean)}, max ${fmt(detail.max)} at (${detail.peak.join(", ")}); the box is the input region the peak position sees (receptive field).`;
+    $("channel-caption").textContent = detail.peak
+      ? `mean ${fmt(detail.mean)}, max ${fmt(detail.max)} at (${detail.peak.join(", ")}); the box is the input region the peak position sees (receptive field).`
+      : `constant map: no peak (every position is ${fmt(detail.max)}).`;
     const img = $("weights");
     if (weights.picture) { img.src = weights.picture; img.hidden = false; } else { img.hidden = true; }
     $("weights-caption").textContent = `Weights: ${weights.note}`;

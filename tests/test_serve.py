@@ -371,8 +371,54 @@ def test_activations_channel_and_weights(
     assert "RGB filter 3×3" in rgb["note"] and decode(rgb["picture"]).size == (96, 96)
     deep = client.get("/api/weights", params={"layer": "features.3", "channel": 2}).json()
     assert "8 of 8 input kernels" in deep["note"]
-    none = client.get("/api/weights", params={"layer": "features.1", "channel": 2}).json()
-    assert none["picture"] is None and "ReLU" in none["note"]
+    assert rgb["weights_of"] == "features.0" and deep["weights_of"] == "features.3"
+
+
+def test_a_layer_without_weights_shows_the_convolution_that_feeds_it(
+    client: TestClient,
+) -> None:
+    """ReLU and max pooling show the weights of the convolution run before them with as
+    many channels (the same picture as asking for that convolution), named in the note."""
+    for layer, conv in (("features.1", "features.0"), ("features.2", "features.0")):
+        for channel in (2, 7):
+            own = client.get("/api/weights", params={"layer": conv, "channel": channel}).json()
+            fed = client.get("/api/weights", params={"layer": layer, "channel": channel}).json()
+            assert fed["weights_of"] == conv and fed["picture"] == own["picture"]
+            assert f"these are of {conv}" in fed["note"] and own["note"] in fed["note"]
+    relu = client.get("/api/weights", params={"layer": "features.4", "channel": 11}).json()
+    assert relu["weights_of"] == "features.3" and "ReLU has no convolution weights" in relu["note"]
+    assert_error(client.get("/api/weights", params={"layer": "features.1", "channel": 8}), 400)
+
+
+class OutOfOrderNet(torch.nn.Module):
+    """The ReLU is defined before the convolution it follows, and an identity runs before
+    any convolution: execution order, not definition order, finds the feeder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = torch.nn.Identity()
+        self.act = torch.nn.ReLU()
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, len(LABELS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.stem(self.pre(x))).mean(dim=(2, 3)))
+
+
+def test_the_feeding_convolution_follows_execution_order() -> None:
+    from cnnlens.models import Preprocessing
+
+    torch.manual_seed(0)
+    model = LoadedModel(
+        OutOfOrderNet().eval(), "ooo", list(LABELS), Preprocessing(crop=(16, 16), resize=16)
+    )
+    with TestClient(create_app(model)) as c:
+        act = c.get("/api/weights", params={"layer": "act", "channel": 1}).json()
+        assert act["weights_of"] == "stem" and act["picture"] is not None
+        pre = c.get("/api/weights", params={"layer": "pre", "channel": 1}).json()
+        assert pre["weights_of"] is None and pre["picture"] is None
+        assert "Identity has no convolution weights" in pre["note"]
+    assert count_hooks(model.module) == 0
 
 
 def test_a_constant_channel_has_no_peak_and_no_box() -> None:

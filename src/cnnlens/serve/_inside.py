@@ -7,19 +7,22 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from .._modules import resolve_layer
+from .._trace import trace_calls
 from ..behaviour import activations, filters, visualize
 from ..behaviour._inspect import top_channels
 from ..errors import InputError
-from ..layers import receptive_field
+from ..layers import _channels, _device_dtype, _input_size, receptive_field
 from ..render import grid, tensor_to_image
 from ..render._behaviour import filter_tiles, rgb_filter_tiles
 from ._jobs import Job, Progress, reporting
 from ._pictures import ColorScale, data_uri, map_picture, png_bytes, tile_picture
 
 if TYPE_CHECKING:
+    from ..models import LoadedModel
     from ._explorer import Explorer, ImageEntry
 
 __all__ = ["Inside"]
@@ -30,6 +33,7 @@ class Inside:
 
     def __init__(self, explorer: Explorer) -> None:
         self.explorer = explorer
+        self._feeders: dict[str, str] | None = None
 
     def layer_maps(self, entry: ImageEntry, layer: str) -> Tensor:
         """(C, h, w) activations of ``layer`` for the image (recorded once per image)."""
@@ -104,15 +108,29 @@ class Inside:
         return list(field.box(y, x))
 
     def weights_json(self, layer: str, channel: int) -> dict[str, Any]:
+        """A convolution channel's weights; for a layer without weights (ReLU, batch norm,
+        pooling) those of the convolution that feeds it, named in the note."""
         self.explorer.check_layer(layer)
         module = resolve_layer(self.explorer.model.module, layer)
+        source, prefix = layer, ""
         if not isinstance(module, nn.Conv2d):
-            return {
-                "layer": layer,
-                "channel": channel,
-                "picture": None,
-                "note": f"{type(module).__name__} has no convolution weights to show",
-            }
+            if self._feeders is None:
+                self._feeders = feeding_convolutions(self.explorer.model)
+            feeder = self._feeders.get(layer)
+            if feeder is None:
+                return {
+                    "layer": layer,
+                    "channel": channel,
+                    "weights_of": None,
+                    "picture": None,
+                    "note": f"{type(module).__name__} has no convolution weights to show",
+                }
+            prefix = (
+                f"{type(module).__name__} has no convolution weights; these are of {feeder}, "
+                f"the last convolution run before it with as many channels: "
+            )
+            source, module = feeder, resolve_layer(self.explorer.model.module, feeder)
+            assert isinstance(module, nn.Conv2d)
         if not 0 <= channel < module.out_channels:
             raise InputError(
                 f"channel {channel} is out of range for {module.out_channels} channels"
@@ -132,8 +150,9 @@ class Inside:
         return {
             "layer": layer,
             "channel": channel,
+            "weights_of": source,
             "picture": data_uri(png_bytes(picture)),
-            "note": note,
+            "note": prefix + note,
         }
 
     def visualization_json(self, layer: str, channel: int, steps: int, size: int) -> Any:
@@ -178,3 +197,27 @@ class Inside:
         return self.explorer.jobs.submit(
             "visualize", ("visualize", layer, channel, steps, size), params, work
         )
+
+
+def feeding_convolutions(model: LoadedModel) -> dict[str, str]:
+    """For each module with a (C, h, w) output that is not a convolution: the last
+    ``nn.Conv2d`` that ran before it (its last call) with C output channels, from one
+    forward pass of zeros. Execution order, not definition order: a module defined before
+    the convolution it follows is still matched."""
+    module = model.module
+    device, dtype = _device_dtype(module)
+    zeros = torch.zeros(
+        1, _channels(model, module, None), *_input_size(model, None), device=device, dtype=dtype
+    )
+    last_conv: dict[int, str] = {}  # output channels -> the last convolution run with them
+    feeders: dict[str, str] = {}
+    for call in trace_calls(module, zeros):
+        if isinstance(call.module, nn.Conv2d):
+            last_conv[call.module.out_channels] = call.name
+        elif call.output_shape is not None and len(call.output_shape) == 4:
+            found = last_conv.get(call.output_shape[1])
+            if found is None:
+                feeders.pop(call.name, None)
+            else:
+                feeders[call.name] = found
+    return feeders

@@ -16,7 +16,7 @@ import torch
 import cnnlens
 from cnnlens._report import REPORT_METHODS, TRUST_METRICS, Report, build_report, report_steps
 from cnnlens.cli import main
-from cnnlens.render._captions import baseline_words, method_text
+from cnnlens.render._captions import baseline_words, count, method_text
 from cnnlens.render._html import report_html
 
 from .browser import check_page, requires_chromium
@@ -115,6 +115,32 @@ def test_captions_follow_the_options(cat_report: Report) -> None:
         for phrase in phrases:
             assert phrase in settings.group(1), f"{method}: {phrase!r} not in {settings.group(1)!r}"
     assert "black baseline" not in page
+
+
+def test_lrp_caption_accounts_for_the_score(cat_report: Report) -> None:
+    (image,) = cat_report.images
+    (results,) = image.explained.values()
+    (lrp,) = [r for r in results if r.method == "lrp"]
+    assert lrp.explanation is not None
+    extras = lrp.explanation.extras
+    total = float(lrp.explanation.attribution.sum())
+    score, absorbed = float(extras["score"][0]), float(extras["absorbed"][0])
+    # what the map holds and what the biases absorbed add up to the explained logit
+    assert total + absorbed == pytest.approx(score, rel=1e-4)
+    page = report_html(cat_report)
+    panel = re.search(
+        r'<article class="card method"[^>]*data-method="lrp".*?</article>', page, re.S
+    )
+    assert panel is not None
+    words = panel.group(0)
+    assert f"the map holds {total:.3g} of the" in words and f"score {score:.3g}" in words
+    assert f"absorbed {absorbed:.3g}" in words and "conserved at each layer" not in words
+
+
+def test_counted_nouns(cat_report: Report) -> None:
+    assert count(1, "image") == "1 image" and count(2, "image") == "2 images"
+    page = report_html(cat_report)
+    assert "· 1 image ·" in page and "image(s)" not in page
 
 
 def test_baseline_words() -> None:

@@ -121,7 +121,8 @@ class Explanation:
     for each method's shape and meaning); :meth:`heatmap` gives a [0, 1] map at input size.
     ``extras`` holds what a method reports besides it, per item: for integrated gradients
     ``delta`` (Σ attribution − (score − baseline score)), ``relative_delta``, ``score`` and
-    ``baseline_score``."""
+    ``baseline_score``; for LRP ``score`` (the relevance put in at the output) and
+    ``absorbed`` (what biases and stabilizers took on the way down)."""
 
     method: str
     targets: Tensor | None

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["MethodText", "baseline_words", "layer_words", "method_text", "pair"]
+__all__ = ["MethodText", "baseline_words", "count", "layer_words", "method_text", "pair"]
 
 TITLES: dict[str, tuple[str, str]] = {
     "occlusion": ("Occlusion", "Zeiler & Fergus 2014"),
@@ -39,7 +39,7 @@ WHAT: dict[str, str] = {
     "gradcam": "The last feature maps weighted by the spatial mean of their gradients, summed and rectified: coarse class-discriminative regions.",
     "guided_gradcam": "Guided backpropagation multiplied pixel by pixel by the upsampled Grad-CAM: sharp and class-discriminative.",
     "deeplift": "Each pixel's contribution to the difference between the score of the image and the score of a reference (baseline) input, propagated with the rescale rule.",
-    "lrp": "Layer-wise relevance propagation: the class score redistributed layer by layer down to the pixels, conserved at each layer.",
+    "lrp": "Layer-wise relevance propagation: the class score redistributed layer by layer down to the pixels; each layer passes on what it receives, less what its bias absorbs.",
 }
 
 COMPOSITES: dict[str, str] = {
@@ -124,6 +124,30 @@ def _others(options: Mapping[str, Any], known: set[str]) -> str:
     return ("; other options: " + ", ".join(rest)) if rest else ""
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in agreement: "1 image", "2 images"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _lrp_budget(
+    target: str, total: float | None, score: float | None, absorbed: float | None
+) -> str:
+    """Where LRP's score went: the map holds ``total``; the biases (the folded BatchNorm
+    shifts among them) absorbed the rest, so a small total is not a bug."""
+    if total is None:
+        return "."
+    if score is None:
+        return f"; in total {total:.3g}."
+    share = f" ({100 * total / score:.3g} %)" if score != 0 else ""
+    text = f"; the map holds {total:.3g} of the {target} score {score:.3g}{share}"
+    if absorbed is not None:
+        text += (
+            f"; biases and stabilizers absorbed {absorbed:.3g} on the way down (with BatchNorm "
+            "folded in, its shifts are biases; see the LRP docs)"
+        )
+    return text + "."
+
+
 def method_text(
     method: str,
     options: Mapping[str, Any],
@@ -132,8 +156,12 @@ def method_text(
     zero_colour: Sequence[int],
     layer: str = "",
     total: float | None = None,
+    score: float | None = None,
+    absorbed: float | None = None,
 ) -> MethodText:
-    """The panel's words for ``method`` run with ``options`` on class ``target``."""
+    """The panel's words for ``method`` run with ``options`` on class ``target``; ``total``
+    is the map's sum, ``score`` and ``absorbed`` LRP's explained score and what its biases
+    took."""
     title, reference = TITLES.get(method, (method, ""))
     what = WHAT.get(method, "")
     input_overlay = (
@@ -200,7 +228,7 @@ def method_text(
         )
         signed = (
             f"Right: relevance summed over colour channels: red supports {target}, blue speaks against it"
-            + (f"; in total {total:.3g}." if total is not None else ".")
+            + _lrp_budget(target, total, score, absorbed)
         )
     elif method in ("cam", "gradcam", "gradcam_pp", "layercam", "scorecam"):
         settings = f"layer {layer}" if layer else "the last feature layer"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from torch import Tensor
 
-from ._captions import MethodText, baseline_words, layer_words, method_text
+from ._captions import MethodText, baseline_words, count, layer_words, method_text
 from ._images import colormap, diverging, grid, overlay, upsample
 from ._pages import ColorBar, color_bar, data_uri, render_page
 
@@ -205,6 +205,8 @@ def _panel(
     total = None
     if explanation is not None and result.method in ("deeplift", "lrp"):
         total = float(explanation.attribution[0].sum())
+    # LRP reports its score and what the biases absorbed, so the caption can account for both
+    extras = {k: float(v[0]) for k, v in explanation.extras.items()} if explanation else {}
     text = method_text(
         result.method,
         result.options,
@@ -212,6 +214,8 @@ def _panel(
         zero_colour=report.zero_colour,
         layer=layer_words(report.layers.get(layer) if layer else None, layer),
         total=total,
+        score=extras.get("score") if result.method == "lrp" else None,
+        absorbed=extras.get("absorbed"),
     )
     titles = {
         r: method_text(r, {}, target=label, zero_colour=()).title
@@ -393,7 +397,7 @@ def report_html(report: Report) -> str:
     return render_page(
         "report.html",
         title=f"cnnlens report — {report.model}",
-        subtitle=f"model {report.model} · {len(report.images)} image(s) · every map computed by cnnlens",
+        subtitle=f"model {report.model} · {count(len(report.images), 'image')} · every map computed by cnnlens",
         model=report.model,
         images=images,
         behaviour=_behaviour_view(report),

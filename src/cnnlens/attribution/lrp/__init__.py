@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ...errors import InputError
 from ...targets import Target
-from ..api import MethodSpec
+from ..api import MethodResult, MethodSpec
 from .composites import COMPOSITES, Composite, make_composite
 from .driver import Flow, LRPResult, relevance
 
@@ -37,7 +37,7 @@ def _bound(options: dict[str, Any], key: str) -> float | Tensor | None:
 
 def _lrp(
     module: nn.Module, inputs: Tensor, target: Target, layer: nn.Module | None, **options: Any
-) -> Tensor:
+) -> MethodResult:
     rules = make_composite(
         str(options.get("composite", DEFAULT_COMPOSITE)),
         epsilon_value=_number(options, "epsilon", 1e-6),
@@ -46,9 +46,12 @@ def _lrp(
         low=_bound(options, "low"),
         high=_bound(options, "high"),
     )
-    return relevance(
-        module, inputs, target, rules, strict=bool(options.get("strict", False))
-    ).relevance
+    # Flows are recorded so that what the biases absorbed is reported, not guessed: with
+    # BatchNorm folded in, a trained net's map can hold a tiny share of the score.
+    result = relevance(
+        module, inputs, target, rules, strict=bool(options.get("strict", False)), record=True
+    )
+    return MethodResult(result.relevance, {"score": result.scores, "absorbed": result.absorbed()})
 
 
 METHODS: dict[str, MethodSpec] = {

@@ -220,7 +220,10 @@ def test_default_doubles_the_steps_of_items_still_incomplete() -> None:
     kink = float(alphas[30]) + 1e-9
     model = Ramp(10 * kink)
     x = torch.stack([torch.ones(3, 4, 4, dtype=D), torch.full((3, 4, 4), 3.0, dtype=D)])
-    with pytest.warns(CompletenessWarning):
+    # the advice names both spellings: the API's steps= and the CLI's --steps
+    with pytest.warns(
+        CompletenessWarning, match=r"steps=256 in the API, --steps 256 with cnnlens explain"
+    ):
         cnnlens.explain(model, x[:1], "integrated_gradients", target=0, steps=64)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompletenessWarning)

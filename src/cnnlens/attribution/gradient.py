@@ -363,7 +363,8 @@ def _warn_incomplete(gap: Tensor, steps: int, rule: str) -> None:
         warnings.warn(
             f"integrated_gradients: the attributions' sum misses score(x) − score(baseline) "
             f"by up to {worst:.1%} (items {items}) with {steps} {rule} steps; "
-            f"the path integral is under-resolved: use more steps (e.g. steps={4 * steps})",
+            f"the path integral is under-resolved: use more steps (e.g. steps={4 * steps} in the "
+            f"API, --steps {4 * steps} with cnnlens explain)",
             CompletenessWarning,
             stacklevel=4,
         )

@@ -99,7 +99,12 @@ def test_a_flat_unit_says_so_and_shows_its_patches() -> None:
     picture = Image.new("RGB", (4, 4))
     layer = LayerView("a.b", [flat, lively], (5, 5), {0: [picture], 1: [picture]})
     atlas = Atlas("m", "d", [layer], "a.b", np.zeros((1, 2)), [""], [picture], [])
-    page = atlas_pages(atlas)[layer_filename("a.b")]
+    pages = atlas_pages(atlas)
+    page = pages[layer_filename("a.b")]
+    assert (
+        "1 without a feature visualization (the optimizer could not drive it; its top"
+        in (pages["index.html"])
+    )
     first, second = page.split('id="channel-1"')
     assert "could not drive this unit" in first and "pixel standard deviation 0.001" in first
     assert "#7 · 2.50" in first

@@ -103,7 +103,7 @@ def test_a_flat_unit_says_so_and_shows_its_patches() -> None:
     page = pages[layer_filename("a.b")]
     assert (
         "1 without a feature visualization (the optimizer could not drive it; its top"
-        in (pages["index.html"])
+        in pages["index.html"]
     )
     first, second = page.split('id="channel-1"')
     assert "could not drive this unit" in first and "pixel standard deviation 0.001" in first

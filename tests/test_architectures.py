@@ -40,12 +40,6 @@ EXPECTED_FAILURES: dict[tuple[str, str], str] = {
     ("mobilenet_v2", "integrated_gradients"): (
         "1.5 % from complete at 512 points on this random MobileNet-v2 (a rough path)"
     ),
-    ("convnext_tiny", "scorecam"): (
-        "Score-CAM: the item alone differs from it in a batch by 1e-3 of a 5e-3 map"
-    ),
-    ("timm/regnety_002", "scorecam"): (
-        "Score-CAM: the item alone differs from it in a batch by 2e-5 of a 0.4 map"
-    ),
 }
 """Cells known to fail, with the reason (marked ``xfail(strict=True)``: a cell that starts
 passing must be taken off this list). Measured by ``scripts/architecture_matrix.py``

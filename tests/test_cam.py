@@ -568,3 +568,20 @@ def test_cli_cam_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main([*argv, "--layer", "layer9", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "sub-folder" in err and "closest" in err
+
+
+def test_scorecam_masks_ignore_rounding_noise() -> None:
+    """A channel constant up to rounding gives no mask (it would scale rounding noise up to
+    [0, 1]), so an item explained alone equals the same item in a batch even where the
+    batch changes the last bits of the activations (found on ConvNeXt by the matrix)."""
+    from cnnlens.attribution.cam import _unit_range
+
+    flat = torch.full((1, 1, 4, 4), 3.0, dtype=torch.float64)
+    noisy = flat.clone()
+    noisy[0, 0, 0, 0] += 4e-16  # one ulp-level difference
+    assert torch.equal(_unit_range(noisy), torch.zeros_like(noisy))
+    assert torch.equal(_unit_range(flat), torch.zeros_like(flat))
+    varying = flat.clone()
+    varying[0, 0, 0, 0] += 1e-6
+    ranged = _unit_range(varying)
+    assert float(ranged.max()) == 1.0 and float(ranged.min()) == 0.0

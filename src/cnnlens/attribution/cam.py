@@ -237,11 +237,16 @@ class _ScoreCam(_CamVariant):
 
 
 def _unit_range(maps: Tensor) -> Tensor:
-    """Each map (N, 1, H, W) scaled to [0, 1]; a constant map becomes zeros."""
+    """Each map (N, 1, H, W) scaled to [0, 1]; a constant map becomes zeros. A map whose
+    spread is within rounding of its values (64 ulps) counts as constant: scaling rounding
+    noise up to [0, 1] would make a mask out of it, and which maps are noise-free then
+    depends on the batch the activations were computed in."""
     flat = maps.flatten(1)
     low = flat.amin(dim=1).view(-1, 1, 1, 1)
     span = flat.amax(dim=1).view(-1, 1, 1, 1) - low
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 0.0)
+    rounding = 64 * torch.finfo(maps.dtype).eps * flat.abs().amax(dim=1).view(-1, 1, 1, 1)
+    varies = span > rounding
+    return torch.where(varies, (maps - low) / torch.where(varies, span, 1.0), 0.0)
 
 
 # ---------------------------------------------------------------------------------------

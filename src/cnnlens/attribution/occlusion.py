@@ -155,7 +155,10 @@ def occlusion(
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     fill = _baseline_fill(baseline, inputs)
     scores = _scorer(target, score)
-    occluders = _incremental_engine(module, inputs, (wh, ww), incremental, approximate)
+    windows_per_item = len(window_starts(h, wh, sh)) * len(window_starts(w, ww, sw))
+    occluders = _incremental_engine(
+        module, inputs, (wh, ww), incremental, approximate, windows_per_item
+    )
     rows_cover = _cover(h, wh, sh, inputs.device)  # (nh, H)
     cols_cover = _cover(w, ww, sw, inputs.device)  # (nw, W)
     nh, nw = rows_cover.shape[0], cols_cover.shape[0]
@@ -211,6 +214,9 @@ def occlusion(
 # this fraction of the plain forwards': below it, it was faster on every model measured
 # (docs/performance.md); above it, its bookkeeping can cost more than it saves.
 AUTO_COST = 0.7
+# ... and when there are at least this many windows per item: the engine pays a traced
+# pass and a planning pass per item first, which few windows do not repay.
+AUTO_WINDOWS = 32
 
 
 def _incremental_engine(
@@ -219,6 +225,7 @@ def _incremental_engine(
     window: tuple[int, int],
     incremental: bool | None,
     approximate: float | None,
+    windows: int = AUTO_WINDOWS,
 ) -> list[Occluder] | None:
     """One incremental occluder per item, or None for the plain batched forwards."""
     if approximate is not None:
@@ -234,6 +241,8 @@ def _incremental_engine(
             raise InputError(f"incremental occlusion is not possible: {graph}")
         return None
     automatic = incremental is None and approximate is None
+    if automatic and windows < AUTO_WINDOWS:
+        return None
     if automatic and plan(module, inputs, window).estimated_cost > AUTO_COST:
         return None
     with torch.inference_mode():

@@ -88,6 +88,12 @@ def coverage(
         notes: tuple[str, ...] = ()
         if spec.kind == "occlusion":
             notes = (
-                incremental_note(module, inputs, options.get("window"), options.get("incremental")),
+                incremental_note(
+                    module,
+                    inputs,
+                    options.get("window"),
+                    options.get("incremental"),
+                    options.get("stride"),
+                ),
             )
     return Coverage(method, tuple(engine.met), notes)

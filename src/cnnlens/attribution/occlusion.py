@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .._progress import progress as progress_bar
 from ..errors import InputError
 from ..targets import Target
-from ._incremental import Occluder, plan, trace
+from ._incremental import IncrementalPlan, Occluder, plan, trace
 from .api import MethodFn, MethodSpec
 
 __all__ = ["METHODS", "incremental_note", "occlusion", "window_starts"]
@@ -241,9 +241,7 @@ def _incremental_engine(
             raise InputError(f"incremental occlusion is not possible: {graph}")
         return None
     automatic = incremental is None and approximate is None
-    if automatic and windows < AUTO_WINDOWS:
-        return None
-    if automatic and plan(module, inputs, window).estimated_cost > AUTO_COST:
+    if automatic and _plain_reason(windows, lambda: plan(module, inputs, window)) is not None:
         return None
     with torch.inference_mode():
         return [
@@ -251,16 +249,33 @@ def _incremental_engine(
         ]
 
 
+def _plain_reason(windows: int, report: Callable[[], IncrementalPlan]) -> str | None:
+    """Why automatic mode takes the plain path (None: it takes the incremental engine); the
+    plan is only made when the window count does not already decide."""
+    if windows < AUTO_WINDOWS:
+        return f"{windows} windows per item (fewer than {AUTO_WINDOWS})"
+    if report().estimated_cost > AUTO_COST:
+        return "too little to skip"
+    return None
+
+
 def incremental_note(
     module: nn.Module,
     inputs: Tensor,
     window: int | tuple[int, int] | None = None,
     incremental: bool | None = None,
+    stride: int | tuple[int, int] | None = None,
 ) -> str:
     """One line for ``cnnlens.coverage``: which path occlusion takes on this model and,
     for the incremental engine, what it recomputes and where it stops being incremental."""
     h, w = int(inputs.shape[-2]), int(inputs.shape[-1])
     size = _pair(max(1, min(h, w) // 7) if window is None else window, "window")
+    steps_hw = _pair(
+        (max(1, size[0] // 2), max(1, size[1] // 2)) if stride is None else stride, "stride"
+    )
+    windows = len(window_starts(h, size[0], steps_hw[0])) * len(
+        window_starts(w, size[1], steps_hw[1])
+    )
     if incremental is False:
         return "occlusion: plain batched forwards (incremental=False)"
     report = plan(module, inputs, size)
@@ -269,8 +284,8 @@ def incremental_note(
     counts: dict[str, int] = {}
     for _, kind in report.steps:
         counts[kind] = counts.get(kind, 0) + 1
-    used = incremental or report.estimated_cost <= AUTO_COST
-    path = "incremental engine" if used else "plain batched forwards (too little to skip)"
+    reason = None if incremental else _plain_reason(windows, lambda: report)
+    path = "incremental engine" if reason is None else f"plain batched forwards ({reason})"
     steps = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     dense = (
         f"; incremental up to {report.densified_at} ({report.reason})"

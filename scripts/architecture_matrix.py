@@ -140,7 +140,7 @@ def render(
         "of the larger of |score(x) − score(0)| and Σ|attribution| (random networks can "
         "have a score that barely changes while the attributions cancel; float64 rounding "
         "is then relative to the attributions) (**exact**);",
-        "- integrated gradients at its default (64 Gauss–Legendre points, doubled up to 512 "
+        "- integrated gradients at its default (64 Gauss–Legendre points, doubled up to 1024 "
         "for items still more than 1 % off): the sum is within "
         f"{IG_TOLERANCE:.0%} of score(x) − score(0) (**complete**; the steps used are "
         "shown), and `extras['delta']` is that gap;",

@@ -27,20 +27,13 @@ FAST_FLOOR = 16
 SLOW_ONLY = {"scorecam", "integrated_gradients"}
 """Methods whose cells run only in the slow matrix, except on ``SLOW_ONLY_EXCEPT``:
 Score-CAM costs one forward pass per channel of the layer (1000+ on most families) and
-integrated gradients 64 to 512 gradient evaluations per item."""
+integrated gradients 64 to 1024 gradient evaluations per item."""
 SLOW_ONLY_EXCEPT = {("squeezenet1_0", "integrated_gradients")}
 
 SLOW_FAMILIES = {"inception_v3"}
 """Representatives whose cells run only in the slow matrix (Inception-v3 needs 75 px)."""
 
-EXPECTED_FAILURES: dict[tuple[str, str], str] = {
-    ("regnet_y_400mf", "integrated_gradients"): (
-        "3.8 % from complete at 512 points on this random RegNetY-400MF (a rough path)"
-    ),
-    ("mobilenet_v2", "integrated_gradients"): (
-        "1.5 % from complete at 512 points on this random MobileNet-v2 (a rough path)"
-    ),
-}
+EXPECTED_FAILURES: dict[tuple[str, str], str] = {}
 """Cells known to fail, with the reason (marked ``xfail(strict=True)``: a cell that starts
 passing must be taken off this list). Measured by ``scripts/architecture_matrix.py``
 (``docs/architectures.md``); cells of the slow matrix not measured yet carry no entry."""

@@ -244,16 +244,35 @@ def test_default_doubles_the_steps_of_items_still_incomplete() -> None:
 
 
 def test_adaptation_stops_at_its_cap_and_warns() -> None:
-    # A kink beyond the last node of 512 points (1 − 5e-6): every rule up to the cap sums
-    # to 0 where the score changes by 1e-6.
-    model = Ramp(10 * (1 - 1e-7))
+    # A kink beyond the last node of 1024 points (1 − 1.4e-6): every rule up to the cap
+    # sums to 0 where the score changes by 1e-7.
+    model = Ramp(10 * (1 - 1e-8))
     x = torch.ones(1, 3, 4, 4, dtype=D)
+    assert float(path_points(MAX_ADAPTIVE_STEPS)[0].max()) < 1 - 1e-8
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         e = cnnlens.explain(model, x, "integrated_gradients", target=0)
     assert e.extras["steps"].tolist() == [MAX_ADAPTIVE_STEPS]
     messages = [str(w.message) for w in caught if w.category is CompletenessWarning]
     assert len(messages) == 1 and f"with {MAX_ADAPTIVE_STEPS} gausslegendre" in messages[0]
+
+
+def test_max_steps_sets_the_cap() -> None:
+    # The kink of the doubling test above, which 128 points resolve: a cap of 64 stops
+    # there and warns; a cap below the first count starts at the cap.
+    alphas, _ = path_points(64)
+    model = Ramp(10 * (float(alphas[30]) + 1e-9))
+    x = torch.ones(1, 3, 4, 4, dtype=D)
+    with pytest.warns(CompletenessWarning, match="with 64 gausslegendre"):
+        capped = cnnlens.explain(model, x, "integrated_gradients", target=0, max_steps=64)
+    assert capped.extras["steps"].tolist() == [64]
+    with pytest.warns(CompletenessWarning, match="with 32 gausslegendre"):
+        small = cnnlens.explain(model, x, "integrated_gradients", target=0, max_steps=32)
+    assert small.extras["steps"].tolist() == [32]
+    free = cnnlens.explain(model, x, "integrated_gradients", target=0)
+    assert free.extras["steps"].tolist() == [128]
+    with pytest.raises(cnnlens.InputError, match="max_steps"):
+        cnnlens.explain(model, x, "integrated_gradients", target=0, max_steps=0)
 
 
 # ------------------------------------------------------------------ against captum -------

@@ -14,7 +14,7 @@ import torch
 
 import cnnlens
 from cnnlens.evaluate import randomization_test
-from cnnlens.render import grid, save_png
+from cnnlens.render import grid, save_picture
 from cnnlens.render._plots import line_plot
 
 METHODS = ("saliency", "smoothgrad", "gradcam", "guided_backprop", "deconvnet")
@@ -53,7 +53,7 @@ def main() -> None:
         ),
     ]
     out = Path(args.out)
-    picture = save_png(grid(plots, columns=2), out.parent / "img" / "randomization.png")
+    picture = save_picture(grid(plots, columns=2), out.parent / "img" / "randomization.png")
     header = "| method | " + " | ".join(labels) + " |"
     lines = [
         "# Sanity checks: cascading model-parameter randomization",

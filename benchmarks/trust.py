@@ -22,7 +22,7 @@ import cnnlens
 from cnnlens.evaluate import pointing_game, randomization_test, trust_table
 from cnnlens.evaluate._trust import BETTER, LABELS
 from cnnlens.evaluate.synthetic import make_shapes, small_cnn, train_classifier
-from cnnlens.render import add_caption, colormap, grid, save_png
+from cnnlens.render import add_caption, colormap, grid, save_picture
 
 # Cheaper settings for the costly methods (the same in every metric that re-runs them).
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -131,7 +131,7 @@ def adebayo_figure(
                 )
     picture = grid(tiles, columns=len(steps) + 1, captions=captions)
     title = "Cascading randomization from the logits down (EfficientNet-Lite0, cat)"
-    save_png(add_caption(picture, title), path)
+    save_picture(add_caption(picture, title), path)
     return steps
 
 

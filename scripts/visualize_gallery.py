@@ -37,7 +37,7 @@ def gallery(folder: str, device: str, parts: list[str], steps: int) -> None:
     classes), ``simonyan`` (the same classes, Simonyan's recipe), ``channels``."""
     from pathlib import Path
 
-    from cnnlens.render import grid, save_png, tensor_to_image
+    from cnnlens.render import grid, save_picture, tensor_to_image
 
     model = cnnlens.load_model("efficientnet_lite0", device=device)
     classes = ACCEPTANCE_CLASSES
@@ -57,13 +57,13 @@ def gallery(folder: str, device: str, parts: list[str], steps: int) -> None:
             f"{c} {model.label(c)}\np = {float(p):.4f}" for c, p in zip(classes, probs, strict=True)
         ]
         picture = grid([tensor_to_image(x) for x in images], captions=captions)
-        save_png(picture, Path(folder) / filename)
+        save_picture(picture, Path(folder) / filename)
         print(filename, options, steps, [round(float(p), 4) for p in probs], f"{seconds:.0f} s")
     if "channels" in parts:
         units = ["_blocks.3:5", "_blocks.6:30", "_blocks.10:7", "_blocks.14:100"]
         images = visualize(model, units, steps=steps)
         picture = grid([tensor_to_image(x) for x in images], captions=units)
-        save_png(picture, Path(folder) / "visualize_channels.png")
+        save_picture(picture, Path(folder) / "visualize_channels.png")
         print("visualize_channels.png", units, steps)
 
 

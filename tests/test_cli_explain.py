@@ -181,3 +181,24 @@ def test_bad_input_exits_2(
 def test_missing_method_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", "cat", "-o", "x.png"]) == 2
     assert "--method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "form"), [("o.jpg", "JPEG"), ("o.WEBP", "WEBP"), ("o.png", "PNG")]
+)
+def test_picture_written_in_the_format_its_name_says(tmp_path: Path, name: str, form: str) -> None:
+    out = tmp_path / name
+    assert _run(["explain", "cat", "-m", "saliency", *RANDOM, "-o", str(out)]) == 0
+    with Image.open(out) as picture:
+        assert picture.format == form
+
+
+@pytest.mark.parametrize("command", [["explain", "cat", "-m", "saliency"], ["filters"]])
+def test_picture_named_other_than_png_jpg_webp_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    out = tmp_path / "maps.txt"
+    assert main([*command, *RANDOM, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "name the file .png, .jpg or .webp" in err and err.count("\n") == 1
+    assert not out.exists()

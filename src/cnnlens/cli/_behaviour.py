@@ -12,7 +12,7 @@ from .._modules import layer_name, resolve_layer
 from ..behaviour import activations, factorize, filters
 from ..behaviour._inspect import check_channels, first_convolution, mid_feature_layer, top_channels
 from ..errors import InputError
-from ..render import add_caption, grid, save_png
+from ..render import add_caption, grid, save_picture
 from ..render._behaviour import (
     activation_grid,
     factor_legend,
@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--top", type=positive_int, default=64, help="at most this many tiles (default 64)"
     )
-    add_output(p, "picture to write (PNG)")
+    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
     p.set_defaults(run=run_filters)
 
     p = sub.add_parser(
@@ -99,7 +99,7 @@ def register(sub: Any) -> None:
         default="mean",
         help="rank channels by their mean or their peak activation (default mean)",
     )
-    add_output(p, "picture to write (PNG)")
+    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
     p.set_defaults(run=run_activations)
 
     p = sub.add_parser(
@@ -115,7 +115,7 @@ def register(sub: Any) -> None:
     p.add_argument("--layer", help="layer name (default: a mid-to-high layer)")
     p.add_argument("-k", type=positive_int, default=6, help="number of factors (default 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the NMF initialization (default 0)")
-    add_output(p, "picture to write (PNG)")
+    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
     p.set_defaults(run=run_factorize)
 
 
@@ -156,7 +156,7 @@ def run_filters(args: argparse.Namespace) -> int:
             f" of its group ({groups} groups)" if groups > 1 else ""
         )
     picture = add_caption(grid(tiles, columns=min(len(tiles), 16), pad=2), note)
-    print(save_png(picture, args.output))
+    print(save_picture(picture, args.output))
     return 0
 
 
@@ -190,7 +190,7 @@ def run_activations(args: argparse.Namespace) -> int:
         "jet", 0.0, 1.0, min(units.width, 480), "activation / the unit's max (opacity follows it)"
     )
     picture = stack([top, units, scale], pad=8)
-    print(save_png(picture, args.output))
+    print(save_picture(picture, args.output))
     return 0
 
 
@@ -214,5 +214,5 @@ def run_factorize(args: argparse.Namespace) -> int:
         ],
         columns=1,
     )
-    print(save_png(picture, args.output))
+    print(save_picture(picture, args.output))
     return 0

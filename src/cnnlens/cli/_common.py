@@ -17,6 +17,7 @@ from PIL import Image
 from ..errors import InputError
 from ..images import load_image, sample_image, sample_images
 from ..models import LoadedModel, load_model
+from ..render import PICTURE_FORMATS
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -26,8 +27,8 @@ DEFAULT_MODEL = "efficientnet_lite0"
 
 @dataclass(frozen=True)
 class Output:
-    """The argparse ``type`` of every option naming a path a command writes: ``"file"``
-    or ``"folder"``. The path is checked as the arguments are parsed, before any work (see
+    """The argparse ``type`` of every option naming a path a command writes: ``"file"``,
+    ``"picture"`` (a file named .png, .jpg, .jpeg or .webp) or ``"folder"``. The path is checked as the arguments are parsed, before any work (see
     :func:`check_output`); ``cnnlens`` removes it again when it was created by a run that
     ends in bad input."""
 
@@ -45,14 +46,20 @@ class Output:
 
 
 def check_output(text: str, kind: str = "file") -> Path:
-    """``text`` names a ``kind`` ("file" or "folder") that can be written: not the other
-    kind, under a folder that exists or can be created, where files can be created."""
+    """``text`` names a ``kind`` ("file", "picture" or "folder") that can be written: not
+    the other kind, under a folder that exists or can be created, where files can be
+    created; a picture's suffix names a format cnnlens writes."""
     if not text:
         raise InputError("the output path is empty")
     path = Path(text)
-    if kind == "file":
+    if kind in ("file", "picture"):
         if text.endswith(("/", os.sep)) or path.is_dir():
             raise InputError(f"{text} is a folder; name a file to write in it")
+        if kind == "picture" and path.suffix.lower() not in PICTURE_FORMATS:
+            raise InputError(
+                f"{text}: pictures are written as PNG, JPEG or WebP; name the file .png, "
+                ".jpg or .webp"
+            )
         folder = path.parent
     else:
         if path.exists() and not path.is_dir():
@@ -110,7 +117,7 @@ def add_output(
         type=Output(kind),
         required=required,
         default=default,
-        metavar="FOLDER" if kind == "folder" else "FILE",
+        metavar={"folder": "FOLDER", "picture": "PICTURE"}.get(kind, "FILE"),
         help=help,
     )
 

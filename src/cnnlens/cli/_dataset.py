@@ -18,7 +18,7 @@ from ..dataset._embed import EMBED_METHODS
 from ..dataset._sources import Head, open_dataset, open_item
 from ..errors import InputError
 from ..models import LoadedModel, load_model
-from ..render import save_png, tensor_to_image
+from ..render import save_picture, tensor_to_image
 from ..render._dataset import (
     embedding_html,
     embedding_scatter,
@@ -104,7 +104,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-pixels", action="store_true", help="skip the pixel-space row")
     add_engine_args(p)
-    add_output(p, "picture to write (PNG)")
+    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
     p.set_defaults(run=run_neighbors)
 
     p = sub.add_parser(
@@ -148,7 +148,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="points on the HTML page (default 2000)",
     )
-    add_output(p, "picture to write (PNG)")
+    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
     p.set_defaults(run=run_embed)
 
     p = sub.add_parser(
@@ -169,7 +169,7 @@ def register(sub: Any) -> None:
     add_workers(p)
     add_limit(p)
     add_engine_args(p)
-    add_output(p, "picture to write (PNG)")
+    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
     p.set_defaults(run=run_patches)
 
 
@@ -369,7 +369,7 @@ def run_neighbors(args: argparse.Namespace) -> int:
         feature_title=f"features\n{store.layer}\n{args.metric}",
         pixel_title="pixels\nL2",
     )
-    save_png(figure, args.output)
+    save_picture(figure, args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -413,7 +413,7 @@ def run_embed(args: argparse.Namespace) -> int:
             image = image.convert("L")  # a third of the file size, same picture
     else:
         image = embedding_scatter(points, labels, store.classes, title=title)
-    save_png(image, args.output)
+    save_picture(image, args.output)
     print(f"wrote {args.output}")
     if args.html:
         chosen = subset(args.html_points, "html")
@@ -451,6 +451,6 @@ def run_patches(args: argparse.Namespace) -> int:
         images = [tensor_to_image(model.preprocessing.invert(p.pixels)) for p in patches]
         captions = [f"{p.activation:.2f}" for p in patches]
         rows.append((f"ch {channel}", images, captions))
-    save_png(patch_rows(rows), args.output)
+    save_picture(patch_rows(rows), args.output)
     print(f"wrote {args.output}")
     return 0

@@ -16,7 +16,7 @@ from ..attribution.api import explain, method_spec
 from ..errors import InputError
 from ..evaluate import METRICS, DeletionInsertion, TrustTable, trust_table
 from ..evaluate._trust import LABELS
-from ..render import grid, save_png
+from ..render import grid, save_picture
 from ..render._plots import line_plot
 from ._common import add_model_args, add_output, open_image, open_model, positive_int
 
@@ -136,7 +136,7 @@ def _write(out: Path, tables: dict[str, TrustTable], metrics: list[str], lines: 
     for spec, table in tables.items():
         curves = {r.method: r.curves for r in table.rows if r.curves is not None}
         if curves:
-            save_png(_curve_plots(spec, curves), out / f"curves_{Path(spec).stem}.png")
+            save_picture(_curve_plots(spec, curves), out / f"curves_{Path(spec).stem}.png")
 
 
 def _curve_plots(spec: str, curves: dict[str, DeletionInsertion]) -> Image.Image:

@@ -18,7 +18,7 @@ from torch import Tensor
 from .._progress import progress
 from ..attribution.api import Explanation, MethodSpec, explain, method_spec, registry
 from ..errors import InputError
-from ..render import diverging, grid, overlay, save_png, upsample
+from ..render import diverging, grid, overlay, save_picture, upsample
 from ._common import (
     Output,
     add_batch_size,
@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
         "--layer", default=None, help="layer for the CAM methods (default: last feature map)"
     )
     add_model_args(p)
-    add_output(p, "picture to write (PNG)")
+    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
     p.add_argument(
         "--raw",
         type=Output("file"),
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         layer_note = f" @ {explanation.layer}" if explanation.layer else ""
         columns.append((f"{method}{layer_note}", heat, signed))
     figure = _layout(picture, f"{Path(args.image).name}: {label}", columns)
-    written = [save_png(figure, args.output)]
+    written = [save_picture(figure, args.output)]
     if args.raw:
         raw = Path(args.raw)
         raw.parent.mkdir(parents=True, exist_ok=True)  # checked writable at parse time

@@ -9,7 +9,7 @@ from .._modules import resolve_layer
 from ..behaviour.visualize import FAST_STEPS, visualize
 from ..errors import InputError
 from ..models import LoadedModel
-from ..render import grid, save_png, tensor_to_image
+from ..render import grid, save_picture, tensor_to_image
 from ._common import add_model_args, add_output, open_model, parse_target, positive_int
 
 
@@ -94,7 +94,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--columns", type=positive_int, default=None, help="grid columns (default: up to 8)"
     )
-    add_output(p, "picture to write (PNG)")
+    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
     p.set_defaults(run=run_visualize)
 
 
@@ -115,5 +115,5 @@ def run_visualize(args: argparse.Namespace) -> int:
         picture = pictures[0]
     else:
         picture = grid(pictures, columns=args.columns, captions=[c for _, c in parsed])
-    print(save_png(picture, args.output))
+    print(save_picture(picture, args.output))
     return 0

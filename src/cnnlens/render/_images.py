@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 __all__ = [
+    "PICTURE_FORMATS",
     "add_caption",
     "caption_band",
     "colorbar_image",
@@ -21,7 +22,7 @@ __all__ = [
     "fit_text",
     "grid",
     "overlay",
-    "save_png",
+    "save_picture",
     "stack",
     "tensor_to_image",
     "upsample",
@@ -258,9 +259,17 @@ def stack(rows: Sequence[Image.Image], pad: int = 4) -> Image.Image:
     return out
 
 
-def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write ``image`` as PNG, creating parent folders."""
+PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+"""The picture formats written, by file suffix (PNG for any other name)."""
+
+
+def save_picture(image: Image.Image, path: str | Path) -> Path:
+    """Write ``image`` in the format its suffix names (:data:`PICTURE_FORMATS`; PNG for
+    another suffix), creating parent folders."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    image.save(target, format="PNG")
+    form = PICTURE_FORMATS.get(target.suffix.lower(), "PNG")
+    if form == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")  # JPEG has no alpha channel
+    image.save(target, format=form, **({"quality": 92} if form == "JPEG" else {}))
     return target

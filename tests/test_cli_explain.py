@@ -202,3 +202,30 @@ def test_picture_named_other_than_png_jpg_webp_exits_2(
     err = capsys.readouterr().err
     assert "name the file .png, .jpg or .webp" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_maps_carry_colour_bars(tmp_path: Path) -> None:
+    # Under the overlay a jet bar (blue to dark red), under the signed map a bwr bar (blue,
+    # white in the middle, red); the input has none.
+    out = tmp_path / "o.png"
+    assert _run(["explain", "cat", "-m", "saliency", *RANDOM, "-o", str(out)]) == 0
+    with Image.open(out) as opened:
+        picture = opened.convert("RGB")
+    column = TILE + 4  # one panel and the grid's padding
+
+    def bar_row(panel: int) -> list[tuple[int, int, int]]:
+        x0 = 4 + panel * column
+        # the first row of the picture's last 60 (below the maps) not white at both ends
+        for y in range(picture.height - 60, picture.height):
+            left, middle, right = (
+                picture.getpixel((x0 + dx, y)) for dx in (10, TILE // 2, TILE - 10)
+            )
+            if left != (255, 255, 255) and right != (255, 255, 255):
+                return [left, middle, right]  # type: ignore[list-item]
+        return []
+
+    assert bar_row(0) == []
+    left, _, right = bar_row(1)
+    assert left[2] > 100 > left[0] and right[0] > 100 > right[2]  # blue ... red
+    left, middle, right = bar_row(2)
+    assert left[2] > 200 > left[0] and right[0] > 200 > right[2] and min(middle) > 200

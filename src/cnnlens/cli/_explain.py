@@ -19,6 +19,7 @@ from .._progress import progress
 from ..attribution.api import Explanation, MethodSpec, explain, method_spec, registry
 from ..errors import InputError
 from ..render import diverging, grid, overlay, save_picture, upsample
+from ..render._images import colorbar_image, stack
 from ._common import (
     Output,
     add_batch_size,
@@ -195,6 +196,13 @@ def _signed_map(explanation: Explanation) -> Tensor:
     return values
 
 
+def _limit(values: Tensor) -> float:
+    """The signed map's colour range: ± the 99.5th percentile of |values| (single
+    outliers would wash out the map), or the largest |value| when that is 0."""
+    magnitude = values.abs().flatten().float()
+    return float(torch.quantile(magnitude, 0.995)) or float(magnitude.max()) or 1.0
+
+
 def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for item in args.method for m in item.split(",") if m.strip()]
     if not methods:
@@ -221,9 +229,20 @@ def run(args: argparse.Namespace) -> int:
     first = next(iter(results.values()))
     label = "custom score" if first.targets is None else model.label(int(first.targets[0]))
     columns: list[tuple[str, Image.Image, Image.Image | None]] = []
+    width = picture.width
     for method, explanation in results.items():
-        heat = overlay(picture, _clip(explanation.heatmap()[0]))
-        signed = diverging(_signed_map(explanation)) if explanation.signed else None
+        heat = stack([
+            overlay(picture, _clip(explanation.heatmap()[0])),
+            colorbar_image("jet", 0.0, 1.0, width, "share of the map's 99th percentile"),
+        ])  # fmt: skip
+        signed = None
+        if explanation.signed:
+            values = _signed_map(explanation)
+            limit = _limit(values)
+            signed = stack([
+                diverging(values, limit=limit),
+                colorbar_image("bwr", -limit, limit, width, "attribution, summed over channels"),
+            ])  # fmt: skip
         layer_note = f" @ {explanation.layer}" if explanation.layer else ""
         columns.append((f"{method}{layer_note}", heat, signed))
     figure = _layout(picture, f"{Path(args.image).name}: {label}", columns)

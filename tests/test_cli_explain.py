@@ -39,7 +39,7 @@ def test_single_method_overlay_signed_map_and_raw(
     out, raw = tmp_path / "sub" / "out.png", tmp_path / "raw.pt"
     argv = ["explain", "cat", "--method", "saliency", *RANDOM, "-o", str(out), "--raw", str(raw)]
     assert _run(argv) == 0
-    assert capsys.readouterr().out.split() == [str(out), str(raw)]
+    assert capsys.readouterr().out.split() == ["wrote", str(out), "wrote", str(raw)]
     width, height = _size(out)
     # input, overlay, signed map in one row
     assert width > 3 * TILE and height < 2 * TILE
@@ -113,7 +113,7 @@ def test_several_methods_grid_with_other_methods_options(
         str(raw),
     ]
     assert _run(argv) == 0
-    assert capsys.readouterr().out.split() == [str(out), str(raw)]
+    assert capsys.readouterr().out.split() == ["wrote", str(out), "wrote", str(raw)]
     width, height = _size(out)
     # input + 3 methods side by side; a second row of signed maps
     assert 4 * TILE < width < 5 * TILE

@@ -10,7 +10,7 @@ from .._atlas import build_atlas
 from ..dataset._sources import open_dataset
 from ..errors import InputError
 from ..render._atlas import atlas_pages
-from ._common import Output, add_model_args, open_model, positive_int
+from ._common import Output, add_model_args, open_model, positive_int, wrote
 from ._dataset import add_engine_args, engine_options
 
 
@@ -83,5 +83,5 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in atlas_pages(atlas).items():
         (out / name).write_text(text, encoding="utf-8")
-    print(f"atlas written to {(out / 'index.html').resolve()}")
+    wrote((out / "index.html").resolve())
     return 0

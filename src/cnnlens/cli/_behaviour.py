@@ -22,7 +22,7 @@ from ..render._behaviour import (
     unit_overlays,
 )
 from ..render._images import colorbar_image, stack
-from ._common import add_model_args, add_output, open_image, open_model, positive_int
+from ._common import add_model_args, add_output, open_image, open_model, positive_int, wrote
 
 
 def parse_channels(text: str | None) -> list[int] | None:
@@ -156,7 +156,7 @@ def run_filters(args: argparse.Namespace) -> int:
             f" of its group ({groups} groups)" if groups > 1 else ""
         )
     picture = add_caption(grid(tiles, columns=min(len(tiles), 16), pad=2), note)
-    print(save_picture(picture, args.output))
+    wrote(save_picture(picture, args.output))
     return 0
 
 
@@ -190,7 +190,7 @@ def run_activations(args: argparse.Namespace) -> int:
         "jet", 0.0, 1.0, min(units.width, 480), "activation / the unit's max (opacity follows it)"
     )
     picture = stack([top, units, scale], pad=8)
-    print(save_picture(picture, args.output))
+    wrote(save_picture(picture, args.output))
     return 0
 
 
@@ -214,5 +214,5 @@ def run_factorize(args: argparse.Namespace) -> int:
         ],
         columns=1,
     )
-    print(save_picture(picture, args.output))
+    wrote(save_picture(picture, args.output))
     return 0

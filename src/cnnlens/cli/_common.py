@@ -83,6 +83,11 @@ def check_output(text: str, kind: str = "file") -> Path:
     return path
 
 
+def wrote(path: str | Path) -> None:
+    """Say that ``path`` was written: the same line for every file a command writes."""
+    print(f"wrote {path}")
+
+
 def first_missing(path: Path) -> Path | None:
     """The outermost part of ``path`` that does not exist yet (what writing it creates),
     or None when it exists."""

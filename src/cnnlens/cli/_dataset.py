@@ -35,6 +35,7 @@ from ._common import (
     open_image,
     open_model,
     positive_int,
+    wrote,
 )
 
 __all__ = ["register"]
@@ -370,7 +371,7 @@ def run_neighbors(args: argparse.Namespace) -> int:
         pixel_title="pixels\nL2",
     )
     save_picture(figure, args.output)
-    print(f"wrote {args.output}")
+    wrote(args.output)
     return 0
 
 
@@ -414,7 +415,7 @@ def run_embed(args: argparse.Namespace) -> int:
     else:
         image = embedding_scatter(points, labels, store.classes, title=title)
     save_picture(image, args.output)
-    print(f"wrote {args.output}")
+    wrote(args.output)
     if args.html:
         chosen = subset(args.html_points, "html")
         captions = [f"#{int(rows[i])} {_label_name(store, int(labels[i]))}".strip() for i in chosen]
@@ -428,7 +429,7 @@ def run_embed(args: argparse.Namespace) -> int:
         )
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)  # checked at parse time
         Path(args.html).write_text(page, encoding="utf-8")
-        print(f"wrote {args.html}")
+        wrote(args.html)
     return 0
 
 
@@ -452,5 +453,5 @@ def run_patches(args: argparse.Namespace) -> int:
         captions = [f"{p.activation:.2f}" for p in patches]
         rows.append((f"ch {channel}", images, captions))
     save_picture(patch_rows(rows), args.output)
-    print(f"wrote {args.output}")
+    wrote(args.output)
     return 0

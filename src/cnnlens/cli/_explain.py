@@ -29,6 +29,7 @@ from ._common import (
     open_model,
     parse_target,
     positive_int,
+    wrote,
 )
 
 __all__ = ["register"]
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
         torch.save({m: e.attribution.detach().cpu() for m, e in results.items()}, raw)
         written.append(raw)
     for path in written:
-        print(path)
+        wrote(path)
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from .._report import REPORT_METHODS, build_report
 from ..attribution.api import method_spec
 from ..render._html import report_html
-from ._common import Output, add_model_args, open_image, open_model, parse_target
+from ._common import Output, add_model_args, open_image, open_model, parse_target, wrote
 
 DEFAULT_IMAGE = "cat"
 
@@ -80,5 +80,5 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report_html(report), encoding="utf-8")
-    print(f"report written to {out.resolve()}")
+    wrote(out.resolve())
     return 0

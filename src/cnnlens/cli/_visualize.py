@@ -10,7 +10,7 @@ from ..behaviour.visualize import FAST_STEPS, visualize
 from ..errors import InputError
 from ..models import LoadedModel
 from ..render import grid, save_picture, tensor_to_image
-from ._common import add_model_args, add_output, open_model, parse_target, positive_int
+from ._common import add_model_args, add_output, open_model, parse_target, positive_int, wrote
 
 
 def parse_objective(model: LoadedModel, text: str) -> tuple[int | str, str]:
@@ -115,5 +115,5 @@ def run_visualize(args: argparse.Namespace) -> int:
         picture = pictures[0]
     else:
         picture = grid(pictures, columns=args.columns, captions=[c for _, c in parsed])
-    print(save_picture(picture, args.output))
+    wrote(save_picture(picture, args.output))
     return 0

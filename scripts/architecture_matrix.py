@@ -26,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,6 +101,7 @@ def render(
     names: Sequence[str],
     timm_rows: dict[str, dict[str, Cell]],
     seconds: float,
+    commits: Counter[str] | None = None,
 ) -> str:
     worst: dict[str, float] = {}
     for row in [*rows.values(), *timm_rows.values()]:
@@ -114,8 +116,10 @@ def render(
         "CNNs and not covered) × every method of `cnnlens.METHODS`, checked by "
         "`scripts/architecture_matrix.py` (the same checks as `tests/test_architectures.py`, "
         "whose default run covers one architecture per family and whose `slow` run covers "
-        f"the whole matrix). cnnlens {cnnlens.__version__} at commit {_commit()}, "
-        f"torch {torch.__version__}, {seconds / 60:.0f} CPU minutes.",
+        f"the whole matrix). cnnlens {cnnlens.__version__}, torch {torch.__version__}, "
+        f"{seconds / 60:.0f} CPU minutes; each cell is the latest run of it, measured at "
+        + ", ".join(f"{c} ({n} cells)" for c, n in (commits or Counter({_commit(): 0})).items())
+        + ".",
         "",
         "## What is checked",
         "",
@@ -206,6 +210,7 @@ def _run(
     skip: set[str],
     only: Sequence[str] | None = None,
 ) -> None:
+    commit = _commit()
     for name in names:
         if f"{source}/{name}" in skip:
             continue
@@ -214,7 +219,8 @@ def _run(
             continue
         for cell in cells([name], source, only=only):
             with store.open("a", encoding="utf-8") as out:
-                out.write(json.dumps({"source": source, **dataclasses.asdict(cell)}) + "\n")
+                record = {"source": source, "commit": commit, **dataclasses.asdict(cell)}
+                out.write(json.dumps(record) + "\n")
             print(
                 f"{source}/{name} {cell.method}: {describe(cell)} {cell.seconds:.1f}s "
                 f"{cell.note[:200] if not cell.ok else ''}",
@@ -222,22 +228,34 @@ def _run(
             )
 
 
-def _load(store: Path) -> tuple[dict[str, dict[str, Cell]], dict[str, dict[str, Cell]], float]:
-    """torchvision rows, timm rows and the CPU seconds spent, from the cells file."""
+def _load(
+    store: Path,
+) -> tuple[dict[str, dict[str, Cell]], dict[str, dict[str, Cell]], float, Counter[str]]:
+    """torchvision rows, timm rows, the CPU seconds spent and the commits the shown cells
+    were measured at (with their counts), from the cells file."""
     rows: dict[str, dict[str, dict[str, Cell]]] = {"torchvision": {}, "timm": {}}
+    measured_at: dict[tuple[str, str, str], str] = {}
     seconds = 0.0
     if store.exists():
         for line in store.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             source = record.pop("source")
+            commit = record.pop("commit", "unrecorded")
             cell = Cell(**record)
             rows[source].setdefault(cell.architecture, {})[cell.method] = cell
+            measured_at[source, cell.architecture, cell.method] = commit
             seconds += cell.seconds
     complete = {
         source: {n: r for n, r in table.items() if set(r) >= set(methods())}
         for source, table in rows.items()
     }
-    return complete["torchvision"], complete["timm"], seconds
+    commits = Counter(
+        measured_at[source, name, method]
+        for source, table in complete.items()
+        for name, row in table.items()
+        for method in row
+    )
+    return complete["torchvision"], complete["timm"], seconds, commits
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.render_only:
         done = set()
         if args.skip_done:
-            rows, timm_rows, _ = _load(args.cells)
+            rows, timm_rows, _, _ = _load(args.cells)
             done = {f"torchvision/{n}" for n in rows} | {f"timm/{n}" for n in timm_rows}
         started = time.process_time()
         order = args.only or _order(names)
@@ -274,9 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.timm:
             run(TIMM_ARCHITECTURES, "timm")
         run(order[families:], "torchvision")
-    rows, timm_rows, seconds = _load(args.cells)
+    rows, timm_rows, seconds, commits = _load(args.cells)
     ordered = sorted(names, key=lambda n: (family(n), _size_rank(n), n))
-    args.out.write_text(render(rows, ordered, timm_rows, seconds), encoding="utf-8")
+    args.out.write_text(render(rows, ordered, timm_rows, seconds, commits), encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 

@@ -64,7 +64,7 @@ def speed(name: str, window: int, copies: int, rounds: int) -> tuple[float, floa
     with torch.inference_mode():
         graph = inc.trace(model)
         assert not isinstance(graph, str), graph
-        occluder = inc.Occluder(model, graph, x, None)
+        occluder = inc.Engine(model, graph).occluder(x)
         outputs: dict[str, Tensor] = {}
         for _ in range(rounds):
             plain_times.append(_cpu(lambda: outputs.__setitem__("plain", model(occluded))))

@@ -221,3 +221,123 @@ def test_coverage_says_which_occlusion_path_runs() -> None:
     untraceable = _Untraceable().double().eval()
     (fallback,) = cnnlens.coverage(untraceable, "occlusion", x[:, :, :16, :16]).notes
     assert "plain batched forwards" in fallback and "cannot be traced" in fallback
+
+
+def _dense_reference(value: inc.Patched) -> Tensor:
+    out = value.base.repeat(value.count, 1, 1, 1)
+    h, w = value.patch.shape[-2:]
+    for i, (y, x) in enumerate(zip(value.top.tolist(), value.left.tolist(), strict=True)):
+        out[i, :, y : y + h, x : x + w] = value.patch[i]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("tops", "lefts", "patch", "start", "size"),
+    [
+        # the region is the patch grown by one on every side, inside the map and at borders
+        ([3, 5], [2, 4], (4, 4), (-1, -1), (6, 6)),
+        ([0, 6], [0, 6], (4, 4), (-1, -1), (6, 6)),
+        # the patch is the whole map: the region is the patch padded
+        ([0, 0], [0, 0], (10, 10), (-1, -1), (12, 12)),
+        ([0, 0], [0, 0], (10, 10), (0, -2), (10, 13)),
+        # the region is the patch
+        ([1, 6], [2, 0], (4, 4), (0, 0), (4, 4)),
+        # a region smaller than the patch, and one that misses it
+        ([2, 2], [3, 3], (5, 5), (1, 1), (3, 3)),
+        ([0, 0], [0, 0], (2, 2), (5, 5), (3, 3)),
+    ],
+)
+def test_region_equals_slicing_the_dense_copies(
+    tops: list[int],
+    lefts: list[int],
+    patch: tuple[int, int],
+    start: tuple[int, int],
+    size: tuple[int, int],
+) -> None:
+    """``start``: where each copy's region starts relative to its patch; the patch sits at
+    the same place in every region, then (shifted by one for the second copy) not."""
+    generator = torch.Generator().manual_seed(6)
+    base = torch.randn(1, 3, 10, 10, dtype=torch.float64, generator=generator)
+    value = inc.Patched(
+        base,
+        torch.randn(2, 3, *patch, dtype=torch.float64, generator=generator),
+        torch.tensor(tops),
+        torch.tensor(lefts),
+    )
+    fill = -7.0
+    padded = torch.nn.functional.pad(_dense_reference(value), (6, 6, 6, 6), value=fill)
+    for shift in (torch.tensor([0, 0]), torch.tensor([0, 1])):
+        top, left = value.top + start[0] + shift, value.left + start[1] - shift
+        expected = torch.stack(
+            [
+                padded[i, :, y + 6 : y + 6 + size[0], x + 6 : x + 6 + size[1]]
+                for i, (y, x) in enumerate(zip(top.tolist(), left.tolist(), strict=True))
+            ]
+        )
+        got = inc._region(value, top, left, size[0], size[1], fill)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_folded_batchnorm_equals_conv_then_norm(affine: bool) -> None:
+    torch.manual_seed(7)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=affine).double()
+    norm = nn.BatchNorm2d(5, affine=affine).double().eval()
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    if affine:
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-1, 1)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    weight, bias = inc._fold(conv, norm)
+    folded = torch.nn.functional.conv2d(x, weight, bias, stride=2, padding=1)
+    torch.testing.assert_close(folded, norm(conv(x)), rtol=1e-12, atol=1e-12)
+
+
+def test_passes_leave_the_cache_untouched_and_repeat_exactly() -> None:
+    """In-place activations write only patches this pass created (ResNet's ReLUs are
+    in-place; BatchNorm is folded into the convolution before it)."""
+    model = _torchvision("resnet18", 40)
+    graph = inc.trace(model)
+    assert not isinstance(graph, str)
+    x = torch.randn(1, 3, 40, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        occluder = inc.Engine(model, graph).occluder(x)
+        snapshot = {n: v.clone() for n, v in occluder.cache.items() if isinstance(v, Tensor)}
+        patches = torch.zeros(3, 3, 8, 8, dtype=torch.float64)
+        where = (torch.tensor([0, 13, 32]), torch.tensor([5, 32, 0]))
+        first = occluder.outputs(patches, *where)
+        second = occluder.outputs(patches, *where)
+    assert torch.equal(first, second)
+    for node, value in snapshot.items():
+        assert torch.equal(occluder.cache[node], value), node
+
+
+def test_the_clean_pass_runs_once_per_item() -> None:
+    """The traced pass that fills the engine's cache also gives the clean output (item 0's
+    in automatic mode, where it also decides the path)."""
+    model = _torchvision("resnet18", 48)
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    full: list[int] = []
+
+    def record(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        if args[0].shape[-2:] == x.shape[-2:]:  # a whole image, not a patch
+            full.append(args[0].shape[0])
+
+    handle = model.conv1.register_forward_pre_hook(record)
+    try:
+        cnnlens.explain(model, x[:1], "occlusion", window=8, stride=8, incremental=True)
+        assert full == [1]  # the engine's pass only
+        full.clear()
+        # automatic mode takes the plain path here (36 windows, too little to skip): the
+        # engine's pass decided it and gave the clean output; then 36 occluded copies
+        assert "plain" in cnnlens.coverage(model, "occlusion", x, window=8, stride=8).notes[0]
+        full.clear()
+        cnnlens.explain(model, x[:1], "occlusion", window=8, stride=8, batch_size=32)
+        assert full == [1, 32, 4]
+        full.clear()
+        cnnlens.explain(model, x, "occlusion", window=8, stride=8, incremental=True)
+        # the engine's passes for item 0 and 1, and the clean forward of item 1
+        assert sorted(full) == [1, 1, 1]
+    finally:
+        handle.remove()

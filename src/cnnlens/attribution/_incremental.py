@@ -51,7 +51,16 @@ from torch import Tensor, nn
 from .._ops import REGISTRY, Kind
 from ..models.efficientnet_lite0 import SamePad2d
 
-__all__ = ["Graph", "IncrementalPlan", "Patched", "plan", "trace", "traced_forward"]
+__all__ = [
+    "Engine",
+    "Graph",
+    "IncrementalPlan",
+    "Occluder",
+    "Patched",
+    "plan",
+    "trace",
+    "traced_forward",
+]
 
 
 # --- operation kinds ----------------------------------------------------------------------
@@ -176,14 +185,24 @@ def _region(
     """(N, C, height, width): the window of each copy starting at (top[i], left[i]) in the
     copy's own coordinates; positions outside the tensor are ``fill``."""
     ph, pw = int(value.patch.shape[-2]), int(value.patch.shape[-1])
-    if (
-        (height, width) == (ph, pw)
-        and torch.equal(top, value.top)
-        and torch.equal(left, value.left)
-    ):
-        return value.patch  # the region is the patch itself (1x1 convolutions, same boxes)
+    dy, dx = value.top - top, value.left - left  # the patch's place in each region
+    size_h, size_w = int(value.base.shape[-2]), int(value.base.shape[-1])
+    oy, ox = int(dy[0]), int(dx[0])
+    # the patch at the same place in every region, and wholly inside it
+    uniform = bool((dy == oy).all()) and bool((dx == ox).all())
+    inside = uniform and min(oy, ox) >= 0 and oy + ph <= height and ox + pw <= width
+    if inside:
+        if (oy, ox, height, width) == (0, 0, ph, pw):
+            return value.patch  # the region is the patch itself (1x1 convolutions, same boxes)
+        if _outside_patch_is_padding(value, height, width, (oy, ox)):
+            # every position of the region is the patch or padding (a cone that covers
+            # the whole map): no cached value is needed
+            return F.pad(
+                value.patch,
+                (ox, width - ox - pw, oy, height - oy - ph),
+                value=fill,
+            )
     base = value.base[0]
-    size_h, size_w = int(base.shape[-2]), int(base.shape[-1])
     tops, lefts = top.tolist(), left.tolist()
     pad_top = max(0, -min(tops))
     pad_left = max(0, -min(lefts))
@@ -198,6 +217,9 @@ def _region(
             for y, x in zip(tops, lefts, strict=True)
         ]
     )
+    if inside:
+        out[:, :, oy : oy + ph, ox : ox + pw] = value.patch  # one copy for every copy
+        return out
     for i, (y, x, py, px) in enumerate(
         zip(tops, lefts, value.top.tolist(), value.left.tolist(), strict=True)
     ):
@@ -208,6 +230,23 @@ def _region(
                 i, :, y0 - py : y1 - py, x0 - px : x1 - px
             ]
     return out
+
+
+def _outside_patch_is_padding(
+    value: Patched, height: int, width: int, offset: tuple[int, int]
+) -> bool:
+    """Whether, for every copy, every position of its region (which holds the whole patch
+    at ``offset``) outside the patch lies outside the tensor."""
+    oy, ox = offset
+    ph, pw = int(value.patch.shape[-2]), int(value.patch.shape[-1])
+    size_h, size_w = int(value.base.shape[-2]), int(value.base.shape[-1])
+    # rows above and below the patch, columns left and right of it: all outside the map
+    return (
+        (oy == 0 or bool((value.top <= 0).all()))
+        and (oy + ph == height or bool((value.top + ph >= size_h).all()))
+        and (ox == 0 or bool((value.left <= 0).all()))
+        and (ox + pw == width or bool((value.left + pw >= size_w).all()))
+    )
 
 
 def _dense(value: Patched) -> Tensor:
@@ -244,16 +283,18 @@ def _pair(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1]))
 
 
-def _window(module: nn.Module) -> _Window | None:
+def _window(module: nn.Module, norm: nn.BatchNorm2d | None = None) -> _Window | None:
     """How a windowed leaf module is run on a cut region (no padding), or None when this
-    engine cannot run it that way."""
+    engine cannot run it that way. ``norm``: an eval-mode BatchNorm that follows a
+    convolution, folded into its weights."""
     if isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        if not _plain_conv(module):
             return None
         conv = module
+        weight, bias = (conv.weight, conv.bias) if norm is None else _fold(conv, norm)
 
         def run_conv(x: Tensor) -> Tensor:
-            return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+            return F.conv2d(x, weight, bias, conv.stride, 0, conv.dilation, conv.groups)
 
         return _Window(
             _pair(conv.kernel_size),
@@ -288,6 +329,30 @@ def _window(module: nn.Module) -> _Window | None:
 
         return _Window(kernel, stride, _pair(avg.padding), (1, 1), 0.0, run_avg)
     return None
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Weights and bias of ``norm(conv(x))`` as one convolution (eval mode: the norm is a
+    per-channel affine map). Equal to the two steps up to float rounding."""
+    assert norm.running_mean is not None and norm.running_var is not None
+    scale = (norm.running_var + norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    weight = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
+    return weight.detach(), shift.detach()
 
 
 def _elementwise_module(module: nn.Module) -> bool:
@@ -349,22 +414,92 @@ def _fetch(values: dict[torch.fx.Node, Any], arg: Any) -> Any:
     return torch.fx.node.map_arg(arg, lambda n: values[n])
 
 
+@dataclass(frozen=True)
+class _Program:
+    """What every pass needs about the model, worked out once per occlusion call: the leaf
+    module of each node, how each windowed module runs on a cut region (a convolution
+    followed only by an eval-mode BatchNorm runs with the norm folded into its weights,
+    and the norm then passes its patch through), and after which node each value is no
+    longer needed."""
+
+    module: nn.Module
+    graph: Graph
+    modules: dict[torch.fx.Node, nn.Module]
+    windows: dict[torch.fx.Node, _Window]
+    folded: frozenset[torch.fx.Node]
+    release: dict[torch.fx.Node, tuple[torch.fx.Node, ...]]
+
+
+def _program(module: nn.Module, graph: Graph) -> _Program:
+    modules = {
+        node: module.get_submodule(str(node.target))
+        for node in graph.nodes
+        if node.op == "call_module"
+    }
+    windows: dict[torch.fx.Node, _Window] = {}
+    folded: set[torch.fx.Node] = set()
+    for node, leaf in modules.items():
+        norm = _foldable_norm(node, leaf, modules)
+        window = _window(leaf, None if norm is None else norm[1])
+        if window is not None:
+            windows[node] = window
+            if norm is not None:
+                folded.add(norm[0])
+    last_use: dict[torch.fx.Node, torch.fx.Node] = {}
+    for node in graph.nodes:
+        for source in node.all_input_nodes:
+            last_use[source] = node
+    release: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    for source, node in last_use.items():
+        release.setdefault(node, []).append(source)
+    return _Program(
+        module,
+        graph,
+        modules,
+        windows,
+        frozenset(folded),
+        {node: tuple(sources) for node, sources in release.items()},
+    )
+
+
+def _foldable_norm(
+    node: torch.fx.Node, leaf: nn.Module, modules: dict[torch.fx.Node, nn.Module]
+) -> tuple[torch.fx.Node, nn.BatchNorm2d] | None:
+    """The eval-mode BatchNorm (node, module) that is the only reader of convolution
+    ``node``."""
+    if not _plain_conv(leaf) or len(node.users) != 1:
+        return None
+    (user,) = node.users
+    norm = modules.get(user)
+    if (
+        isinstance(norm, nn.BatchNorm2d)
+        and _elementwise_module(norm)
+        and user.args == (node,)
+        and not user.kwargs
+    ):
+        return user, norm
+    return None
+
+
 class _Run:
     """One pass of the graph for a batch of occluded copies of one item."""
 
     def __init__(
         self,
-        module: nn.Module,
-        graph: Graph,
+        program: _Program,
         cache: dict[torch.fx.Node, Any],
         cap: float | None,
         plan: IncrementalPlan | None,
     ) -> None:
-        self.module = module
-        self.graph = graph
+        self.program = program
+        self.module = program.module
+        self.graph = program.graph
         self.cache = cache
         self.cap = cap
         self.plan = plan
+        # nodes whose patch this pass created for them alone: an in-place operation that is
+        # their only reader may write it without a copy
+        self.owned: set[torch.fx.Node] = set()
 
     def _note(self, node: torch.fx.Node, kind: str, reason: str | None = None) -> None:
         if self.plan is None:
@@ -395,12 +530,14 @@ class _Run:
                 values[node] = self.cache[node]
             else:
                 values[node] = self._step(node, values)
+            for source in self.program.release.get(node, ()):
+                del values[source]  # bounded memory: drop what no later node reads
         raise RuntimeError("the traced graph has no output")
 
     def _step(self, node: torch.fx.Node, values: dict[torch.fx.Node, Any]) -> Any:
         args = _fetch(values, node.args)
         kwargs = _fetch(values, node.kwargs)
-        module = self.module.get_submodule(str(node.target)) if node.op == "call_module" else None
+        module = self.program.modules.get(node)
         inputs = [values[n] for n in node.all_input_nodes if n in self.graph.dependent]
         patched = any(isinstance(v, Patched) for v in inputs)
         # a tensor that depends on the input and is not patched is already dense: every
@@ -448,12 +585,23 @@ class _Run:
             return first.shape() if isinstance(first, Patched) else None
         if not isinstance(base, Tensor) or base.dim() != 4:
             return None
+        source = node.args[0] if node.args else None
+        if node in self.program.folded and isinstance(first, Patched):
+            # the convolution before it ran with this norm folded in
+            self._note(node, "elementwise")
+            if source in self.owned:
+                self.owned.add(node)
+            return Patched(base, first.patch, first.top, first.left)
         if _is_elementwise(node, module) and isinstance(first, Patched):
-            # functions may take ``inplace`` by position: never let them write the patch
+            # functions may take ``inplace`` by position: never let them write a patch that
+            # another node may read
             inplace = module is None or _inplace(node, module)
-            x = first.patch.clone() if inplace else first.patch
+            owned = inplace and source in self.owned and len(source.users) == 1  # type: ignore[union-attr]
+            x = first.patch.clone() if inplace and not owned else first.patch
             out = _call(node, module, (x, *args[1:]), kwargs, self.module)
             self._note(node, "elementwise")
+            if out is not first.patch or owned:
+                self.owned.add(node)
             return Patched(base, out, first.top, first.left)
         if module is not None and isinstance(first, Patched) and len(args) == 1:
             if isinstance(module, SamePad2d):
@@ -461,18 +609,23 @@ class _Run:
                 out_value = Patched(base, first.patch, first.top + pad_top, first.left + pad_left)
                 self._note(node, "window")
                 return out_value
-            window = _window(module)
+            window = self.program.windows.get(node)
             if window is not None:
                 self._note(node, "window")
                 out_value = self._windowed(first, window, base)
                 if self.plan is not None:
                     self.plan.count(module, out_value.patch, out_value.count * base.numel())
+                self.owned.add(node)
                 return out_value
         if _is_binary(node) and len(args) == 2 and not kwargs:
-            return self._binary(node, module, args, base)
-        if node.op == "call_function" and node.target is torch.cat:
-            return self._cat(node, args, kwargs, base)
-        return None
+            result = self._binary(node, module, args, base)
+        elif node.op == "call_function" and node.target is torch.cat:
+            result = self._cat(node, args, kwargs, base)
+        else:
+            return None
+        if result is not None:
+            self.owned.add(node)
+        return result
 
     def _windowed(self, x: Patched, window: _Window, base: Tensor) -> Patched:
         out_h, out_w = base.shape[-2:]
@@ -642,23 +795,52 @@ def traced_forward(module: nn.Module, x: Tensor) -> Tensor:
     return out
 
 
-class Occluder:
-    """Scores of occluded copies of one item, computed incrementally."""
+class Engine:
+    """The incremental engine for one model in one occlusion call (BatchNorm folded into
+    the convolutions as the model's current parameters say)."""
 
-    def __init__(
-        self, module: nn.Module, graph: Graph, item: Tensor, approximate: float | None
-    ) -> None:
-        self.module = module
-        self.graph = graph
-        self.cache = _base_pass(module, graph, item)
+    def __init__(self, module: nn.Module, graph: Graph) -> None:
+        self.program = _program(module, graph)
+
+    def occluder(self, item: Tensor, approximate: float | None = None) -> Occluder:
+        return Occluder(self.program, item, approximate)
+
+
+class Occluder:
+    """Scores of occluded copies of one item (1, C, H, W), computed incrementally from one
+    traced pass of the unoccluded item (whose output is :attr:`clean`)."""
+
+    def __init__(self, program: _Program, item: Tensor, approximate: float | None) -> None:
+        self.program = program
+        self.cache = _base_pass(program.module, program.graph, item)
         self.item = item
         self.approximate = approximate
+
+    @property
+    def clean(self) -> Any:
+        """The model's output for the unoccluded item."""
+        return self.cache[self.program.graph.output]
 
     def outputs(self, patches: Tensor, top: Tensor, left: Tensor) -> Tensor:
         """Model outputs for copies of the item with ``patches`` (N, C, h, w) pasted at
         (top[i], left[i])."""
         start = Patched(self.item, patches, top, left)
-        return _Run(self.module, self.graph, self.cache, self.approximate, None).run(start)
+        return _Run(self.program, self.cache, self.approximate, None).run(start)
+
+    def plan(self, window: tuple[int, int]) -> IncrementalPlan:
+        """What the engine does for one window of ``window`` pixels in the middle of the
+        item (its cone is not clipped by the borders)."""
+        item = self.item
+        result = IncrementalPlan()
+        top = (int(item.shape[-2]) - window[0]) // 2
+        left = (int(item.shape[-1]) - window[1]) // 2
+        patch = item[:, :, top : top + window[0], left : left + window[1]].clone()
+        where = (
+            torch.tensor([top], device=item.device),
+            torch.tensor([left], device=item.device),
+        )
+        _Run(self.program, self.cache, None, result).run(Patched(item, patch, *where))
+        return result
 
 
 def plan(module: nn.Module, inputs: Tensor, window: tuple[int, int]) -> IncrementalPlan:
@@ -666,17 +848,5 @@ def plan(module: nn.Module, inputs: Tensor, window: tuple[int, int]) -> Incremen
     graph = trace(module)
     if isinstance(graph, str):
         return IncrementalPlan(fallback=graph)
-    item = inputs[:1]
-    result = IncrementalPlan()
-    # a window in the middle: its cone is not clipped by the borders
-    top = (int(item.shape[-2]) - window[0]) // 2
-    left = (int(item.shape[-1]) - window[1]) // 2
     with torch.inference_mode():
-        cache = _base_pass(module, graph, item)
-        patch = item[:, :, top : top + window[0], left : left + window[1]].clone()
-        where = (
-            torch.tensor([top], device=inputs.device),
-            torch.tensor([left], device=inputs.device),
-        )
-        _Run(module, graph, cache, None, result).run(Patched(item, patch, *where))
-    return result
+        return Engine(module, graph).occluder(inputs[:1]).plan(window)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .._progress import progress as progress_bar
 from ..errors import InputError
 from ..targets import Target
-from ._incremental import IncrementalPlan, Occluder, plan, trace
+from ._incremental import Engine, IncrementalPlan, Occluder, plan, trace
 from .api import MethodFn, MethodSpec
 
 __all__ = ["METHODS", "incremental_note", "occlusion", "window_starts"]
@@ -167,7 +167,9 @@ def occlusion(
     windows = nh * nw
     total = b * windows
     with torch.inference_mode():
-        output = module(inputs)
+        output = module(inputs) if occluders is None else occluders.clean(module)
+    if occluders is not None and occluders.plain_reason is not None:
+        occluders = None  # automatic mode chose the plain path; its clean pass is used
     target.resolve(output)  # outside inference mode: the chosen classes are plain tensors
     with torch.inference_mode():
         clean = scores(output, None)
@@ -180,7 +182,7 @@ def occlusion(
                 where = rows % windows
                 if occluders is not None:
                     outputs = _incremental_outputs(
-                        occluders,
+                        occluders.get,
                         inputs,
                         fill,
                         items,
@@ -219,6 +221,38 @@ AUTO_COST = 0.7
 AUTO_WINDOWS = 32
 
 
+class _Occluders:
+    """The incremental occluder of each item, made in item order and one at a time (each
+    holds every intermediate value of its item: holding all at once would multiply the
+    memory by the batch). The first is made before the run: it decides automatic mode and
+    gives item 0's clean output, so that item's clean pass runs once (also when automatic
+    mode then takes the plain path: ``plain_reason`` says why)."""
+
+    def __init__(self, engine: Engine, inputs: Tensor, approximate: float | None) -> None:
+        self.engine = engine
+        self.inputs = inputs
+        self.approximate = approximate
+        self.index = 0
+        self.current = engine.occluder(inputs[:1], approximate)
+        self.plain_reason: str | None = None
+
+    def get(self, item: int) -> Occluder:
+        if item != self.index:
+            self.current = self.engine.occluder(self.inputs[item : item + 1], self.approximate)
+            self.index = item
+        return self.current
+
+    def clean(self, module: nn.Module) -> Any:
+        """The model's output on the unoccluded inputs."""
+        first = self.current.clean
+        if self.inputs.shape[0] == 1:
+            return first
+        rest = module(self.inputs[1:])
+        if not isinstance(first, Tensor) or not isinstance(rest, Tensor):
+            return module(self.inputs)
+        return torch.cat([first, rest])
+
+
 def _incremental_engine(
     module: nn.Module,
     inputs: Tensor,
@@ -226,8 +260,9 @@ def _incremental_engine(
     incremental: bool | None,
     approximate: float | None,
     windows: int = AUTO_WINDOWS,
-) -> list[Occluder] | None:
-    """One incremental occluder per item, or None for the plain batched forwards."""
+) -> _Occluders | None:
+    """The incremental occluders (with a ``plain_reason`` when automatic mode takes the
+    plain path after the traced pass), or None for the plain batched forwards."""
     if approximate is not None:
         if isinstance(approximate, bool) or not 0.0 < float(approximate) <= 1.0:
             raise InputError(f"approximate must be a fraction in (0, 1], got {approximate!r}")
@@ -241,12 +276,13 @@ def _incremental_engine(
             raise InputError(f"incremental occlusion is not possible: {graph}")
         return None
     automatic = incremental is None and approximate is None
-    if automatic and _plain_reason(windows, lambda: plan(module, inputs, window)) is not None:
-        return None
+    if automatic and windows < AUTO_WINDOWS:
+        return None  # decided without a traced pass
     with torch.inference_mode():
-        return [
-            Occluder(module, graph, inputs[i : i + 1], approximate) for i in range(inputs.shape[0])
-        ]
+        occluders = _Occluders(Engine(module, graph), inputs, approximate)
+        if automatic:
+            occluders.plain_reason = _plain_reason(windows, lambda: occluders.current.plan(window))
+    return occluders
 
 
 def _plain_reason(windows: int, report: Callable[[], IncrementalPlan]) -> str | None:
@@ -299,7 +335,7 @@ def incremental_note(
 
 
 def _incremental_outputs(
-    occluders: list[Occluder],
+    occluders: Callable[[int], Occluder],
     inputs: Tensor,
     fill: float | Tensor,
     items: Tensor,
@@ -323,7 +359,7 @@ def _incremental_outputs(
             )
         else:
             patches = inputs.new_full((rows.shape[0], inputs.shape[1], wh, ww), fill)
-        outputs.append(occluders[item].outputs(patches, top, left))
+        outputs.append(occluders(item).outputs(patches, top, left))
     return torch.cat(outputs)
 
 

@@ -5,6 +5,7 @@ untouched."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -22,11 +23,12 @@ from cnnlens.attribution.lrp._affine import Affine, conv2d_call, linear_call
 from cnnlens.attribution.lrp.canonizers import batch_norm_call, fold_batch_norm
 from cnnlens.attribution.lrp.rules import (
     PASS,
-    Rule,
+    AffineRule,
     alpha_beta,
     epsilon,
     flat,
     gamma,
+    layer_relevance,
     w_square,
     z_box,
     z_plus,
@@ -156,7 +158,7 @@ LAYERS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "grouped_same": lambda: (nn.Conv2d(4, 6, (4, 3), padding="same", groups=2), (4, 5, 6)),
 }
 
-RULES: dict[str, Callable[[], Rule]] = {
+RULES: dict[str, Callable[[], AffineRule]] = {
     "epsilon": lambda: epsilon(0.1),
     "z+": z_plus,
     "alpha2-beta1": lambda: alpha_beta(2.0, 1.0),
@@ -194,13 +196,59 @@ def test_rule_matches_matrix_reference(layer_name: str, rule_name: str, sign: st
     with torch.no_grad():
         z = layer(x)
     r = torch.randn_like(z)
-    rule = RULES[rule_name]()
-    got = rule.relevance(_affine(layer, x), x, z if rule.uses_output else None, r).flatten(1)
+    got = layer_relevance(RULES[rule_name](), _affine(layer, x), x, r).flatten(1)
 
     a, m, bias = _matrices(layer, shape)
     flat_x, flat_r = x.flatten(1), r.flatten(1)
     low = high = None
     if rule_name == "z^B":  # default bounds: each item's per-channel min and max
+        dims = tuple(range(2, x.dim())) if x.dim() > 2 else (1,)
+        low = x.amin(dim=dims, keepdim=True).expand_as(x).flatten(1)
+        high = x.amax(dim=dims, keepdim=True).expand_as(x).flatten(1)
+    want = _reference(rule_name, a, m, bias, flat_x, flat_r, low, high)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("sign", ["mixed", "nonnegative"])
+@pytest.mark.parametrize("rule_name", list(RULES))
+@pytest.mark.parametrize("layer_name", ["linear", "grouped_same"])
+def test_rule_on_a_folded_batch_norm_matches_reference(
+    layer_name: str, rule_name: str, sign: str
+) -> None:
+    # The BatchNorm stays on the output side (scale of both signs and a zero, shift): the
+    # rules apply parts of s W through W's parts. As in the driver, the rule's forward half
+    # runs on the layer alone first and the folded node reuses what it kept.
+    layer, shape = LAYERS[layer_name]()
+    layer = layer.to(D)
+    channels = layer.weight.shape[0]
+    scale = torch.randn(channels, dtype=D)
+    scale[0] = 0.0
+    scale[1] = -abs(float(scale[1])) - 0.1
+    scale[2] = abs(float(scale[2])) + 0.1
+    shift = torch.randn(channels, dtype=D) * 0.5
+    x = torch.randn(3, *shape, dtype=D)
+    if sign == "nonnegative":
+        x = x.clamp(min=0)
+    rule = RULES[rule_name]()
+    plain = _affine(layer, x)
+    norm = (torch.zeros_like(scale), torch.ones_like(scale), scale, shift, 0.0)
+    folded = dataclasses.replace(plain, norm=norm)
+    with torch.no_grad():
+        _, prior = rule.forward(plain, x, lambda t: plain.conv(t, "w", "w"))
+        z, saved = rule.forward(folded, x, lambda t: folded.conv(t, "w", "w"), prior)
+        r = torch.randn_like(z)
+        got = rule.backward(folded, saved, r).flatten(1)
+        want_z = layer(x) * scale.view(1, -1, *([1] * (x.dim() - 2))) + shift.view(
+            1, -1, *([1] * (x.dim() - 2))
+        )
+    torch.testing.assert_close(z, want_z, rtol=1e-12, atol=1e-12)
+    a, m, bias = _matrices(layer, shape)
+    per_output = scale.repeat_interleave(a.shape[0] // channels)
+    a = a * per_output[:, None]
+    bias = bias * per_output + shift.repeat_interleave(a.shape[0] // channels)
+    flat_x, flat_r = x.flatten(1), r.flatten(1)
+    low = high = None
+    if rule_name == "z^B":
         dims = tuple(range(2, x.dim())) if x.dim() > 2 else (1,)
         low = x.amin(dim=dims, keepdim=True).expand_as(x).flatten(1)
         high = x.amax(dim=dims, keepdim=True).expand_as(x).flatten(1)
@@ -217,7 +265,7 @@ def test_z_box_with_given_bounds_matches_reference() -> None:
     with torch.no_grad():
         z = layer(x)
     r = torch.randn_like(z)
-    got = z_box(low, high).relevance(_affine(layer, x), x, z, r).flatten(1)
+    got = layer_relevance(z_box(low, high), _affine(layer, x), x, r).flatten(1)
     a, m, bias = _matrices(layer, shape)
     want = _reference(
         "z^B",
@@ -236,7 +284,7 @@ def test_pass_rule_refuses_a_shape_change() -> None:
     layer = nn.Linear(4, 3).to(D)
     x = torch.randn(2, 4, dtype=D)
     with pytest.raises(cnnlens.InputError, match="keeps the shape"):
-        PASS.relevance(_affine(layer, x), x, layer(x), torch.ones(2, 3, dtype=D))
+        layer_relevance(PASS, _affine(layer, x), x, torch.ones(2, 3, dtype=D))
 
 
 # --------------------------------------------------------------------------------------
@@ -421,9 +469,7 @@ def test_fold_batch_norm_is_the_same_affine_map() -> None:
             assert call is not None
             folded = fold_batch_norm(affine, call, "folded")
             assert folded is not None
-            torch.testing.assert_close(
-                folded.forward(x, folded.weight, folded.bias), norm(y), rtol=1e-12, atol=1e-12
-            )
+            torch.testing.assert_close(folded.conv(x, "w", "w"), norm(y), rtol=1e-12, atol=1e-12)
 
 
 class _ConvBN(nn.Module):

@@ -5,15 +5,18 @@ transposed layer, i.e. the vector-Jacobian product of the linear part)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Affine", "ConvGeometry", "conv2d_call", "linear_call"]
+from ._params import Derived
+
+__all__ = ["Affine", "ConvGeometry", "Norm", "conv2d_call", "linear_call"]
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -36,27 +39,148 @@ class ConvGeometry:
     pre_pad: tuple[int, int, int, int] | None = None
 
 
+Norm = tuple[Tensor, Tensor, Tensor | None, Tensor | None, float]
+"""running mean, running variance, weight, bias and eps of a BatchNorm folded into a layer."""
+
+
+def _positive(w: Tensor) -> Tensor:
+    return w.clamp(min=0)
+
+
+def _negative(w: Tensor) -> Tensor:
+    return w.clamp(max=0)
+
+
+def _square(w: Tensor) -> Tensor:
+    return w * w
+
+
+_PARTS: dict[str, Callable[[Tensor], Tensor]] = {
+    "+": _positive,
+    "-": _negative,
+    "abs": torch.abs,
+    "ones": torch.ones_like,
+    "square": _square,
+}
+
+
 @dataclass(frozen=True)
 class Affine:
     """``weight`` and ``bias`` of one affine call; ``geometry`` is ``None`` for a dense
     layer. ``name`` is the module name (``"layer1.0.conv1+bn1"`` when a BatchNorm is folded
-    in) or the function name when the weight belongs to no module."""
+    in) or the function name when the weight belongs to no module. ``norm``: the BatchNorm
+    folded in, if any.
+
+    Rules see the folded layer through :meth:`conv` and :meth:`transpose`, which run a
+    *part* of its weight — ``"w"`` itself, ``"+"``/``"-"`` its positive/negative part,
+    ``"abs"``, ``"square"``, ``"ones"`` — with a part of its bias. The folded parameters and
+    their parts are made on first use and kept in ``derived`` (per version of the tensors
+    they come from) when given, else made for this call only."""
 
     weight: Tensor
     bias: Tensor | None
     name: str
     geometry: ConvGeometry | None = None
+    norm: Norm | None = None
+    derived: Derived | None = None
 
     @property
     def kind(self) -> str:
         """``"conv"`` or ``"linear"`` (what composites assign rules by)."""
         return "linear" if self.geometry is None else "conv"
 
-    def with_params(self, weight: Tensor, bias: Tensor | None, name: str) -> Affine:
-        return replace(self, weight=weight, bias=bias, name=name)
+    @cached_property
+    def _values(self) -> dict[str, Any]:
+        if self.derived is None:
+            return {}
+        if self.norm is None:
+            return self.derived.values((self.weight, self.bias))
+        mean, var, weight, bias, eps = self.norm
+        return self.derived.values((self.weight, self.bias, mean, var, weight, bias), (eps,))
+
+    def _get(self, key: str, make: Callable[[], Any]) -> Any:
+        values = self._values
+        value = values.get(key)
+        if value is None:
+            with torch.no_grad():
+                value = make()
+            values[key] = value
+        return value
+
+    @property
+    def scale(self) -> Tensor | None:
+        """The folded BatchNorm's per-channel scale ``weight / sqrt(var + eps)``."""
+        norm = self.norm
+        if norm is None:
+            return None
+        _, var, weight, _, eps = norm
+
+        def make() -> Tensor:
+            s = torch.rsqrt(var + eps)
+            return s if weight is None else s * weight
+
+        scale: Tensor = self._get("scale", make)
+        return scale
+
+    def _folded(self) -> tuple[Tensor, Tensor | None]:
+        s, norm = self.scale, self.norm
+        assert s is not None and norm is not None
+        mean, _, _, shift, _ = norm
+        w = self.weight.detach()
+        weight = w * s.view(-1, *([1] * (w.dim() - 1)))
+        bias = -mean * s if self.bias is None else (self.bias.detach() - mean) * s
+        return weight, bias if shift is None else bias + shift
+
+    def weight_part(self, which: str = "w") -> Tensor:
+        """``which`` part of the (folded) weight."""
+        if which == "w":
+            if self.norm is None:
+                return self.weight
+            weight: Tensor = self._get("w", lambda: self._folded()[0])
+            return weight
+        part: Tensor = self._get(which, lambda: _PARTS[which](self.weight_part().detach()))
+        return part
+
+    def bias_part(self, which: str = "w") -> Tensor | None:
+        """The (folded) bias (``"w"``) or its ``"+"``, ``"-"`` or ``"abs"`` part."""
+        bias = self.bias if self.norm is None else self._get("b", lambda: self._folded()[1])
+        if bias is None or which == "w":
+            return bias
+        part: Tensor = self._get("b" + which, lambda: _PARTS[which](bias.detach()))
+        return part
+
+    def per_channel(self, values: Tensor, like: Tensor) -> Tensor:
+        """Per-output-channel ``values`` shaped to broadcast against an output like
+        ``like``."""
+        return values.view(1, -1, *([1] * (like.dim() - 2)))
+
+    def rescale_pair(self, plus: Tensor, minus: Tensor) -> tuple[Tensor, Tensor]:
+        """The outputs of the ``"+"`` and ``"-"`` parts of the folded weight from those of
+        the weight before folding: ``(sW)+ = s+ W+ + s- W-``, ``(sW)- = s+ W- + s- W+``."""
+        s = self.scale
+        if s is None:
+            return plus, minus
+        has_pos, has_neg = self._get("signs", lambda: (bool((s > 0).any()), bool((s < 0).any())))
+        if not has_neg or not has_pos:
+            first, second = (plus, minus) if not has_neg else (minus, plus)
+            f = self.per_channel(s, plus)
+            return first * f, second * f
+        sp, sn = self.per_channel(s.clamp(min=0), plus), self.per_channel(s.clamp(max=0), plus)
+        return plus * sp + minus * sn, minus * sp + plus * sn
+
+    def conv(self, x: Tensor, which: str = "w", bias: str | None = None) -> Tensor:
+        """``x`` through ``which`` part of the (folded) weight, with the ``bias`` part of
+        the bias when given. A new tensor."""
+        b = None if bias is None else self.bias_part(bias)
+        return self.forward(x, self.weight_part(which), b)
+
+    def transpose(self, grad: Tensor, which: str, like: Tensor) -> Tensor:
+        """``which`` part of the (folded) layer, transposed: ``d/dx <grad, conv(x, which)>``
+        for an input ``x`` shaped like ``like`` (whose values are not read). A new tensor."""
+        return self._transpose(grad, self.weight_part(which), like)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """The layer applied to ``x`` with the given parameters."""
+        """The layer's operation applied to ``x`` with the given parameters."""
         g = self.geometry
         if g is None:
             return F.linear(x, weight, bias)
@@ -64,9 +188,7 @@ class Affine:
             x = F.pad(x, g.pre_pad)
         return F.conv2d(x, weight, bias, g.stride, g.padding, g.dilation, g.groups)
 
-    def transpose(self, grad: Tensor, weight: Tensor, like: Tensor) -> Tensor:
-        """The transposed layer: ``d/dx <grad, forward(x, weight, 0)>`` for an input ``x``
-        shaped like ``like`` (whose values are not read). A new tensor."""
+    def _transpose(self, grad: Tensor, weight: Tensor, like: Tensor) -> Tensor:
         g = self.geometry
         if g is None:
             return grad @ weight
@@ -94,14 +216,10 @@ class Affine:
             result = result[..., top : shape[-2] - bottom, left : shape[-1] - right]
         return result
 
-    def bias_term(self, bias: Tensor, like: Tensor) -> Tensor:
-        """``bias`` shaped to broadcast against an output like ``like``."""
-        if self.geometry is None:
-            return bias
-        return bias.view(1, -1, *([1] * (like.dim() - 2)))
 
-
-def conv2d_call(bound: Mapping[str, Any], name: str) -> tuple[Tensor, Affine] | None:
+def conv2d_call(
+    bound: Mapping[str, Any], name: str, derived: Derived | None = None
+) -> tuple[Tensor, Affine] | None:
     """The input and the :class:`Affine` of an ``F.conv2d`` call given its arguments by
     name, or ``None`` when it is not one LRP handles (not a 4-D batch)."""
     x, weight = bound["input"], bound["weight"]
@@ -124,14 +242,18 @@ def conv2d_call(bound: Mapping[str, Any], name: str) -> tuple[Tensor, Affine] | 
         padding = _pair(padding_arg)
     geometry = ConvGeometry(stride, padding, dilation, int(bound.get("groups", 1)), pre_pad)
     bias = bound.get("bias")
-    return x, Affine(weight, bias if isinstance(bias, Tensor) else None, name, geometry)
+    return x, Affine(
+        weight, bias if isinstance(bias, Tensor) else None, name, geometry, derived=derived
+    )
 
 
-def linear_call(bound: Mapping[str, Any], name: str) -> tuple[Tensor, Affine] | None:
+def linear_call(
+    bound: Mapping[str, Any], name: str, derived: Derived | None = None
+) -> tuple[Tensor, Affine] | None:
     """The input and the :class:`Affine` of an ``F.linear`` call given its arguments by
     name."""
     x, weight = bound["input"], bound["weight"]
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor) or weight.dim() != 2:
         return None
     bias = bound.get("bias")
-    return x, Affine(weight, bias if isinstance(bias, Tensor) else None, name)
+    return x, Affine(weight, bias if isinstance(bias, Tensor) else None, name, derived=derived)

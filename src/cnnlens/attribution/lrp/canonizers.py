@@ -12,9 +12,9 @@ to. Residual sums need no rewrite: the driver intercepts the addition itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ._affine import Affine
@@ -46,18 +46,10 @@ def batch_norm_call(bound: Mapping[str, Any]) -> BatchNormCall | None:
 
 
 def fold_batch_norm(layer: Affine, bn: BatchNormCall, name: str) -> Affine | None:
-    """``layer`` followed by the batch norm ``bn`` as one affine layer, or ``None`` when the
-    batch norm's channels are not the layer's outputs."""
+    """``layer`` followed by the batch norm ``bn`` as one affine layer (its folded
+    parameters are made when a rule first asks, see :class:`~._affine.Affine`), or ``None``
+    when the batch norm's channels are not the layer's outputs."""
     _, mean, var, weight, bias, eps = bn
-    out_channels = layer.weight.shape[0]
-    if mean.numel() != out_channels:
+    if mean.numel() != layer.weight.shape[0] or layer.norm is not None:
         return None
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    folded_weight = layer.weight * scale.view(-1, *([1] * (layer.weight.dim() - 1)))
-    folded_bias = shift if layer.bias is None else layer.bias * scale + shift
-    return layer.with_params(folded_weight, folded_bias, name)
+    return replace(layer, name=name, norm=(mean, var, weight, bias, eps))

@@ -51,9 +51,10 @@ from ..._ops import Call, Kind
 from ...errors import InputError
 from ...targets import Target
 from ._affine import Affine, conv2d_call, linear_call
+from ._params import Derived, derived_for
 from .canonizers import batch_norm_call, fold_batch_norm
 from .composites import Composite
-from .rules import AffineRule, divide
+from .rules import AffineRule, Saved, divide
 
 __all__ = ["Flow", "LRPResult", "lrp_rules", "relevance"]
 
@@ -86,6 +87,10 @@ def _per_item(t: Tensor) -> Tensor:
 
 
 class _AffineNode(torch.autograd.Function):
+    """An affine layer under its rule: the rule's forward half gives the output (and what
+    it keeps, also written to ``kept`` for a BatchNorm folded in next), its backward half
+    the input relevance."""
+
     @staticmethod
     def forward(
         ctx: Any,
@@ -93,25 +98,25 @@ class _AffineNode(torch.autograd.Function):
         layer: Affine,
         rule: AffineRule,
         run: _Run,
-        compute: Callable[[], Tensor] | None,
+        plain: Callable[[Tensor], Tensor],
+        prior: Saved | None,
+        kept: list[Saved],
     ) -> Tensor:
-        z = layer.forward(x, layer.weight, layer.bias) if compute is None else compute()
-        # The output is kept only for rules that need it: a later in-place op on it (an
-        # in-place ReLU) would otherwise invalidate it.
-        ctx.uses_output = rule.uses_output
-        if rule.uses_output:
-            ctx.save_for_backward(x, z)
-        else:
-            ctx.save_for_backward(x)
+        z, saved = rule.forward(layer, x, plain, prior)
+        # (A rule keeps its output only when it says so, and the driver then protects it
+        # from in-place writes such as an in-place ReLU.)
+        ctx.save_for_backward(*saved)
         ctx.layer, ctx.rule, ctx.run = layer, rule, run
+        kept.append(saved)
         return z
 
     @staticmethod
-    def backward(ctx: Any, upper: Tensor) -> tuple[Tensor | None, None, None, None, None]:
-        x, z = ctx.saved_tensors if ctx.uses_output else (*ctx.saved_tensors, None)
-        lower = ctx.rule.relevance(ctx.layer, x, z, upper)
+    def backward(
+        ctx: Any, upper: Tensor
+    ) -> tuple[Tensor | None, None, None, None, None, None, None]:
+        lower = ctx.rule.backward(ctx.layer, ctx.saved_tensors, upper)
         ctx.run.log(ctx.layer.name, ctx.rule.name, upper, lower)
-        return lower, None, None, None, None
+        return lower, None, None, None, None, None, None
 
 
 class _PassNode(torch.autograd.Function):
@@ -218,6 +223,15 @@ class _NormNode(torch.autograd.Function):
         return lower, None, None, None, None
 
 
+def _plain(layer: Affine) -> Callable[[Tensor], Tensor]:
+    """The layer as the model runs it."""
+
+    def run(x: Tensor) -> Tensor:
+        return layer.forward(x, layer.weight, layer.bias)
+
+    return run
+
+
 def _activation(value: object) -> bool:
     return isinstance(value, Tensor) and value.requires_grad and value.is_floating_point()
 
@@ -230,8 +244,10 @@ class _State:
     names: dict[int, str]
     run: _Run
     first_open: bool
+    derived: Derived
     layers: int = 0
-    last: tuple[Tensor, Tensor, Affine, AffineRule] | None = None
+    # the last affine node: its output, input, layer, rule and what the rule kept
+    last: tuple[Tensor, Tensor, Affine, AffineRule, Saved] | None = None
     # ids of the tensors LRP nodes keep for backward: in-place writes must spare them
     kept: set[int] = field(default_factory=set)
 
@@ -261,7 +277,7 @@ class _AffineRule(_LRPRule):
         state = self.state
         parse = conv2d_call if call.op == "conv2d" else linear_call
         weight = call.bound["weight"]
-        parsed = parse(call.bound, state.name(weight, call.op))
+        parsed = parse(call.bound, state.name(weight, call.op), state.derived)
         if parsed is None:
             return NotImplemented
         x, layer = parsed
@@ -275,11 +291,12 @@ class _AffineRule(_LRPRule):
         if rule is None:
             rule = state.composite.rule_for(layer.kind)
         call.options["rule"] = rule.name
-        out: Tensor = _AffineNode.apply(x, layer, rule, state.run, None)
+        kept: list[Saved] = []
+        out: Tensor = _AffineNode.apply(x, layer, rule, state.run, _plain(layer), None, kept)
         state.keep(x)
-        if rule.uses_output:
+        if rule.keeps_output:
             state.keep(out)
-        state.last = (out, x, layer, rule)
+        state.last = (out, x, layer, rule, kept[0])
         return out
 
 
@@ -295,7 +312,7 @@ class _BatchNormRule(_LRPRule):
         bn = batch_norm_call(call.bound)
         last = state.last
         if bn is not None and last is not None and last[0] is x:
-            _, source, layer, rule = last
+            _, source, layer, rule, prior = last
             if layer.kind == "conv" or x.dim() == 2:
                 bn_weight = bn[3] if bn[3] is not None else bn[1]
                 folded = fold_batch_norm(
@@ -305,13 +322,15 @@ class _BatchNormRule(_LRPRule):
                     state.last = None
                     detached = x.detach()
 
-                    def compute() -> Tensor:
+                    def compute(_source: Tensor) -> Tensor:
                         out: Tensor = call.apply(detached)
                         return out
 
                     call.options["rule"] = f"folded into the {layer.kind} before ({rule.name})"
-                    out: Tensor = _AffineNode.apply(source, folded, rule, state.run, compute)
-                    if rule.uses_output:
+                    out: Tensor = _AffineNode.apply(
+                        source, folded, rule, state.run, compute, prior, []
+                    )
+                    if rule.keeps_output:
                         state.keep(out)
                     return out
         return _PassNode.apply(x, call.apply, False)
@@ -497,7 +516,13 @@ def relevance(
     run = _Run(record)
     x = inputs.detach().requires_grad_(True)
     with guard(module, needs="lrp"), torch.enable_grad():
-        state = _State(composite, _parameter_names(module), run, composite.first is not None)
+        state = _State(
+            composite,
+            _parameter_names(module),
+            run,
+            composite.first is not None,
+            derived_for(module),
+        )
         with Engine(lrp_rules(state), model=module, strict=strict):
             output = module(x)
         scores = target.score(output)

@@ -1,17 +1,7 @@
-"""LRP rules for affine layers (convolutions and dense layers), zennit style.
+"""LRP rules for affine layers (convolutions and dense layers), as in zennit.
 
-A rule is a small set of settings: a list of *branches*, each a modified copy of the
-layer — which input it sees (``x``, its positive or negative part, ones, the box bounds)
-and how the parameters are modified (clamped, gamma-boosted, set to ones, bias dropped) —
-plus a *gradient mapper* that turns the output relevance and the branch outputs into one
-output-shaped tensor per branch. The input relevance is then
-
-    R_in = sum_i  coef_i * x_i * W_i^T g_i
-
-with ``x_i`` the branch input, ``W_i^T`` the transposed modified layer and ``g_i`` the
-mapped tensor. The equations, for an input ``x_i`` and an output ``j`` with relevance
-``R_j`` (``stab(z) = z + eps * sign(z)``, sign(0) = +1; ``w+``/``w-`` the positive and
-negative parts):
+For an input ``x_i`` and an output ``j`` with relevance ``R_j`` (``stab(z) = z + eps *
+sign(z)``, sign(0) = +1; ``w+``/``w-`` the positive and negative parts, ``b`` the bias):
 
 * epsilon   R_i = sum_j x_i w_ij / stab(z_j) R_j                       (Bach et al. 2015)
 * z+        R_i = sum_j (x+ w+ + x- w-)_ij / stab(sum_i (x+ w+ + x- w-)_ij + b+_j) R_j
@@ -25,16 +15,37 @@ negative parts):
 * w^2       R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j                     (Montavon et al. 2017)
 * pass      R_in = R_out (elementwise layers only)
 
-Nothing here depends on the call being a convolution or a dense layer: the layer is an
-:class:`~._affine.Affine` that knows how to run itself and its transpose.
+A rule runs in two halves: :meth:`~AffineRule.forward` gives the layer's output and the
+tensors the backward half needs, :meth:`~AffineRule.backward` turns the output relevance
+into the input relevance. Each rule does the least convolution work its equation allows,
+counted in passes of the layer (``conv`` forward, ``T`` the transposed layer):
+
+* epsilon: the model's forward, one ``T``.
+* z+: one ``conv`` with ``W+`` and one ``T`` (``x >= 0``, as after a rectifier); for a
+  signed input two of each (``x+`` with ``W+``, ``x-`` with ``W-``).
+* alpha-beta: the denominators ``z+ = conv(x, W+)`` and ``z- = conv(x, W-)`` are computed
+  in the forward pass, and the layer's output is their sum plus the bias, so the plain
+  layer never runs; two ``T``. A signed input needs four ``conv`` (each denominator is its
+  own bilinear map and is computed directly: deriving one from the other by subtraction
+  would cancel catastrophically where one sign dominates) and two ``T``, from
+  ``x+ A + x- B = x (A + B)/2 + |x| (A - B)/2``.
+* gamma: with ``a = conv(|x|, |W|) + |b|`` and the output ``z``, both denominators are
+  ``sign(z) ((1 + g/2) |z| + g/2 a)`` — a sum of terms of one sign, no cancellation — and
+  ``R = (1 + g/2) x T(q sign(z), W) + g/2 |x| T(q, |W|)`` with ``q = R / |stab(d)|``: one
+  ``conv`` and two ``T`` besides the model's forward, for any sign of ``x``.
+* z^B: three of each (first layer only); flat and w^2: one ``conv`` of a single item of
+  ones and one ``T``.
+
+Nothing here depends on the call being a convolution or a dense layer, nor on a folded
+BatchNorm: the layer is an :class:`~._affine.Affine` that runs parts of its (folded) weight
+and their transposes.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -45,15 +56,19 @@ from ._affine import Affine
 __all__ = [
     "PASS",
     "AffineRule",
-    "Branch",
-    "Params",
+    "AlphaBeta",
+    "Epsilon",
+    "Gamma",
     "PassRule",
-    "Rule",
-    "Source",
+    "Saved",
+    "Spread",
+    "ZBox",
+    "ZPlus",
     "alpha_beta",
     "epsilon",
     "flat",
     "gamma",
+    "layer_relevance",
     "stabilize",
     "w_square",
     "z_box",
@@ -61,6 +76,8 @@ __all__ = [
 ]
 
 Bound = float | Tensor
+Saved = tuple[Tensor, ...]
+"""What a rule's forward half keeps for its backward half (the input first)."""
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
@@ -80,115 +97,203 @@ def divide(relevance: Tensor, denominator: Tensor, eps: float) -> Tensor:
     return torch.div(relevance, stable, out=stable)
 
 
-def _plus(*terms: Tensor | None) -> Tensor:
-    """The sum of the terms that are present (a branch with an all-zero input and no bias
-    has no output)."""
-    present = [t for t in terms if t is not None]
-    total = present[0]
-    for t in present[1:]:
-        total = total + t
-    return total
+def _nonnegative(x: Tensor) -> bool:
+    """Whether ``x`` has no negative entry (after a rectifier): the ``x-`` terms vanish."""
+    return x.numel() == 0 or bool(x.min() >= 0)
 
 
-class Source(enum.Enum):
-    """What a branch feeds the layer."""
-
-    INPUT = "x"
-    POSITIVE = "x+"
-    NEGATIVE = "x-"
-    ONES = "1"
-    LOW = "low"
-    HIGH = "high"
+def layer_relevance(rule: AffineRule, layer: Affine, x: Tensor, relevance: Tensor) -> Tensor:
+    """``rule`` on one layer: the input relevance for the output relevance ``relevance``."""
+    with torch.no_grad():
+        _, saved = rule.forward(layer, x, lambda t: layer.conv(t, "w", "w"))
+        return rule.backward(layer, saved, relevance)
 
 
-@dataclass(frozen=True)
-class Params:
-    """How a branch modifies the parameters: ``fn`` applied to the weight (and to the bias
-    when ``bias`` is true; otherwise the bias is dropped). ``fn=None`` keeps them."""
-
-    fn: Callable[[Tensor], Tensor] | None = None
-    bias: bool = True
-
-    def weight(self, w: Tensor) -> Tensor:
-        return w if self.fn is None else self.fn(w)
-
-    def bias_of(self, b: Tensor | None) -> Tensor | None:
-        if b is None or not self.bias:
-            return None
-        return b if self.fn is None else self.fn(b)
+def _share(relevance: Tensor, denominator: Tensor, eps: float) -> Tensor:
+    """``relevance / (denominator + eps * sign)`` for a ``denominator`` of one known sign
+    (``eps`` carries it), written into ``denominator``, a temporary of the caller's."""
+    denominator = denominator.add_(eps)
+    if denominator.shape != relevance.shape:
+        return relevance / denominator
+    return torch.div(relevance, denominator, out=denominator)
 
 
-KEEP = Params()
+class AffineRule:
+    """A rule for affine layers. The default forward half gives the output as the model
+    computes it and keeps the input, and the output too with :attr:`keeps_output` (the
+    driver then spares it from in-place writes)."""
 
-
-def _positive(t: Tensor) -> Tensor:
-    return t.clamp(min=0)
-
-
-def _negative(t: Tensor) -> Tensor:
-    return t.clamp(max=0)
-
-
-def _ones(t: Tensor) -> Tensor:
-    return torch.ones_like(t)
-
-
-def _square(t: Tensor) -> Tensor:
-    return t * t
-
-
-def _gamma_mod(gamma_value: float, part: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    def modify(t: Tensor) -> Tensor:
-        return t + gamma_value * part(t)
-
-    return modify
-
-
-@dataclass(frozen=True)
-class Branch:
-    source: Source
-    params: Params = KEEP
-    coef: float = 1.0
-
-
-Mapper = Callable[[Tensor, Sequence[Tensor | None], Tensor | None], Sequence[Tensor]]
-"""(output relevance, branch outputs, true output) -> one output-shaped tensor per branch.
-A branch output is ``None`` when its input is all zero and it has no bias; the true output
-is ``None`` unless the rule sets ``uses_output``."""
-
-
-class AffineRule(Protocol):
-    """What the driver needs from a rule for an affine layer."""
+    keeps_output: ClassVar[bool] = False
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        raise NotImplementedError
 
     def check(self, x: Tensor) -> None:
         """Raise :class:`InputError` if the rule cannot apply to this input (forward time)."""
+        return None
 
-    @property
-    def uses_output(self) -> bool:
-        """Whether :meth:`relevance` needs the layer's true output ``z``."""
-        ...
+    def forward(
+        self,
+        layer: Affine,
+        x: Tensor,
+        plain: Callable[[Tensor], Tensor],
+        prior: Saved | None = None,
+    ) -> tuple[Tensor, Saved]:
+        """The layer's output and what :meth:`backward` needs. ``plain(x)`` computes the
+        output as the model does; ``prior`` is what this rule's forward kept for the layer
+        before ``layer`` folded a BatchNorm in (so its products are rescaled, not rerun)."""
+        z = plain(x)
+        return z, ((x, z) if self.keeps_output else (x,))
 
-    def relevance(self, layer: Affine, x: Tensor, z: Tensor | None, relevance: Tensor) -> Tensor:
-        """Input relevance from output relevance; ``z`` is the layer's true output (given
-        when :attr:`uses_output`)."""
-        ...
+    def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
+        """Input relevance from output relevance (a new tensor)."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class Rule:
-    """A rule as settings (see the module docstring). ``low``/``high`` are the box bounds
-    for :attr:`Source.LOW`/:attr:`Source.HIGH` branches (``None``: each item's per-channel
-    minimum/maximum of the layer input)."""
+class Epsilon(AffineRule):
+    """LRP-epsilon (LRP-0 as ``eps`` -> 0)."""
 
-    name: str
-    branches: tuple[Branch, ...]
-    mapper: Mapper = field(repr=False)
-    uses_output: bool = False
+    eps: float = 1e-6
+    keeps_output: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return f"epsilon({self.eps:g})"
+
+    def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
+        x, z = saved
+        return layer.transpose(divide(relevance, z, self.eps), "w", x).mul_(x)
+
+
+@dataclass(frozen=True)
+class ZPlus(AffineRule):
+    """z+ (alpha=1, beta=0), generalized to negative inputs as in zennit."""
+
+    stabilizer: float = 1e-6
+
+    @property
+    def name(self) -> str:
+        return "z+"
+
+    def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
+        # The denominator is a sum of non-negative terms: stabilized by + eps.
+        (x,) = saved
+        if _nonnegative(x):
+            g = _share(relevance, layer.conv(x, "+", "+"), self.stabilizer)
+            return layer.transpose(g, "+", x).mul_(x)
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        g = _share(relevance, layer.conv(xp, "+", "+").add_(layer.conv(xn, "-")), self.stabilizer)
+        return layer.transpose(g, "+", x).mul_(xp).add_(layer.transpose(g, "-", x).mul_(xn))
+
+
+@dataclass(frozen=True)
+class AlphaBeta(AffineRule):
+    """alpha-beta: positive contributions weighted by alpha, negative ones by beta."""
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-12:
+            raise InputError("lrp: alpha-beta needs alpha, beta >= 0 and alpha - beta = 1")
+
+    @property
+    def name(self) -> str:
+        return f"alpha{self.alpha:g}-beta{self.beta:g}"
+
+    def forward(
+        self,
+        layer: Affine,
+        x: Tensor,
+        plain: Callable[[Tensor], Tensor],
+        prior: Saved | None = None,
+    ) -> tuple[Tensor, Saved]:
+        # Saved: x and the bias-free sums of the positive and negative contributions.
+        if prior is not None:  # the same sums before a BatchNorm was folded in: rescale
+            _, p, n = prior
+            p, n = layer.rescale_pair(p, n)
+            return plain(x), (x, p, n)
+        if _nonnegative(x):
+            p, n = layer.conv(x, "+"), layer.conv(x, "-")
+        else:
+            xp, xn = x.clamp(min=0), x.clamp(max=0)
+            p = layer.conv(xp, "+").add_(layer.conv(xn, "-"))
+            n = layer.conv(xp, "-").add_(layer.conv(xn, "+"))
+        z = p + n
+        bias = layer.bias_part()
+        if bias is not None:
+            z = z.add_(layer.per_channel(bias, z))
+        return z, (x, p, n)
+
+    def _sum(self, layer: Affine, part: Tensor, which: str) -> Tensor:
+        """``part`` plus ``which`` part of the bias, a new tensor."""
+        bias = layer.bias_part(which)
+        return part.clone() if bias is None else part + layer.per_channel(bias, part)
+
+    def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
+        # Denominators: z+ >= 0 stabilized by + eps, z- <= 0 by - eps.
+        x, p, n = saved
+        u = _share(relevance, self._sum(layer, p, "+"), self.stabilizer).mul_(self.alpha)
+        v = _share(relevance, self._sum(layer, n, "-"), -self.stabilizer).mul_(self.beta)
+        if _nonnegative(x):
+            return layer.transpose(u, "+", x).sub_(layer.transpose(v, "-", x)).mul_(x)
+        # x+ A + x- B with A = T(u, W+) - T(v, W-), B = T(u, W-) - T(v, W+):
+        # A + B = T(u - v, W), A - B = T(u + v, |W|).
+        total = layer.transpose(u - v, "w", x).mul_(x)
+        total.add_(layer.transpose(u.add_(v), "abs", x).mul_(x.abs()))
+        return total.mul_(0.5)
+
+
+@dataclass(frozen=True)
+class Gamma(AffineRule):
+    """Generalized gamma rule (positive weights boosted by ``gamma``)."""
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+    keeps_output: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.gamma < 0:
+            raise InputError(f"lrp: gamma must be non-negative, got {self.gamma}")
+
+    @property
+    def name(self) -> str:
+        return f"gamma({self.gamma:g})"
+
+    def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
+        # Module docstring: |d| = (1 + g/2) |z| + g/2 (conv(|x|, |W|) + |b|) for z != 0,
+        # and outputs with z = 0 pass no relevance (they are neither positive nor negative).
+        x, z = saved
+        half = self.gamma / 2
+        nonneg = _nonnegative(x)
+        magnitude = x if nonneg else x.abs()
+        a = layer.conv(magnitude, "abs", "abs")
+        sign = z.sign()
+        q = a.mul_(half).add_(z.abs(), alpha=1 + half).add_(self.stabilizer)
+        q = torch.div(relevance, q, out=q) if q.shape == relevance.shape else relevance / q
+        q = q.mul_(sign.abs())
+        main = layer.transpose(q * sign, "w", x).mul_(1 + half)
+        boost = layer.transpose(q, "abs", x).mul_(half)
+        if nonneg:
+            return main.add_(boost).mul_(x)
+        return main.mul_(x).add_(boost.mul_(magnitude))
+
+
+@dataclass(frozen=True)
+class ZBox(AffineRule):
+    """z^B for an input bounded by ``low <= x <= high`` (defaults: each item's per-channel
+    minimum and maximum). The bias cancels out of the denominator, as in zennit."""
+
     low: Bound | None = None
     high: Bound | None = None
+    stabilizer: float = 1e-6
+
+    @property
+    def name(self) -> str:
+        return "z^B"
 
     def bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Box bounds broadcastable to ``x``."""
@@ -212,80 +317,52 @@ class Rule:
         return low, high
 
     def check(self, x: Tensor) -> None:
-        if any(b.source in (Source.LOW, Source.HIGH) for b in self.branches):
-            low, high = self.bounds(x)
-            if bool((low > high).any()):
-                raise InputError("lrp: low must not exceed high")
+        low, high = self.bounds(x)
+        if bool((low > high).any()):
+            raise InputError("lrp: low must not exceed high")
 
-    def relevance(self, layer: Affine, x: Tensor, z: Tensor | None, relevance: Tensor) -> Tensor:
-        if self.uses_output and z is None:
-            z = layer.forward(x, layer.weight, layer.bias)
-        signs = {b.source for b in self.branches} & {Source.POSITIVE, Source.NEGATIVE}
-        nonneg = bool(signs) and bool(x.min() >= 0)
-        bounds = (
-            self.bounds(x)
-            if any(b.source in (Source.LOW, Source.HIGH) for b in self.branches)
-            else None
-        )
-        inputs: list[Tensor | None] = []
-        outputs: list[Tensor | None] = []
-        weights: list[Tensor] = []
-        for branch in self.branches:
-            xi = _source(branch.source, x, nonneg, bounds)
-            w = branch.params.weight(layer.weight)
-            b = branch.params.bias_of(layer.bias)
-            out: Tensor | None
-            if xi is x and branch.params is KEEP and z is not None:
-                out = z  # the true output: no need to run the layer again
-            elif xi is None:  # an all-zero input: only the bias is left
-                out = None if b is None else layer.bias_term(b, relevance)
-            else:
-                out = layer.forward(xi, w, b)
-            inputs.append(xi)
-            outputs.append(out)
-            weights.append(w)
-        grads = self.mapper(relevance, outputs, z)
-        del outputs
-        total: Tensor | None = None
-        for branch, xi, w, g in zip(self.branches, inputs, weights, grads, strict=True):
-            if xi is None or branch.coef == 0:
-                continue
-            term = layer.transpose(g, w, x)
-            if branch.source is not Source.ONES:
-                term = term.mul_(xi)
-            if branch.coef != 1.0:
-                term = term.mul_(branch.coef)
-            total = term if total is None else total.add_(term)
-        return torch.zeros_like(x) if total is None else total
-
-
-def _source(
-    source: Source, x: Tensor, nonneg: bool, bounds: tuple[Tensor, Tensor] | None
-) -> Tensor | None:
-    if source is Source.INPUT:
-        return x
-    if source is Source.POSITIVE:
-        return x if nonneg else x.clamp(min=0)
-    if source is Source.NEGATIVE:
-        return None if nonneg else x.clamp(max=0)
-    if source is Source.ONES:
-        return torch.ones_like(x)
-    assert bounds is not None
-    return bounds[0 if source is Source.LOW else 1].expand_as(x)
+    def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
+        (x,) = saved
+        low, high = (b.expand_as(x) for b in self.bounds(x))
+        z = layer.conv(x, "w").sub_(layer.conv(low, "+")).sub_(layer.conv(high, "-"))
+        g = divide(relevance, z, self.stabilizer)
+        total = layer.transpose(g, "w", x).mul_(x)
+        total.sub_(layer.transpose(g, "+", x).mul_(low))
+        return total.sub_(layer.transpose(g, "-", x).mul_(high))
 
 
 @dataclass(frozen=True)
-class PassRule:
+class Spread(AffineRule):
+    """Relevance spread by a fixed weight part (``ones`` for flat, ``square`` for w^2),
+    whatever the input: the denominator is the same for every item, so it is computed
+    on one item of ones."""
+
+    part: str
+    label: str
+    stabilizer: float = 1e-6
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
+        (x,) = saved
+        total = layer.conv(x.new_ones((1, *x.shape[1:])), self.part)
+        g = divide(relevance, total.expand_as(relevance), self.stabilizer)
+        return layer.transpose(g, self.part, x)
+
+
+@dataclass(frozen=True)
+class PassRule(AffineRule):
     """Relevance passes unchanged (elementwise layers: rectifiers, a BatchNorm that follows
     no affine layer). On a layer that changes the shape it raises."""
 
-    name: str = "pass"
-    uses_output: bool = False
+    @property
+    def name(self) -> str:
+        return "pass"
 
-    def check(self, x: Tensor) -> None:
-        return None
-
-    def relevance(self, layer: Affine, x: Tensor, z: Tensor | None, relevance: Tensor) -> Tensor:
+    def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
+        (x,) = saved
         if relevance.shape != x.shape:
             raise InputError(
                 f"lrp: the pass rule needs a layer that keeps the shape; {layer.name} maps "
@@ -297,116 +374,37 @@ class PassRule:
 PASS = PassRule()
 
 
-def epsilon(eps: float = 1e-6) -> Rule:
+def epsilon(eps: float = 1e-6) -> Epsilon:
     """LRP-epsilon (LRP-0 as ``eps`` -> 0)."""
-
-    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
-        return [divide(r, _plus(outs[0]), eps)]
-
-    return Rule(f"epsilon({eps:g})", (Branch(Source.INPUT),), mapper, uses_output=True)
+    return Epsilon(eps)
 
 
-def z_plus(stabilizer: float = 1e-6) -> Rule:
+def z_plus(stabilizer: float = 1e-6) -> ZPlus:
     """z+ (alpha=1, beta=0), generalized to negative inputs as in zennit."""
-
-    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
-        g = divide(r, _plus(outs[0], outs[1]), stabilizer)
-        return [g, g]
-
-    return Rule(
-        "z+",
-        (
-            Branch(Source.POSITIVE, Params(_positive)),
-            Branch(Source.NEGATIVE, Params(_negative, bias=False)),
-        ),
-        mapper,
-    )
+    return ZPlus(stabilizer)
 
 
-def alpha_beta(alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> Rule:
+def alpha_beta(alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> AlphaBeta:
     """alpha-beta: positive contributions weighted by alpha, negative ones by beta."""
-    if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-12:
-        raise InputError("lrp: alpha-beta needs alpha, beta >= 0 and alpha - beta = 1")
-
-    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
-        pos = divide(r, _plus(outs[0], outs[1]), stabilizer)
-        neg = divide(r, _plus(outs[2], outs[3]), stabilizer)
-        return [pos, pos, neg, neg]
-
-    return Rule(
-        f"alpha{alpha:g}-beta{beta:g}",
-        (
-            Branch(Source.POSITIVE, Params(_positive), alpha),
-            Branch(Source.NEGATIVE, Params(_negative, bias=False), alpha),
-            Branch(Source.POSITIVE, Params(_negative), -beta),
-            Branch(Source.NEGATIVE, Params(_positive, bias=False), -beta),
-        ),
-        mapper,
-    )
+    return AlphaBeta(alpha, beta, stabilizer)
 
 
-def gamma(gamma_value: float = 0.25, stabilizer: float = 1e-6) -> Rule:
+def gamma(gamma_value: float = 0.25, stabilizer: float = 1e-6) -> Gamma:
     """Generalized gamma rule (positive weights boosted by ``gamma``)."""
-    if gamma_value < 0:
-        raise InputError(f"lrp: gamma must be non-negative, got {gamma_value}")
-    boost_pos = _gamma_mod(gamma_value, _positive)
-    boost_neg = _gamma_mod(gamma_value, _negative)
-
-    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
-        assert z is not None
-        zero = r.new_zeros(())
-        pos = divide(torch.where(z > 0, r, zero), _plus(outs[0], outs[1]), stabilizer)
-        neg = divide(torch.where(z < 0, r, zero), _plus(outs[2], outs[3]), stabilizer)
-        return [pos, pos, neg, neg]
-
-    return Rule(
-        f"gamma({gamma_value:g})",
-        (
-            Branch(Source.POSITIVE, Params(boost_pos)),
-            Branch(Source.NEGATIVE, Params(boost_neg, bias=False)),
-            Branch(Source.POSITIVE, Params(boost_neg)),
-            Branch(Source.NEGATIVE, Params(boost_pos, bias=False)),
-        ),
-        mapper,
-        uses_output=True,
-    )
+    return Gamma(gamma_value, stabilizer)
 
 
-def z_box(low: Bound | None = None, high: Bound | None = None, stabilizer: float = 1e-6) -> Rule:
+def z_box(low: Bound | None = None, high: Bound | None = None, stabilizer: float = 1e-6) -> ZBox:
     """z^B for an input bounded by ``low <= x <= high`` (defaults: each item's per-channel
-    minimum and maximum). The bias cancels out of the denominator, as in zennit."""
-
-    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
-        o0, o1, o2 = (o if o is not None else r.new_zeros(()) for o in outs)
-        g = divide(r, o0 - o1 - o2, stabilizer)
-        return [g, g, g]
-
-    return Rule(
-        "z^B",
-        (
-            Branch(Source.INPUT, Params(bias=False)),
-            Branch(Source.LOW, Params(_positive, bias=False), -1.0),
-            Branch(Source.HIGH, Params(_negative, bias=False), -1.0),
-        ),
-        mapper,
-        low=low,
-        high=high,
-    )
+    minimum and maximum)."""
+    return ZBox(low, high, stabilizer)
 
 
-def flat(stabilizer: float = 1e-6) -> Rule:
+def flat(stabilizer: float = 1e-6) -> Spread:
     """Flat: each output's relevance spread evenly over the inputs it sees."""
-
-    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
-        return [divide(r, _plus(outs[0]), stabilizer)]
-
-    return Rule("flat", (Branch(Source.ONES, Params(_ones, bias=False)),), mapper)
+    return Spread("ones", "flat", stabilizer)
 
 
-def w_square(stabilizer: float = 1e-6) -> Rule:
+def w_square(stabilizer: float = 1e-6) -> Spread:
     """w^2: each output's relevance spread in proportion to the squared weights."""
-
-    def mapper(r: Tensor, outs: Sequence[Tensor | None], z: Tensor | None) -> list[Tensor]:
-        return [divide(r, _plus(outs[0]), stabilizer)]
-
-    return Rule("w^2", (Branch(Source.ONES, Params(_square, bias=False)),), mapper)
+    return Spread("square", "w^2", stabilizer)

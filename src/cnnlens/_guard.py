@@ -36,7 +36,7 @@ from torch import nn
 
 from .errors import InputError
 
-__all__ = ["guard", "is_torchscript", "require_eager", "unwrap"]
+__all__ = ["guard", "is_torchscript", "parameters", "require_eager", "submodules", "unwrap"]
 
 _PARALLEL: tuple[type[nn.Module], ...] = (
     nn.DataParallel,
@@ -79,7 +79,7 @@ def unwrap(model: Any) -> nn.Module:
 
 def is_torchscript(module: nn.Module) -> bool:
     """Whether any part of ``module`` is TorchScript (scripted or traced)."""
-    return any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
+    return any(isinstance(m, torch.jit.ScriptModule) for m in submodules(module))
 
 
 def require_eager(module: nn.Module, needs: str) -> None:
@@ -96,6 +96,34 @@ def require_eager(module: nn.Module, needs: str) -> None:
         )
 
 
+def submodules(module: nn.Module) -> list[nn.Module]:
+    """``list(module.modules())`` (each module once, ``module`` first) without building the
+    dotted names that ``modules()`` builds and throws away: the guard walks the model twice
+    per call, and on a small model ``modules()`` costs as much as a few layers."""
+    found = [module]
+    seen = {id(module)}
+    index = 0
+    while index < len(found):
+        for child in found[index]._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                found.append(child)
+        index += 1
+    return found
+
+
+def parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of ``modules``, each once (as ``module.parameters()``)."""
+    found: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for m in modules:
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                found.append(p)
+    return found
+
+
 class _ModelState:
     """Per eager module: its lock, the nesting depth of guarded calls (read and written only
     by the thread holding the lock) and the flags to restore at the outermost exit."""
@@ -110,24 +138,29 @@ class _ModelState:
         self.compiled: list[tuple[nn.Module, str, object]] = []
 
     def enter(self, module: nn.Module) -> None:
-        self.training = [(m, m.training) for m in module.modules()]
-        self.requires_grad = [(p, p.requires_grad) for p in module.parameters()]
+        modules = submodules(module)
+        self.training = [(m, m.training) for m in modules]
+        self.requires_grad = [(p, p.requires_grad) for p in parameters(modules)]
         try:
-            module.eval()
-            for p, _ in self.requires_grad:
-                p.requires_grad_(False)
-            self._run_compiled_parts_eagerly(module)
+            # Only what differs is changed: a model already in eval mode with frozen
+            # parameters (the usual case) costs a walk over its modules and nothing more.
+            if any(flag for _, flag in self.training):
+                module.eval()
+            for p, flag in self.requires_grad:
+                if flag:
+                    p.requires_grad_(False)
+            self._run_compiled_parts_eagerly(modules)
         except BaseException:
             self.restore()
             raise
 
-    def _run_compiled_parts_eagerly(self, module: nn.Module) -> None:
+    def _run_compiled_parts_eagerly(self, modules: list[nn.Module]) -> None:
         """Dynamo would trace our interception and recompile at every call: point compiled
         parts at their eager code (instance attributes, put back by :meth:`restore`)."""
         compiled = _optimized_module_type()
         if compiled is None:
             return
-        for m in module.modules():
+        for m in modules:
             # module.compile(): nn.Module.__call__ uses _compiled_call_impl when set
             impl = m.__dict__.get("_compiled_call_impl")
             if impl is not None:
@@ -148,10 +181,14 @@ class _ModelState:
         compiled, self.compiled = self.compiled, []
         for m, name, value in compiled:
             setattr(m, name, value)
+        # Every flag is compared, so whatever changed them is undone; only those that
+        # differ are written (nn.Module.__setattr__ is slow).
         for p, flag in requires_grad:
-            p.requires_grad_(flag)
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
         for m, flag in training:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
 
 
 _STATES: weakref.WeakKeyDictionary[nn.Module, _ModelState] = weakref.WeakKeyDictionary()

@@ -118,6 +118,11 @@ class RectifierRule:
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
         return grad_out * (x > 0).to(grad_out.dtype)
 
+    def clipped(self, x: Tensor, grad_out: Tensor, upper: float) -> Tensor:
+        """The gradient at y = clip(x, 0, ``upper``): the upper clip's mask (as autograd
+        applies it), then :meth:`backward`. Rules override it to fuse the two."""
+        return self.backward(x, grad_out.masked_fill(x >= upper, 0.0))
+
 
 class _Rectify(torch.autograd.Function):
     @staticmethod
@@ -141,9 +146,10 @@ class _Rectify(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
         # the saved tensor is x, or y for output-only rules: y < upper exactly where x < upper
         (saved,) = ctx.saved_tensors
-        if ctx.upper is not None:
-            grad_out = grad_out.masked_fill(saved >= ctx.upper, 0.0)
-        return ctx.rule.backward(saved, grad_out), None, None, None
+        rule: RectifierRule = ctx.rule
+        if ctx.upper is None:
+            return rule.backward(saved, grad_out), None, None, None
+        return rule.clipped(saved, grad_out, ctx.upper), None, None, None
 
 
 class RectifierCallRule(Rule):

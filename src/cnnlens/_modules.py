@@ -9,7 +9,7 @@ from torch import nn
 
 from .errors import InputError
 
-__all__ = ["layer_name", "resolve_layer"]
+__all__ = ["layer_name", "locate_layer", "resolve_layer"]
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -17,18 +17,22 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
 
     An unknown name raises :class:`InputError` listing the closest names.
     """
+    return locate_layer(model, layer)[0]
+
+
+def locate_layer(model: nn.Module, layer: nn.Module | str) -> tuple[nn.Module, str]:
+    """:func:`resolve_layer` and the layer's dotted name, from one walk over the model."""
     if isinstance(layer, nn.Module):
-        if not any(m is layer for m in model.modules()):
-            raise InputError(f"layer {type(layer).__name__} is not a submodule of the model")
-        return layer
+        for name, module in model.named_modules():
+            if module is layer:
+                return module, name
+        raise InputError(f"layer {type(layer).__name__} is not a submodule of the model")
     if not isinstance(layer, str):
         raise InputError(f"layer must be a module or a dotted name, got {type(layer).__name__}")
     named = dict(model.named_modules())
-    if layer in named and layer != "":
-        return named[layer]
-    unwrapped = _without_wrapper_prefix(layer)
-    if unwrapped in named and unwrapped != "":
-        return named[unwrapped]
+    for candidate in (layer, _without_wrapper_prefix(layer)):
+        if candidate in named and candidate != "":
+            return named[candidate], candidate
     names = [n for n in named if n]
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
     if not close:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .._guard import guard
 from .._input_errors import input_errors
-from .._modules import layer_name, resolve_layer
+from .._modules import layer_name, locate_layer
 from .._trace import default_feature_layer
 from ..errors import InputError, ZeroAttributionWarning
 from ..targets import Target, TargetSpec, resolve_target
@@ -262,14 +262,14 @@ def explain(
         guard(model, needs=None if spec.torchscript else method) as module,
     ):
         layer_module: nn.Module | None = None
+        name: str | None = None
         if spec.uses_layer:
-            layer_module = (
-                default_feature_layer(module, inputs)
-                if layer is None
-                else resolve_layer(module, layer)
-            )
+            if layer is None:
+                layer_module = default_feature_layer(module, inputs)
+                name = layer_name(module, layer_module)
+            else:
+                layer_module, name = locate_layer(module, layer)
         attribution = spec.fn(module, inputs.detach(), resolved, layer_module, **options)
-        name = None if layer_module is None else layer_name(module, layer_module)
     result = attribution if isinstance(attribution, MethodResult) else MethodResult(attribution)
     warn_if_zero(method, spec, result.attribution, name)
     return Explanation(

@@ -59,6 +59,11 @@ class GuidedRule(RectifierRule):
         masked: Tensor = torch.ops.aten.threshold_backward(grad_out, x, 0.0)
         return masked.clamp_(min=0)
 
+    def clipped(self, x: Tensor, grad_out: Tensor, upper: float) -> Tensor:
+        # g where 0 < x < upper, in one kernel (autograd's own ReLU6 backward)
+        masked: Tensor = torch.ops.aten.hardtanh_backward(grad_out, x, 0.0, upper)
+        return masked.clamp_(min=0)
+
 
 class DeconvnetRule(RectifierRule):
     """Deconvnet: the rectifier is applied to the gradient itself, whatever the input was."""
@@ -68,6 +73,12 @@ class DeconvnetRule(RectifierRule):
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
         del x
         return grad_out.clamp(min=0)
+
+    def clipped(self, x: Tensor, grad_out: Tensor, upper: float) -> Tensor:
+        # max(g, 0) where x < upper; x >= 0 here (the rule sees the output), so the lower
+        # bound -1 masks nothing
+        masked: Tensor = torch.ops.aten.hardtanh_backward(grad_out, x, -1.0, upper)
+        return masked.clamp_(min=0)
 
 
 class _RectifiedActivation(torch.autograd.Function):

@@ -119,6 +119,42 @@ def test_overlapping_max_pools_and_shared_relu_sum_exactly() -> None:
     _check_delta(model, x, torch.randn(3, 3, 15, 15, dtype=torch.float64), rel=1e-9)
 
 
+class WritesOverItsActivations(nn.Module):
+    """Writes in place over a rectifier's input and output after the call: the reference
+    pass keeps those tensors without copying them, sees the change and runs again with
+    copies."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 3)
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        y = F.relu(h)
+        if self.inplace:
+            h.mul_(2.0)
+            y.add_(h)
+        else:
+            y = y + 2.0 * h
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def test_in_place_writes_after_a_call_keep_the_exact_result() -> None:
+    torch.manual_seed(0)
+    writes = WritesOverItsActivations(inplace=True).double()
+    plain = WritesOverItsActivations(inplace=False).double()
+    plain.load_state_dict(writes.state_dict())
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    baseline = torch.randn(1, 3, 9, 9, dtype=torch.float64)
+    expected = _deeplift(plain, x, target=1, baseline=baseline)
+    torch.testing.assert_close(
+        _deeplift(writes, x, target=1, baseline=baseline), expected, rtol=1e-12, atol=1e-12
+    )
+    _check_delta(writes, x, baseline, rel=1e-9)
+
+
 def test_elementwise_activations_sum_exactly() -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 6, 3),

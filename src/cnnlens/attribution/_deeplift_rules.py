@@ -79,13 +79,46 @@ class Record:
     other0: Tensor | None = None
     winners: Tensor | None = None
 
+    def tensors(self) -> list[Tensor]:
+        return [t for t in (self.x0, self.y0, self.other0, self.winners) if t is not None]
+
+    def copied(self) -> Record:
+        def copy(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.clone()
+
+        return Record(
+            self.kind, self.x0.clone(), copy(self.y0), copy(self.other0), copy(self.winners)
+        )
+
 
 @dataclass
 class DeepLift:
-    """The two rule sets of one DeepLIFT run and the records they share."""
+    """The two rule sets of one DeepLIFT run and the records they share.
 
+    The reference pass keeps the tensors it met, not copies of them (a copy of every
+    activation costs as much as the rectifiers themselves), with their version counters:
+    :meth:`overwritten` tells whether the model then wrote over one of them in place, and
+    the reference pass is then run again with ``copy=True``.
+    """
+
+    copy: bool = False
     records: list[Record] = field(default_factory=list)
+    versions: list[list[int]] = field(default_factory=list)
     used: int = 0
+
+    def keep(self, record: Record) -> None:
+        if self.copy:
+            record = record.copied()
+        else:
+            self.versions.append([t._version for t in record.tensors()])
+        self.records.append(record)
+
+    def overwritten(self) -> bool:
+        """Whether a kept tensor was changed in place after the call that made it."""
+        return any(
+            [t._version for t in record.tensors()] != versions
+            for record, versions in zip(self.records, self.versions, strict=True)
+        )
 
     def reference_rules(self) -> RuleSet:
         return RuleSet("deeplift", _rules(_Keep(self)), lost="")
@@ -157,15 +190,15 @@ class _Keep(Rule):
         return _NAMES[call.kind]
 
     def __call__(self, call: Call) -> Any:
-        keep = self.run.records.append
-        x0 = call.x.detach().clone()
+        keep = self.run.keep
+        x0 = call.x.detach()
         if call.kind is Kind.MAX_POOL:
             y, winners, wanted = _pool_call(call)
-            keep(Record(call.kind, x0, y.detach().clone(), winners=winners))
+            keep(Record(call.kind, x0, y.detach(), winners=winners))
             return (y, winners) if wanted else y
-        other0 = None if call.other is None else call.other.detach().clone()
-        y = call.apply(call.x)
-        y0 = y.detach().clone() if call.kind in (Kind.RECTIFIER, Kind.ACTIVATION) else None
+        other0 = None if call.other is None else call.other.detach()
+        y = call.apply(call.x)  # out of place: x0 stays as it was
+        y0 = y.detach() if call.kind in (Kind.RECTIFIER, Kind.ACTIVATION) else None
         keep(Record(call.kind, x0, y0, other0))
         return y
 
@@ -268,14 +301,19 @@ def _rectifier(call: Call, record: Record) -> Tensor:
     assert record.y0 is not None
     with torch.no_grad():
         y = x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
-        dx = x - record.x0
         # Δy/Δx lies in [0, 1] also in floating point (clipping is monotonic), so only
-        # Δx = 0 needs the fallback to the gradient.
+        # Δx = 0 (often a tenth of the units) needs the fallback to the gradient
+        # [0 < x < upper]. Every full-size pass and temporary here costs about as much as
+        # the rectifier itself: two buffers, written in place.
+        dx = torch.sub(x, record.x0)
+        ties = dx == 0
         m = torch.sub(y, record.y0).div_(dx)
-        same = dx == 0
-        if bool(same.any()):
-            gradient = x > 0 if upper is None else (x > 0) & (x < upper)
-            m = torch.where(same, gradient.to(m.dtype), m)
+        one = torch.ones((), dtype=m.dtype, device=m.device).expand_as(m)
+        if upper is None:
+            torch.ops.aten.threshold_backward.grad_input(one, x, 0.0, grad_input=dx)
+        else:
+            torch.ops.aten.hardtanh_backward.grad_input(one, x, 0.0, upper, grad_input=dx)
+        torch.where(ties, dx, m, out=m)
     out: Tensor = _Multiplier.apply(x, (y,), m)
     return out
 

@@ -85,16 +85,22 @@ def deeplift_references(
     return [_one_reference(baseline, inputs, "baseline")]
 
 
+def _reference_pass(module: nn.Module, reference: Tensor, run: DeepLift) -> DeepLift:
+    with torch.no_grad(), all_dependent(), Engine(run.reference_rules(), warn=False):
+        module(reference)
+    return run
+
+
 def _multipliers(
     module: nn.Module, inputs: Tensor, reference: Tensor, target: Target, strict: bool
 ) -> Tensor:
     """DeepLIFT multipliers from the target score to ``inputs`` against ``reference``."""
-    run = DeepLift()
     # Both passes treat every tensor as input-dependent, so that they classify calls the
     # same way although only the second has gradients (a product with a constant then gets
     # the product split, which is exact for it too).
-    with torch.no_grad(), all_dependent(), Engine(run.reference_rules(), warn=False):
-        module(reference)
+    run = _reference_pass(module, reference, DeepLift())
+    if run.overwritten():  # the model wrote in place over what the pass kept
+        run = _reference_pass(module, reference, DeepLift(copy=True))
     x = inputs.detach().requires_grad_(True)
     with torch.enable_grad(), all_dependent():
         with Engine(run.input_rules(), model=module, strict=strict):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._engine import Engine
 from .._hooks import Recorder
 from .._modules import layer_name
 from .._progress import progress as progress_bar
@@ -32,7 +34,8 @@ from ..errors import InputError
 from ..targets import Target
 from ._cam_model import CamModel, cam_model
 from .api import MethodSpec
-from .gradient import guided_backprop
+from .gradient import warn_if_plain
+from .rectifiers import Switch, guided_rules
 
 __all__ = [
     "METHODS",
@@ -68,9 +71,34 @@ def capture(
     """Run ``module`` on ``inputs`` recording ``layer``'s last call; with ``gradient=True``
     also the gradient of the target scores with respect to it (the backward pass stops at
     the layer). Top-class targets are fixed from this forward pass."""
+    output, activation = _recording(module, inputs, layer, leaf=gradient)
+    target.resolve(output)
+    grad: Tensor | None = None
+    if gradient:
+        grad = _gradient_at(activation, _scores(target, output, inputs.shape[0]))
+        output = _detach(output)
+    return LayerCapture(module, inputs, target, layer, activation.detach(), grad, output)
+
+
+def _recording(
+    module: nn.Module,
+    inputs: Tensor,
+    layer: nn.Module,
+    *,
+    leaf: bool,
+    mode: AbstractContextManager[Any] | None = None,
+) -> tuple[Any, Tensor]:
+    """The model's output for ``inputs`` and ``layer``'s output at its last call, checked to
+    be a feature map; gradients on with ``leaf`` (the layer's output is then an autograd
+    leaf) or ``mode`` (a context the forward pass runs in; the layer's output stays in the
+    graph)."""
     batch = inputs.shape[0]
     try:
-        with Recorder([layer], leaf=gradient) as recorder, torch.set_grad_enabled(gradient):
+        with (
+            Recorder([layer], leaf=leaf) as recorder,
+            torch.set_grad_enabled(leaf or mode is not None),
+            mode if mode is not None else nullcontext(),
+        ):
             output = module(inputs)
     except TypeError as exc:
         if "cannot record" in str(exc):
@@ -84,21 +112,25 @@ def capture(
             f"layer {_name(module, layer)} gives {tuple(activation.shape)}; class activation "
             f"maps need a feature map (B={batch}, C, h, w)"
         )
-    target.resolve(output)
-    grad: Tensor | None = None
-    if gradient:
-        scores = target.score(output)
-        if scores.shape != (batch,):
-            raise InputError(
-                f"the target gives {tuple(scores.shape)} scores for a batch of {batch}"
-            )
-        if scores.requires_grad:
-            (g,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
-            grad = torch.zeros_like(activation) if g is None else g
-        else:  # the score does not depend on the layer at all
-            grad = torch.zeros_like(activation)
-        output = _detach(output)
-    return LayerCapture(module, inputs, target, layer, activation.detach(), grad, output)
+    return output, activation
+
+
+def _scores(target: Target, output: Any, batch: int) -> Tensor:
+    scores = target.score(output)
+    if scores.shape != (batch,):
+        raise InputError(f"the target gives {tuple(scores.shape)} scores for a batch of {batch}")
+    return scores
+
+
+def _gradient_at(activation: Tensor, scores: Tensor, *, keep_graph: bool = False) -> Tensor:
+    """∂(Σ scores)/∂activation; zeros where the scores do not depend on it."""
+    if scores.requires_grad:
+        (g,) = torch.autograd.grad(
+            scores.sum(), activation, allow_unused=True, retain_graph=keep_graph
+        )
+        if g is not None:
+            return g
+    return torch.zeros_like(activation)
 
 
 def _detach(output: Any) -> Any:
@@ -139,7 +171,9 @@ class _CamVariant:
     ) -> Tensor:
         if layer is None:
             raise InputError("class activation maps need a layer")
-        cap = capture(module, inputs, target, layer, gradient=self.gradient)
+        return self.map(capture(module, inputs, target, layer, gradient=self.gradient), **options)
+
+    def map(self, cap: LayerCapture, **options: Any) -> Tensor:
         weights, maps = self.weigh(cap, **options)
         cam = (weights * maps).sum(dim=1)
         return F.relu(cam) if self.rectify else cam
@@ -312,13 +346,35 @@ def _guided_gradcam(
     **options: Any,
 ) -> Tensor:
     """Selvaraju et al. 2017: guided backpropagation ⊙ Grad-CAM upsampled (bilinearly) to
-    the input size. (B, C, H, W), signed as guided backpropagation is."""
-    cam = _GRADCAM(module, inputs, target, layer)  # fixes top-class targets first
-    guided = guided_backprop(
-        module, inputs, target, None, strict=bool(options.get("strict", False))
-    )
+    the input size. (B, C, H, W), signed as guided backpropagation is.
+
+    One forward pass, under guided backpropagation's rules with the layer recorded, serves
+    both: the backward pass to the layer with the rules passing the true gradient gives
+    Grad-CAM's, then the guided backward pass to the input (the two methods run one after
+    the other would make two forward passes)."""
+    if layer is None:
+        raise InputError("class activation maps need a layer")
+    switch = Switch(guided=False)
+    rules = guided_rules(switch)
+    engine = Engine(rules, model=module, strict=bool(options.get("strict", False)))
+    x = inputs.detach().requires_grad_()
+    output, activation = _recording(module, x, layer, leaf=False, mode=engine)
+    target.resolve(output)
+    scores = _scores(target, output, x.shape[0])
+    if not scores.requires_grad:
+        raise InputError("the target score does not depend on the input")
+    grad = _gradient_at(activation, scores, keep_graph=True)
+    switch.guided = True
+    (guided,) = torch.autograd.grad(scores.sum(), x, allow_unused=True)
+    if guided is None:
+        guided = torch.zeros_like(x)
+    warn_if_plain(rules, sum(engine.counts.values()), stacklevel=3)
+    cap = LayerCapture(module, inputs, target, layer, activation.detach(), grad, _detach(output))
     upsampled = F.interpolate(
-        cam.unsqueeze(1), size=inputs.shape[-2:], mode="bilinear", align_corners=False
+        _GRADCAM.map(cap).unsqueeze(1),
+        size=inputs.shape[-2:],
+        mode="bilinear",
+        align_corners=False,
     )
     return guided * upsampled.to(guided.dtype)
 

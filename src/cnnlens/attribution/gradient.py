@@ -41,6 +41,7 @@ __all__ = [
     "path_points",
     "saliency",
     "smoothgrad",
+    "warn_if_plain",
 ]
 
 _DEFAULT_ROWS = 16
@@ -90,16 +91,21 @@ def input_gradient(
     return grad, 0 if mode is None else sum(mode.counts.values())
 
 
-def _rectified(
-    module: nn.Module, inputs: Tensor, target: Target, rules: RuleSet, strict: bool
-) -> Tensor:
-    grad, calls = input_gradient(module, inputs, target, rules=rules, strict=strict)
+def warn_if_plain(rules: RuleSet, calls: int, *, stacklevel: int) -> None:
+    """Warn that a rectifier method gave the plain gradient: no call got its rule."""
     if calls == 0:
         warnings.warn(
             f"{rules.method}: the model made no rectifier or activation call (ReLU, SiLU, "
             "GELU, ...); the result is the plain gradient",
-            stacklevel=4,
+            stacklevel=stacklevel + 1,
         )
+
+
+def _rectified(
+    module: nn.Module, inputs: Tensor, target: Target, rules: RuleSet, strict: bool
+) -> Tensor:
+    grad, calls = input_gradient(module, inputs, target, rules=rules, strict=strict)
+    warn_if_plain(rules, calls, stacklevel=4)
     return grad
 
 

@@ -43,26 +43,42 @@ from .._engine import Rule, RuleSet, gradient_rules
 from .._hooks import RectifierCallRule, RectifierRule
 from .._ops import Call
 
-__all__ = ["DECONVNET", "GUIDED", "DeconvnetRule", "GuidedRule"]
+__all__ = ["DECONVNET", "GUIDED", "DeconvnetRule", "GuidedRule", "Switch", "guided_rules"]
+
+
+class Switch:
+    """Whether guided backpropagation's rules rectify the gradient (``guided``) or pass the
+    true one, read when the backward pass runs: one forward pass then serves a backward
+    pass with the true gradient (Grad-CAM's, in Guided Grad-CAM) and a guided one."""
+
+    def __init__(self, guided: bool = True) -> None:
+        self.guided = guided
+
+
+_ALWAYS = Switch()
 
 
 class GuidedRule(RectifierRule):
-    """Guided backpropagation: pass g only where the input was positive and g is positive.
+    """Guided backpropagation: pass g only where the input was positive and g is positive
+    (with ``switch.guided`` off: the true gradient, g where the input was positive).
 
     Only the sign of the rectifier's input matters, so the rule works on its output
     (``output_only``) and in-place rectifiers stay in place."""
 
     output_only = True
 
+    def __init__(self, switch: Switch = _ALWAYS) -> None:
+        self.switch = switch
+
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
         # g where x > 0 (one fused kernel, as autograd's own ReLU backward), then max(., 0)
         masked: Tensor = torch.ops.aten.threshold_backward(grad_out, x, 0.0)
-        return masked.clamp_(min=0)
+        return masked.clamp_(min=0) if self.switch.guided else masked
 
     def clipped(self, x: Tensor, grad_out: Tensor, upper: float) -> Tensor:
         # g where 0 < x < upper, in one kernel (autograd's own ReLU6 backward)
         masked: Tensor = torch.ops.aten.hardtanh_backward(grad_out, x, 0.0, upper)
-        return masked.clamp_(min=0)
+        return masked.clamp_(min=0) if self.switch.guided else masked
 
 
 class DeconvnetRule(RectifierRule):
@@ -82,43 +98,50 @@ class DeconvnetRule(RectifierRule):
 
 
 class _RectifiedActivation(torch.autograd.Function):
-    """y = f(x); backward: max(f'(x) · g, 0) (``derivative``) or max(g, 0)."""
+    """y = f(x); backward: max(f'(x) · g, 0) (``derivative``; f'(x) · g with
+    ``switch.guided`` off) or max(g, 0)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, call: Call, derivative: bool) -> Tensor:
-        ctx.fn, ctx.derivative = call.apply, derivative
+    def forward(ctx: Any, x: Tensor, call: Call, derivative: bool, switch: Switch) -> Tensor:
+        ctx.fn, ctx.derivative, ctx.switch = call.apply, derivative, switch
         if derivative:
             ctx.save_for_backward(x)
         out: Tensor = call.apply(x)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         if not ctx.derivative:
-            return grad.clamp(min=0), None, None
+            return grad.clamp(min=0), None, None, None
         (x,) = ctx.saved_tensors
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
             (signal,) = torch.autograd.grad(ctx.fn(leaf), leaf, grad)
-        return signal.clamp_(min=0), None, None
+        return signal.clamp_(min=0) if ctx.switch.guided else signal, None, None, None
 
 
 class _ActivationRule(Rule):
-    def __init__(self, name: str, derivative: bool) -> None:
+    def __init__(self, name: str, derivative: bool, switch: Switch = _ALWAYS) -> None:
         self.name = name
         self.derivative = derivative
+        self.switch = switch
 
     def __call__(self, call: Call) -> Any:
-        return _RectifiedActivation.apply(call.x, call, self.derivative)
+        return _RectifiedActivation.apply(call.x, call, self.derivative, self.switch)
 
 
-GUIDED = RuleSet(
-    "guided_backprop",
-    gradient_rules(
-        rectifier=RectifierCallRule(GuidedRule(), "guided"),
-        activation=_ActivationRule("guided: max(f'(x)·g, 0)", derivative=True),
-    ),
-)
+def guided_rules(switch: Switch = _ALWAYS) -> RuleSet:
+    """Guided backpropagation's rules, rectifying the gradient while ``switch.guided``."""
+    return RuleSet(
+        "guided_backprop",
+        gradient_rules(
+            rectifier=RectifierCallRule(GuidedRule(switch), "guided"),
+            activation=_ActivationRule("guided: max(f'(x)·g, 0)", True, switch),
+        ),
+    )
+
+
+GUIDED = guided_rules()
 DECONVNET = RuleSet(
     "deconvnet",
     gradient_rules(

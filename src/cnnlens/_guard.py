@@ -77,15 +77,17 @@ def unwrap(model: Any) -> nn.Module:
             current = inner
 
 
-def is_torchscript(module: nn.Module) -> bool:
-    """Whether any part of ``module`` is TorchScript (scripted or traced)."""
-    return any(isinstance(m, torch.jit.ScriptModule) for m in submodules(module))
+def is_torchscript(module: nn.Module, modules: list[nn.Module] | None = None) -> bool:
+    """Whether any part of ``module`` is TorchScript (scripted or traced); ``modules``:
+    its :func:`submodules` when the caller has them."""
+    parts = submodules(module) if modules is None else modules
+    return any(isinstance(m, torch.jit.ScriptModule) for m in parts)
 
 
-def require_eager(module: nn.Module, needs: str) -> None:
+def require_eager(module: nn.Module, needs: str, modules: list[nn.Module] | None = None) -> None:
     """Raise :class:`InputError` when ``module`` is TorchScript: ``needs`` names the work
     that has to intercept its operations or hook its layers."""
-    if is_torchscript(module):
+    if is_torchscript(module, modules):
         raise InputError(
             f"{needs} cannot run on a TorchScript model: TorchScript executes its operations "
             "outside Python, where cnnlens cannot intercept them or hook its layers. Use the "
@@ -97,18 +99,21 @@ def require_eager(module: nn.Module, needs: str) -> None:
 
 
 def submodules(module: nn.Module) -> list[nn.Module]:
-    """``list(module.modules())`` (each module once, ``module`` first) without building the
-    dotted names that ``modules()`` builds and throws away: the guard walks the model twice
-    per call, and on a small model ``modules()`` costs as much as a few layers."""
-    found = [module]
-    seen = {id(module)}
-    index = 0
-    while index < len(found):
-        for child in found[index]._modules.values():
-            if child is not None and id(child) not in seen:
-                seen.add(id(child))
-                found.append(child)
-        index += 1
+    """``list(module.modules())`` (each module once, in the same order) without building
+    the dotted names that ``modules()`` builds and throws away: the guard walks the model
+    at every call, and on a small model ``modules()`` costs as much as a few layers."""
+    found: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def visit(m: nn.Module) -> None:
+        if id(m) not in seen:
+            seen.add(id(m))
+            found.append(m)
+            for child in m._modules.values():
+                if child is not None:
+                    visit(child)
+
+    visit(module)
     return found
 
 
@@ -137,8 +142,7 @@ class _ModelState:
         self.requires_grad: list[tuple[nn.Parameter, bool]] = []
         self.compiled: list[tuple[nn.Module, str, object]] = []
 
-    def enter(self, module: nn.Module) -> None:
-        modules = submodules(module)
+    def enter(self, module: nn.Module, modules: list[nn.Module]) -> None:
         self.training = [(m, m.training) for m in modules]
         self.requires_grad = [(p, p.requires_grad) for p in parameters(modules)]
         try:
@@ -219,13 +223,14 @@ class guard:  # noqa: N801 (used like a function: ``with guard(model) as module`
         self._state: _ModelState | None = None
 
     def __enter__(self) -> nn.Module:
+        modules = submodules(self.module)
         if self.needs is not None:
-            require_eager(self.module, self.needs)
+            require_eager(self.module, self.needs, modules)
         state = _state(self.module)
         state.lock.acquire()
         try:
             if state.depth == 0:
-                state.enter(self.module)
+                state.enter(self.module, modules)
             state.depth += 1
         except BaseException:
             state.lock.release()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._engine import Engine
+from .._guard import submodules
 from .._hooks import Recorder
 from .._modules import layer_name
 from .._progress import progress as progress_bar
@@ -300,7 +301,6 @@ def linear_head(cap: LayerCapture) -> tuple[nn.Linear, Tensor]:
     and that feature map. Checked numerically on the captured forward pass, so any
     architecture with such a head qualifies and nothing else does."""
     output = cap.output
-    name = _name(cap.module, cap.layer)
     if not isinstance(output, Tensor) or output.dim() != 2:
         raise InputError(
             "cam needs a classifier whose output is (batch, classes); use gradcam for other heads"
@@ -308,7 +308,7 @@ def linear_head(cap: LayerCapture) -> tuple[nn.Linear, Tensor]:
     channels = cap.activation.shape[1]
     candidates = [
         m
-        for m in cap.module.modules()
+        for m in submodules(cap.module)
         if isinstance(m, nn.Linear)
         and m.in_features == channels
         and m.out_features == output.shape[1]
@@ -325,7 +325,7 @@ def linear_head(cap: LayerCapture) -> tuple[nn.Linear, Tensor]:
                 return linear, maps
     raise InputError(
         f"cam needs the model's output to be a linear layer applied to the global average of "
-        f"the feature map of layer {name}, and this model does not compute that; pick the layer "
+        f"the feature map of layer {_name(cap.module, cap.layer)}, and this model does not compute that; pick the layer "
         f"before the global pooling, use gradcam, or train such a head with "
         f"cnnlens.cam_model(model, layer, num_classes).fit(dataset)"
     )

@@ -341,3 +341,37 @@ def test_the_clean_pass_runs_once_per_item() -> None:
         assert sorted(full) == [1, 1, 1]
     finally:
         handle.remove()
+
+
+class _Arithmetic(nn.Module):
+    """Sums, differences and products of patched values, constants and per-channel
+    parameters, in both operand orders, in place and not (the engine writes into a copy it
+    made for the step when it can: the order of a difference must survive that)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 5, padding=2)
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+        self.scale = nn.Parameter(torch.randn(1, 4, 1, 1))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, g = self.a(x), self.b(x)
+        d = (h - g) * self.scale
+        e = 2.0 - d
+        e = g.sub(e)
+        e += h
+        e = torch.mul(e, h) - torch.relu(self.c(d))
+        e *= 0.5
+        return self.fc(e.amax(dim=(2, 3)))
+
+
+def test_binary_operations_stay_exact() -> None:
+    torch.manual_seed(10)
+    model = _Arithmetic().double().eval()
+    x = torch.randn(2, 3, 20, 20, dtype=torch.float64)
+    plain, fast = _both(model, x, window=5, stride=4)
+    _assert_equal(model, x, plain, fast)
+    kinds = [kind for _, kind in inc.plan(model, x, (5, 5)).steps]
+    assert kinds.count("merge") == 8 and kinds.index("dense") == len(kinds) - 2  # at amax

@@ -683,12 +683,33 @@ class _Run:
         def cut(v: Any) -> Any:
             return _region(v, top, left, height, width, 0.0) if isinstance(v, Patched) else v
 
-        if _inplace(node, module):
-            out = _call_binary_out_of_place(node, cut(a), cut(b))
+        ca, cb = cut(a), cut(b)
+        name = _binary_name(node)
+        if self._writable(a, ca, node.args[0], cb):
+            out = _BINARY_INPLACE[name](ca, cb)
+        elif name != "sub" and self._writable(b, cb, node.args[1], ca):
+            out = _BINARY_INPLACE[name](cb, ca)  # addition and product commute
         else:
-            out = _call(node, module, (cut(a), cut(b)), {}, self.module)
+            out = _BINARY[name](ca, cb)
         self._note(node, "merge")
         return Patched(base, out, top, left)
+
+    def _writable(self, value: Any, cut: Any, source: Any, other: Any) -> bool:
+        """Whether the result may be written into ``cut``, the region of ``value`` (from
+        node ``source``): it is a copy made for this step, or the patch of a node this step
+        alone reads; and the other operand broadcasts to it without a type change."""
+        if not isinstance(value, Patched):
+            return False
+        fresh = cut is not value.patch or (source in self.owned and len(source.users) == 1)
+        if not fresh:
+            return False
+        if isinstance(other, Tensor):
+            fits = other.dim() <= cut.dim() and all(
+                o in (1, c)
+                for o, c in zip(reversed(other.shape), reversed(cut.shape), strict=False)
+            )
+            return fits and torch.result_type(cut, other) == cut.dtype
+        return torch.result_type(cut, other) == cut.dtype
 
     def _cat(
         self, node: torch.fx.Node, args: Sequence[Any], kwargs: dict[str, Any], base: Tensor
@@ -729,13 +750,25 @@ def _is_binary(node: torch.fx.Node) -> bool:
     return node.op == "call_method" and node.target in _BINARY_METHODS
 
 
-def _call_binary_out_of_place(node: torch.fx.Node, a: Any, b: Any) -> Tensor:
-    name = str(node.target).rstrip("_")
-    if node.target is operator.iadd or name == "add":
-        return a + b
-    if name == "mul":
-        return a * b
-    return a - b
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "add": operator.add,
+    "mul": operator.mul,
+    "sub": operator.sub,
+}
+_BINARY_INPLACE: dict[str, Callable[[Any, Any], Any]] = {
+    "add": operator.iadd,
+    "mul": operator.imul,
+    "sub": operator.isub,
+}
+
+
+def _binary_name(node: torch.fx.Node) -> str:
+    """ "add", "mul" or "sub" for a node that ``_is_binary`` accepts."""
+    if node.target is operator.iadd:
+        return "add"
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", "").strip("_")
+    return str(node.target).rstrip("_")
 
 
 def _call(

@@ -420,9 +420,8 @@ def scorecam_slow(model: nn.Module, x: Tensor, layer: nn.Module, c: int) -> Tens
     return F.relu((w[:, None, None] * act).sum(dim=0))
 
 
-def test_scorecam_is_the_definition_and_bounded_by_batch_size() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(
+def _scorecam_model() -> nn.Sequential:
+    return nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1),
         nn.ReLU(),
         nn.Conv2d(6, 5, 3, padding=1),
@@ -431,6 +430,11 @@ def test_scorecam_is_the_definition_and_bounded_by_batch_size() -> None:
         nn.Flatten(),
         nn.Linear(5, 4),
     ).double()
+
+
+def test_scorecam_is_the_definition_and_bounded_by_batch_size() -> None:
+    torch.manual_seed(0)
+    model = _scorecam_model()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     seen: list[int] = []
     handle = model[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
@@ -447,6 +451,28 @@ def test_scorecam_is_the_definition_and_bounded_by_batch_size() -> None:
     torch.testing.assert_close(again.attribution, e.attribution)
     with pytest.raises(InputError, match="batch_size"):
         explain(model, x, "scorecam", layer="3", batch_size=0)
+
+
+def test_scorecam_runs_the_blank_input_once_per_item_for_dead_channels() -> None:
+    """Channels that are zero everywhere (after a ReLU) make all-zero masks: one forward of
+    the blanked item stands for all of them, and the result is still the definition."""
+    torch.manual_seed(1)
+    model = _scorecam_model()
+    with torch.no_grad():
+        model[2].bias[[0, 2]] = -1e3  # channels 0 and 2 of layer 3 are dead
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    seen: list[int] = []
+    handle = model[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        e = explain(model, x, "scorecam", target=[1, 3], layer="3", batch_size=4, progress=False)
+    finally:
+        handle.remove()
+    # the capture pass (2 items), then 2 x 3 masks in batches of 4, then one blank per item
+    assert seen == [2, 4, 2, 2]
+    for i, c in enumerate([1, 3]):
+        torch.testing.assert_close(
+            e.attribution[i], scorecam_slow(model, x[i : i + 1], model[3], c)
+        )
 
 
 # ---------------------------------------------------------------------------------------

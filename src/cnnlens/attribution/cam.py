@@ -238,8 +238,12 @@ class _Cam(_CamVariant):
 class _ScoreCam(_CamVariant):
     """Wang et al. 2020: each channel, upsampled and scaled to [0, 1], masks the input; the
     target scores of the masked inputs, softmax-normalized over channels, are the weights.
-    Masked inputs are evaluated ``batch_size`` at a time under inference mode, so memory is
-    bounded by the batch size whatever the number of channels."""
+    Masked inputs are evaluated ``batch_size`` at a time under inference mode (a batch may
+    mix items), so memory is bounded by the batch size whatever the number of channels.
+
+    A channel that is constant over the map (a dead channel after a ReLU, common in the
+    last layers) makes an all-zero mask: every such channel of an item masks the input to
+    the same zeros, so that input runs once per item, not once per channel."""
 
     gradient = False
 
@@ -251,24 +255,59 @@ class _ScoreCam(_CamVariant):
         inputs, activation = cap.inputs, cap.activation
         items, channels = activation.shape[:2]
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
-        steps = items * math.ceil(channels / batch_size)
-        scores = torch.empty(items, channels, dtype=inputs.dtype, device=inputs.device)
-        with (
-            torch.inference_mode(),
-            progress_bar(steps, "scorecam", enabled=progress, unit="batch") as bar,
-        ):
-            for item in range(items):
-                for start in range(0, channels, batch_size):
-                    maps = activation[item, start : start + batch_size, None]
-                    masks = _unit_range(
-                        F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-                    ).to(inputs.dtype)
-                    output = cap.module(inputs[item : item + 1] * masks)
-                    rows = torch.full((masks.shape[0],), item, dtype=torch.long)
-                    part = cap.target.score(output, rows)
-                    scores[item, start : start + masks.shape[0]] = part.to(scores.dtype)
+        with torch.inference_mode():
+            varies = _varying(activation, size, batch_size)
+            pairs = varies.nonzero()  # the (item, channel) of each mask, item by item
+            blank = (~varies).any(dim=1).nonzero().flatten()  # items with a constant channel
+            steps = math.ceil(len(pairs) / batch_size) + math.ceil(len(blank) / batch_size)
+            scores = torch.zeros(items, channels, dtype=inputs.dtype, device=inputs.device)
+            blank_scores = torch.zeros(items, dtype=inputs.dtype, device=inputs.device)
+            with progress_bar(steps, "scorecam", enabled=progress, unit="batch") as bar:
+                for i in range(0, len(pairs), batch_size):
+                    item, channel = pairs[i : i + batch_size].unbind(1)
+                    maps = activation[item, channel][:, None]
+                    masks = _unit_range(_upsample(maps, size)).to(inputs.dtype)
+                    part = cap.target.score(cap.module(inputs[item] * masks), item)
+                    scores[item, channel] = part.to(scores.dtype)
                     bar.advance()
+                for i in range(0, len(blank), batch_size):
+                    item = blank[i : i + batch_size]
+                    part = cap.target.score(cap.module(inputs[item] * 0), item)
+                    blank_scores[item] = part.to(scores.dtype)
+                    bar.advance()
+            scores = torch.where(varies, scores, blank_scores[:, None])
         return torch.softmax(scores, dim=1)[:, :, None, None].to(activation.dtype)
+
+
+def _varying(activation: Tensor, size: tuple[int, int], batch_size: int) -> Tensor:
+    """(items, channels) bool: which channels of each item make a mask (decided on the
+    upsampled map, as :func:`_unit_range` decides), ``batch_size`` maps at a time."""
+    return torch.stack(
+        [
+            torch.cat(
+                [
+                    _spread(_upsample(maps[start : start + batch_size, None], size))[2].flatten()
+                    for start in range(0, maps.shape[0], batch_size)
+                ]
+            )
+            for maps in activation
+        ]
+    )
+
+
+def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(N, 1, h, w) maps at the input's size (N, 1, H, W), bilinearly."""
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def _spread(maps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per map (N, 1, H, W): its minimum and span (N, 1, 1, 1), and whether it varies by
+    more than rounding (64 ulps of its largest magnitude)."""
+    flat = maps.flatten(1)
+    low = flat.amin(dim=1).view(-1, 1, 1, 1)
+    span = flat.amax(dim=1).view(-1, 1, 1, 1) - low
+    rounding = 64 * torch.finfo(maps.dtype).eps * flat.abs().amax(dim=1).view(-1, 1, 1, 1)
+    return low, span, span > rounding
 
 
 def _unit_range(maps: Tensor) -> Tensor:
@@ -276,11 +315,7 @@ def _unit_range(maps: Tensor) -> Tensor:
     spread is within rounding of its values (64 ulps) counts as constant: scaling rounding
     noise up to [0, 1] would make a mask out of it, and which maps are noise-free then
     depends on the batch the activations were computed in."""
-    flat = maps.flatten(1)
-    low = flat.amin(dim=1).view(-1, 1, 1, 1)
-    span = flat.amax(dim=1).view(-1, 1, 1, 1) - low
-    rounding = 64 * torch.finfo(maps.dtype).eps * flat.abs().amax(dim=1).view(-1, 1, 1, 1)
-    varies = span > rounding
+    low, span, varies = _spread(maps)
     return torch.where(varies, (maps - low) / torch.where(varies, span, 1.0), 0.0)
 
 

@@ -234,8 +234,8 @@ def test_rule_on_a_folded_batch_norm_matches_reference(
     norm = (torch.zeros_like(scale), torch.ones_like(scale), scale, shift, 0.0)
     folded = dataclasses.replace(plain, norm=norm)
     with torch.no_grad():
-        _, prior = rule.forward(plain, x, lambda t: plain.conv(t, "w", "w"))
-        z, saved = rule.forward(folded, x, lambda t: folded.conv(t, "w", "w"), prior)
+        _, prior = rule.forward(plain, x, lambda t: plain.conv(t, "w", plain.bias_part()))
+        z, saved = rule.forward(folded, x, lambda t: folded.conv(t, "w", folded.bias_part()), prior)
         r = torch.randn_like(z)
         got = rule.backward(folded, saved, r).flatten(1)
         want_z = layer(x) * scale.view(1, -1, *([1] * (x.dim() - 2))) + shift.view(
@@ -254,6 +254,8 @@ def test_rule_on_a_folded_batch_norm_matches_reference(
         high = x.amax(dim=dims, keepdim=True).expand_as(x).flatten(1)
     want = _reference(rule_name, a, m, bias, flat_x, flat_r, low, high)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    alone = layer_relevance(rule, folded, x, r).flatten(1)  # the folded layer from scratch
+    torch.testing.assert_close(alone, want, rtol=1e-9, atol=1e-10)
 
 
 def test_z_box_with_given_bounds_matches_reference() -> None:
@@ -469,7 +471,9 @@ def test_fold_batch_norm_is_the_same_affine_map() -> None:
             assert call is not None
             folded = fold_batch_norm(affine, call, "folded")
             assert folded is not None
-            torch.testing.assert_close(folded.conv(x, "w", "w"), norm(y), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(
+                folded.conv(x, "w", folded.bias_part()), norm(y), rtol=1e-12, atol=1e-12
+            )
 
 
 class _ConvBN(nn.Module):

@@ -6,7 +6,7 @@ transposed layer, i.e. the vector-Jacobian product of the linear part)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -131,14 +131,23 @@ class Affine:
         bias = -mean * s if self.bias is None else (self.bias.detach() - mean) * s
         return weight, bias if shift is None else bias + shift
 
-    def weight_part(self, which: str = "w") -> Tensor:
-        """``which`` part of the (folded) weight."""
+    def unfolded(self) -> Affine:
+        """The layer without the BatchNorm folded in."""
+        return self if self.norm is None else replace(self, norm=None)
+
+    def weight_part(self, which: str = "w", factor: float = 1.0) -> Tensor:
+        """``which`` part of the (folded) weight, times ``factor``."""
+        if factor != 1.0:
+            part: Tensor = self._get(
+                f"{which}*{factor!r}", lambda: self.weight_part(which) * factor
+            )
+            return part
         if which == "w":
             if self.norm is None:
                 return self.weight
             weight: Tensor = self._get("w", lambda: self._folded()[0])
             return weight
-        part: Tensor = self._get(which, lambda: _PARTS[which](self.weight_part().detach()))
+        part = self._get(which, lambda: _PARTS[which](self.weight_part().detach()))
         return part
 
     def bias_part(self, which: str = "w") -> Tensor | None:
@@ -149,35 +158,72 @@ class Affine:
         part: Tensor = self._get("b" + which, lambda: _PARTS[which](bias.detach()))
         return part
 
+    def bias_vector(self, which: str, factor: float = 1.0, add: float = 0.0) -> Tensor | None:
+        """``factor * bias_part(which) + add`` per output channel (``None`` for no bias
+        and nothing added)."""
+        b = self.bias_part(which)
+        if b is None:
+            if add == 0.0:
+                return None
+            w = self.weight
+            return torch.full((w.shape[0],), add, dtype=w.dtype, device=w.device)
+        return b * factor + add if (factor != 1.0 or add != 0.0) else b
+
     def per_channel(self, values: Tensor, like: Tensor) -> Tensor:
         """Per-output-channel ``values`` shaped to broadcast against an output like
         ``like``."""
         return values.view(1, -1, *([1] * (like.dim() - 2)))
 
-    def rescale_pair(self, plus: Tensor, minus: Tensor) -> tuple[Tensor, Tensor]:
-        """The outputs of the ``"+"`` and ``"-"`` parts of the folded weight from those of
-        the weight before folding: ``(sW)+ = s+ W+ + s- W-``, ``(sW)- = s+ W- + s- W+``."""
+    def folded_output(
+        self, plus: Tensor, minus: Tensor, which: str, factor: float, add: float
+    ) -> Tensor:
+        """``factor * (y + b) + add`` for ``y`` the output of ``which`` (``"+"`` or
+        ``"-"``) part of the folded weight and ``b`` that part of the folded bias, from
+        the bias-free outputs ``plus`` and ``minus`` of the unfolded weight's parts:
+        ``(sW)+ = s+ W+ + s- W-`` and ``(sW)- = s+ W- + s- W+``. One pass when the scale
+        has one sign. A new tensor."""
+        same, other = (plus, minus) if which == "+" else (minus, plus)
+        terms: list[tuple[Tensor, Tensor | float]]
         s = self.scale
         if s is None:
-            return plus, minus
-        has_pos, has_neg = self._get("signs", lambda: (bool((s > 0).any()), bool((s < 0).any())))
-        if not has_neg or not has_pos:
-            first, second = (plus, minus) if not has_neg else (minus, plus)
-            f = self.per_channel(s, plus)
-            return first * f, second * f
-        sp, sn = self.per_channel(s.clamp(min=0), plus), self.per_channel(s.clamp(max=0), plus)
-        return plus * sp + minus * sn, minus * sp + plus * sn
+            terms = [(same, factor)]
+        else:
+            has_pos, has_neg = self._get(
+                "signs", lambda: (bool((s > 0).any()), bool((s < 0).any()))
+            )
+            terms = []
+            if has_pos:
+                terms.append((same, self.per_channel(s.clamp(min=0) * factor, same)))
+            if has_neg:
+                terms.append((other, self.per_channel(s.clamp(max=0) * factor, same)))
+        bias = self.bias_vector(which, factor, add)
+        out = torch.zeros_like(same) if bias is None else None
+        for t, f in terms:
+            if out is None:
+                assert bias is not None
+                b = self.per_channel(bias, t)
+                out = torch.add(b, t, alpha=f) if isinstance(f, float) else torch.addcmul(b, t, f)
+            elif isinstance(f, float):
+                out.add_(t, alpha=f)
+            else:
+                out.addcmul_(t, f)
+        if out is None:  # every channel scaled by zero: the bias alone
+            assert bias is not None
+            out = self.per_channel(bias, same).expand_as(same).clone()
+        return out
 
-    def conv(self, x: Tensor, which: str = "w", bias: str | None = None) -> Tensor:
-        """``x`` through ``which`` part of the (folded) weight, with the ``bias`` part of
-        the bias when given. A new tensor."""
-        b = None if bias is None else self.bias_part(bias)
-        return self.forward(x, self.weight_part(which), b)
+    def conv(
+        self, x: Tensor, which: str = "w", bias: Tensor | None = None, factor: float = 1.0
+    ) -> Tensor:
+        """``x`` through ``which`` part of the (folded) weight times ``factor``, with the
+        per-channel ``bias`` when given. A new tensor."""
+        return self.forward(x, self.weight_part(which, factor), bias)
 
-    def transpose(self, grad: Tensor, which: str, like: Tensor) -> Tensor:
-        """``which`` part of the (folded) layer, transposed: ``d/dx <grad, conv(x, which)>``
-        for an input ``x`` shaped like ``like`` (whose values are not read). A new tensor."""
-        return self._transpose(grad, self.weight_part(which), like)
+    def transpose(self, grad: Tensor, which: str, like: Tensor, factor: float = 1.0) -> Tensor:
+        """``which`` part of the (folded) layer times ``factor``, transposed:
+        ``d/dx <grad, conv(x, which)>`` for an input ``x`` shaped like ``like`` (whose
+        values are not read). A new tensor."""
+        return self._transpose(grad, self.weight_part(which, factor), like)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """The layer's operation applied to ``x`` with the given parameters."""

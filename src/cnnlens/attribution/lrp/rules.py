@@ -105,17 +105,8 @@ def _nonnegative(x: Tensor) -> bool:
 def layer_relevance(rule: AffineRule, layer: Affine, x: Tensor, relevance: Tensor) -> Tensor:
     """``rule`` on one layer: the input relevance for the output relevance ``relevance``."""
     with torch.no_grad():
-        _, saved = rule.forward(layer, x, lambda t: layer.conv(t, "w", "w"))
+        _, saved = rule.forward(layer, x, lambda t: layer.conv(t, "w", layer.bias_part()))
         return rule.backward(layer, saved, relevance)
-
-
-def _share(relevance: Tensor, denominator: Tensor, eps: float) -> Tensor:
-    """``relevance / (denominator + eps * sign)`` for a ``denominator`` of one known sign
-    (``eps`` carries it), written into ``denominator``, a temporary of the caller's."""
-    denominator = denominator.add_(eps)
-    if denominator.shape != relevance.shape:
-        return relevance / denominator
-    return torch.div(relevance, denominator, out=denominator)
 
 
 class AffineRule:
@@ -178,13 +169,16 @@ class ZPlus(AffineRule):
         return "z+"
 
     def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
-        # The denominator is a sum of non-negative terms: stabilized by + eps.
+        # The denominator is a sum of non-negative terms: stabilized by + eps, which goes
+        # into the bias.
         (x,) = saved
+        bias = layer.bias_vector("+", add=self.stabilizer)
         if _nonnegative(x):
-            g = _share(relevance, layer.conv(x, "+", "+"), self.stabilizer)
-            return layer.transpose(g, "+", x).mul_(x)
+            z = layer.conv(x, "+", bias)
+            return layer.transpose(torch.div(relevance, z, out=z), "+", x).mul_(x)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        g = _share(relevance, layer.conv(xp, "+", "+").add_(layer.conv(xn, "-")), self.stabilizer)
+        z = layer.conv(xp, "+", bias).add_(layer.conv(xn, "-"))
+        g = torch.div(relevance, z, out=z)
         return layer.transpose(g, "+", x).mul_(xp).add_(layer.transpose(g, "-", x).mul_(xn))
 
 
@@ -211,40 +205,45 @@ class AlphaBeta(AffineRule):
         plain: Callable[[Tensor], Tensor],
         prior: Saved | None = None,
     ) -> tuple[Tensor, Saved]:
-        # Saved: x and the bias-free sums of the positive and negative contributions.
-        if prior is not None:  # the same sums before a BatchNorm was folded in: rescale
-            _, p, n = prior
-            p, n = layer.rescale_pair(p, n)
-            return plain(x), (x, p, n)
+        # Saved: x and the bias-free sums of the positive and negative contributions of
+        # the layer without its folded BatchNorm (the backward pass rescales them).
+        if prior is not None:  # computed when the layer ran, before the BatchNorm came
+            return plain(x), prior
+        raw = layer.unfolded()
         if _nonnegative(x):
-            p, n = layer.conv(x, "+"), layer.conv(x, "-")
+            p, n = raw.conv(x, "+"), raw.conv(x, "-")
         else:
             xp, xn = x.clamp(min=0), x.clamp(max=0)
-            p = layer.conv(xp, "+").add_(layer.conv(xn, "-"))
-            n = layer.conv(xp, "-").add_(layer.conv(xn, "+"))
+            p = raw.conv(xp, "+").add_(raw.conv(xn, "-"))
+            n = raw.conv(xp, "-").add_(raw.conv(xn, "+"))
+        if layer.norm is not None:
+            return plain(x), (x, p, n)
         z = p + n
         bias = layer.bias_part()
-        if bias is not None:
-            z = z.add_(layer.per_channel(bias, z))
-        return z, (x, p, n)
-
-    def _sum(self, layer: Affine, part: Tensor, which: str) -> Tensor:
-        """``part`` plus ``which`` part of the bias, a new tensor."""
-        bias = layer.bias_part(which)
-        return part.clone() if bias is None else part + layer.per_channel(bias, part)
+        return (z if bias is None else z.add_(layer.per_channel(bias, z))), (x, p, n)
 
     def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
-        # Denominators: z+ >= 0 stabilized by + eps, z- <= 0 by - eps.
+        # u = alpha R / (z+ + eps), v = beta R / (z- - eps), with 1/alpha and 1/beta folded
+        # into the one pass that makes each denominator.
         x, p, n = saved
-        u = _share(relevance, self._sum(layer, p, "+"), self.stabilizer).mul_(self.alpha)
-        v = _share(relevance, self._sum(layer, n, "-"), -self.stabilizer).mul_(self.beta)
+        eps = self.stabilizer
+        d = layer.folded_output(p, n, "+", 1 / self.alpha, eps / self.alpha)
+        u = torch.div(relevance, d, out=d)
+        v: Tensor | None = None
+        if self.beta != 0:
+            d = layer.folded_output(p, n, "-", 1 / self.beta, -eps / self.beta)
+            v = torch.div(relevance, d, out=d)
         if _nonnegative(x):
-            return layer.transpose(u, "+", x).sub_(layer.transpose(v, "-", x)).mul_(x)
+            total = layer.transpose(u, "+", x)
+            if v is not None:
+                total.sub_(layer.transpose(v, "-", x))
+            return total.mul_(x)
         # x+ A + x- B with A = T(u, W+) - T(v, W-), B = T(u, W-) - T(v, W+):
         # A + B = T(u - v, W), A - B = T(u + v, |W|).
-        total = layer.transpose(u - v, "w", x).mul_(x)
-        total.add_(layer.transpose(u.add_(v), "abs", x).mul_(x.abs()))
-        return total.mul_(0.5)
+        if v is None:
+            v = torch.zeros_like(u)
+        total = layer.transpose(u - v, "w", x, 0.5).mul_(x)
+        return total.add_(layer.transpose(u.add_(v), "abs", x, 0.5).mul_(x.abs()))
 
 
 @dataclass(frozen=True)
@@ -266,17 +265,17 @@ class Gamma(AffineRule):
     def backward(self, layer: Affine, saved: Saved, relevance: Tensor) -> Tensor:
         # Module docstring: |d| = (1 + g/2) |z| + g/2 (conv(|x|, |W|) + |b|) for z != 0,
         # and outputs with z = 0 pass no relevance (they are neither positive nor negative).
+        # The constants go into cached weight parts and the bias.
         x, z = saved
         half = self.gamma / 2
         nonneg = _nonnegative(x)
         magnitude = x if nonneg else x.abs()
-        a = layer.conv(magnitude, "abs", "abs")
+        q = layer.conv(magnitude, "abs", layer.bias_vector("abs", half, self.stabilizer), half)
         sign = z.sign()
-        q = a.mul_(half).add_(z.abs(), alpha=1 + half).add_(self.stabilizer)
-        q = torch.div(relevance, q, out=q) if q.shape == relevance.shape else relevance / q
-        q = q.mul_(sign.abs())
-        main = layer.transpose(q * sign, "w", x).mul_(1 + half)
-        boost = layer.transpose(q, "abs", x).mul_(half)
+        q.addcmul_(z, sign, value=1 + half)  # |z| = z sign(z)
+        g = torch.div(relevance, q, out=q).mul_(sign)  # R / stab(d): zero where z = 0
+        main = layer.transpose(g, "w", x, 1 + half)
+        boost = layer.transpose(g.mul_(sign), "abs", x, half)
         if nonneg:
             return main.add_(boost).mul_(x)
         return main.mul_(x).add_(boost.mul_(magnitude))

@@ -25,14 +25,19 @@ counted in passes of the layer (``conv`` forward, ``T`` the transposed layer):
   signed input two of each (``x+`` with ``W+``, ``x-`` with ``W-``).
 * alpha-beta: the denominators ``z+ = conv(x, W+)`` and ``z- = conv(x, W-)`` are computed
   in the forward pass, and the layer's output is their sum plus the bias, so the plain
-  layer never runs; two ``T``. A signed input needs four ``conv`` (each denominator is its
-  own bilinear map and is computed directly: deriving one from the other by subtraction
-  would cancel catastrophically where one sign dominates) and two ``T``, from
-  ``x+ A + x- B = x (A + B)/2 + |x| (A - B)/2``.
+  layer never runs; two ``T``. A signed input needs four ``conv`` and four ``T``
+  (``x+``/``x-`` with ``W+``/``W-``). Shortcuts through ``|x|`` and ``|W|`` (``z+ = (z +
+  conv(|x|, |W|)) / 2``, numerators ``x (A + B)/2 + |x| (A - B)/2``) would halve that but
+  cancel catastrophically where one sign of contribution vanishes (a dark image region
+  under a one-signed filter: ``z+ = 0``, and the numerator's exact zero becomes a
+  difference of two large sums); every denominator and numerator here is a sum of terms
+  of one sign or an exact zero.
 * gamma: with ``a = conv(|x|, |W|) + |b|`` and the output ``z``, both denominators are
   ``sign(z) ((1 + g/2) |z| + g/2 a)`` — a sum of terms of one sign, no cancellation — and
   ``R = (1 + g/2) x T(q sign(z), W) + g/2 |x| T(q, |W|)`` with ``q = R / |stab(d)|``: one
-  ``conv`` and two ``T`` besides the model's forward, for any sign of ``x``.
+  ``conv`` and two ``T`` besides the model's forward, for any sign of ``x``. Here the
+  ``|x|`` form is safe: ``|d|`` is small only where every product ``|x_i w_ij|`` is zero,
+  so the large quotient multiplies exact zeros.
 * z^B: three of each (first layer only); flat and w^2: one ``conv`` of a single item of
   ones and one ``T``.
 
@@ -238,12 +243,14 @@ class AlphaBeta(AffineRule):
             if v is not None:
                 total.sub_(layer.transpose(v, "-", x))
             return total.mul_(x)
-        # x+ A + x- B with A = T(u, W+) - T(v, W-), B = T(u, W-) - T(v, W+):
-        # A + B = T(u - v, W), A - B = T(u + v, |W|).
-        if v is None:
-            v = torch.zeros_like(u)
-        total = layer.transpose(u - v, "w", x, 0.5).mul_(x)
-        return total.add_(layer.transpose(u.add_(v), "abs", x, 0.5).mul_(x.abs()))
+        # x+ A + x- B with A = T(u, W+) - T(v, W-), B = T(u, W-) - T(v, W+), each
+        # computed directly (see the module docstring).
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        a, b = layer.transpose(u, "+", x), layer.transpose(u, "-", x)
+        if v is not None:
+            a.sub_(layer.transpose(v, "-", x))
+            b.sub_(layer.transpose(v, "+", x))
+        return a.mul_(xp).add_(b.mul_(xn))
 
 
 @dataclass(frozen=True)

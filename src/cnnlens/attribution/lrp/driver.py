@@ -8,12 +8,15 @@ model; the engine (:mod:`cnnlens._engine`) is left in ``finally``. The rules, by
 operation (:func:`lrp_rules`):
 
 * convolutions / dense layers (``conv2d``, ``linear``) on an activation: the composite's rule
-  for that layer. The rule's modified forward passes run lazily in backward, so the forward
-  pass costs what the model's does.
+  for that layer, run in two halves (:class:`~.rules.AffineRule`): its forward half gives
+  the output (the model's, or for alpha-beta the sum of the two modified convolutions it
+  needs anyway) and keeps what its backward half needs; modified convolutions that only
+  the backward half needs run there.
 * an eval-mode batch norm on the output of the conv/linear call just made: the pair becomes
   one node with folded parameters (:mod:`.canonizers`), whose forward value is the
-  BatchNorm's own output. Any other batch norm passes relevance through, as zennit's
-  composites do.
+  BatchNorm's own output; what the rule's forward half kept for the layer alone is handed
+  on (alpha-beta's products are rescaled, not rerun). Any other batch norm passes
+  relevance through, as zennit's composites do.
 * rectifiers and every other elementwise activation (ReLU, ReLU6, SiLU, GELU, Hardswish,
   sigmoid, tanh, ...; any call form): relevance passes unchanged, as in zennit. In-place
   calls stay in place unless an LRP node keeps their input.

@@ -183,8 +183,8 @@ class ZPlus(AffineRule):
             return layer.transpose(torch.div(relevance, z, out=z), "+", x).mul_(x)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
         z = layer.conv(xp, "+", bias).add_(layer.conv(xn, "-"))
-        g = torch.div(relevance, z, out=z)
-        return layer.transpose(g, "+", x).mul_(xp).add_(layer.transpose(g, "-", x).mul_(xn))
+        a, b = layer.transposes(torch.div(relevance, z, out=z), ("+", "-"), x)
+        return torch.mul(a, xp).add_(b.mul_(xn))
 
 
 @dataclass(frozen=True)
@@ -246,11 +246,12 @@ class AlphaBeta(AffineRule):
         # x+ A + x- B with A = T(u, W+) - T(v, W-), B = T(u, W-) - T(v, W+), each
         # computed directly (see the module docstring).
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        a, b = layer.transpose(u, "+", x), layer.transpose(u, "-", x)
+        a, b = layer.transposes(u, ("+", "-"), x)
         if v is not None:
-            a.sub_(layer.transpose(v, "-", x))
-            b.sub_(layer.transpose(v, "+", x))
-        return a.mul_(xp).add_(b.mul_(xn))
+            c, d = layer.transposes(v, ("-", "+"), x)
+            a.sub_(c)
+            b.sub_(d)
+        return torch.mul(a, xp).add_(b.mul_(xn))
 
 
 @dataclass(frozen=True)
@@ -332,9 +333,8 @@ class ZBox(AffineRule):
         low, high = (b.expand_as(x) for b in self.bounds(x))
         z = layer.conv(x, "w").sub_(layer.conv(low, "+")).sub_(layer.conv(high, "-"))
         g = divide(relevance, z, self.stabilizer)
-        total = layer.transpose(g, "w", x).mul_(x)
-        total.sub_(layer.transpose(g, "+", x).mul_(low))
-        return total.sub_(layer.transpose(g, "-", x).mul_(high))
+        main, plus, minus = layer.transposes(g, ("w", "+", "-"), x)
+        return torch.mul(main, x).sub_(plus.mul_(low)).sub_(minus.mul_(high))
 
 
 @dataclass(frozen=True)

@@ -302,18 +302,19 @@ def _rectifier(call: Call, record: Record) -> Tensor:
     with torch.no_grad():
         y = x.clamp(min=0.0) if upper is None else x.clamp(0.0, upper)
         # Δy/Δx lies in [0, 1] also in floating point (clipping is monotonic), so only
-        # Δx = 0 (often a tenth of the units) needs the fallback to the gradient
+        # Δx = 0 (none, or up to a third of the units) needs the fallback to the gradient
         # [0 < x < upper]. Every full-size pass and temporary here costs about as much as
-        # the rectifier itself: two buffers, written in place.
+        # the rectifier itself: two buffers, written in place, and no fallback without ties.
         dx = torch.sub(x, record.x0)
         ties = dx == 0
         m = torch.sub(y, record.y0).div_(dx)
-        one = torch.ones((), dtype=m.dtype, device=m.device).expand_as(m)
-        if upper is None:
-            torch.ops.aten.threshold_backward.grad_input(one, x, 0.0, grad_input=dx)
-        else:
-            torch.ops.aten.hardtanh_backward.grad_input(one, x, 0.0, upper, grad_input=dx)
-        torch.where(ties, dx, m, out=m)
+        if bool(ties.any()):
+            one = torch.ones((), dtype=m.dtype, device=m.device).expand_as(m)
+            if upper is None:
+                torch.ops.aten.threshold_backward.grad_input(one, x, 0.0, grad_input=dx)
+            else:
+                torch.ops.aten.hardtanh_backward.grad_input(one, x, 0.0, upper, grad_input=dx)
+            torch.where(ties, dx, m, out=m)
     out: Tensor = _Multiplier.apply(x, (y,), m)
     return out
 

@@ -4,7 +4,7 @@ speed/quality curve. Writes the tables of docs/performance.md to stdout (markdow
 Speed: per occluded copy. Both paths pay one clean pass per image (the incremental one
 also a traced pass that fills its cache); what grows with the number of windows is the
 per-copy cost, so each case times the same ``--copies`` occluded copies (windows drawn at
-random positions of the 32 px / stride 8 grid: 729 windows at 224 px) through the model
+random positions of the 32 px / stride 8 grid: 625 windows at 224 px) through the model
 batched (the plain path, i.e. the floor of any occlusion that runs whole forwards) and
 through the incremental engine, interleaved over ``--rounds`` rounds, in CPU time. The
 largest difference between the two outputs is reported beside the ratio.

@@ -53,6 +53,7 @@ import cnnlens  # noqa: E402
 SYMBOLS = {
     "exact": "exact",
     "complete": "complete",
+    "incomplete": "*incomplete, warned*",
     "conserving": "conserving",
     "runs": "runs",
     "zero": "zero",
@@ -63,7 +64,7 @@ SYMBOLS = {
 
 def _entry(cell: Cell) -> str:
     text = describe(cell)
-    return text.replace("fails", SYMBOLS["fails"])
+    return text.replace(cell.status, SYMBOLS.get(cell.status, cell.status), 1)
 
 
 def _table(rows: dict[str, dict[str, Cell]], names: Sequence[str]) -> list[str]:
@@ -93,6 +94,12 @@ def _notes(rows: dict[str, dict[str, Cell]]) -> list[str]:
         for method, cell in row.items():
             if cell.ok and cell.status in ("zero", "refuses"):
                 lines.append(f"- `{name}` × `{method}`: {cell.status}: {cell.note[:160]}")
+            elif cell.status == "incomplete":
+                lines.append(
+                    f"- `{name}` × `{method}`: incomplete, warned: {cell.error:.1%} from "
+                    f"complete with {cell.detail}; the `CompletenessWarning` was issued and "
+                    "`extras['delta']` is the true gap"
+                )
     return lines or ["None."]
 
 
@@ -147,7 +154,9 @@ def render(
         "- integrated gradients at its default (64 Gauss–Legendre points, doubled up to 1024 "
         "for items still more than 1 % off): the sum is within "
         f"{IG_TOLERANCE:.0%} of score(x) − score(0) (**complete**; the steps used are "
-        "shown), and `extras['delta']` is that gap;",
+        "shown), and `extras['delta']` is that gap; where 1024 points are not enough (a "
+        "random network whose score rises and falls many times its net change along the "
+        "path), a `CompletenessWarning` must say so, and only then (*incomplete, warned*);",
         "- LRP on a bias-free copy (biases, BatchNorm shifts and means, LayerNorm shifts "
         "set to zero; each BatchNorm's variance set to what it receives, so the signal "
         "neither vanishes nor explodes): with the epsilon rule (1e-9) at every layer the "
@@ -180,7 +189,7 @@ def render(
         "",
         *_failures({**rows, **{f"timm/{k}": v for k, v in timm_rows.items()}}),
         "",
-        "## All-zero results and refusals",
+        "## All-zero results, refusals and incomplete integrals",
         "",
         *_notes({**rows, **{f"timm/{k}": v for k, v in timm_rows.items()}}),
         "",

@@ -41,7 +41,7 @@ import torchvision
 from torch import Tensor, nn
 
 import cnnlens
-from cnnlens import InputError, ZeroAttributionWarning
+from cnnlens import CompletenessWarning, InputError, ZeroAttributionWarning
 from cnnlens._hooks import count_hooks
 from cnnlens.attribution.gradient import completeness_gap
 from cnnlens.attribution.lrp import Composite, relevance
@@ -325,7 +325,9 @@ class Cell:
     """The outcome of one (architecture, method) check.
 
     ``status``: ``exact`` (DeepLIFT summation-to-delta within 1e-6), ``complete``
-    (integrated gradients within 1 % at its default steps), ``conserving`` (LRP on the
+    (integrated gradients within 1 % at its default steps), ``incomplete`` (integrated
+    gradients further off at its most steps, said by a ``CompletenessWarning`` whose gap
+    is the true one), ``conserving`` (LRP on the
     bias-free copy within 1e-3), ``runs`` (no axiom to check), ``zero`` (an all-zero result,
     said with a ``ZeroAttributionWarning``), ``refuses`` (``InputError``, for ``cam`` on a
     head it does not apply to) or ``fails`` (``note`` says which check).
@@ -374,18 +376,19 @@ def summation_error(attribution: Tensor, change: Tensor, scores: Tensor) -> floa
     return float((excess / scale.clamp(min=1e-300)).max())
 
 
-def _explain(model: nn.Module, x: Tensor, method: str) -> tuple[Any, list[str], bool]:
-    """``explain`` with every warning recorded: (explanation, other warnings, zero warned)."""
+def _explain(model: nn.Module, x: Tensor, method: str) -> tuple[Any, list[str], bool, bool]:
+    """``explain`` with every warning recorded: (explanation, other warnings, zero warned,
+    incompleteness warned)."""
+    said = (ZeroAttributionWarning, CompletenessWarning)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = cnnlens.explain(model, x, method, **METHOD_OPTIONS.get(method, {}))
     zero = any(issubclass(w.category, ZeroAttributionWarning) for w in caught)
+    incomplete = any(issubclass(w.category, CompletenessWarning) for w in caught)
     others = [
-        f"{w.category.__name__}: {w.message}"
-        for w in caught
-        if not issubclass(w.category, ZeroAttributionWarning)
+        f"{w.category.__name__}: {w.message}" for w in caught if not issubclass(w.category, said)
     ]
-    return result, others, zero
+    return result, others, zero, incomplete
 
 
 def _check(condition: bool, message: str) -> None:
@@ -393,8 +396,11 @@ def _check(condition: bool, message: str) -> None:
         raise CheckError(message)
 
 
-def _axiom(subject: Subject, method: str, explanation: Any) -> tuple[str, float | None, str]:
-    """The method's axiom on this architecture: (status, measured relative error, detail)."""
+def _axiom(
+    subject: Subject, method: str, explanation: Any, warned: bool = False
+) -> tuple[str, float | None, str]:
+    """The method's axiom on this architecture: (status, measured relative error, detail);
+    ``warned``: a ``CompletenessWarning`` was issued."""
     model, x = subject.model, subject.inputs
     if method == "deeplift":
         assert explanation.targets is not None
@@ -419,8 +425,11 @@ def _axiom(subject: Subject, method: str, explanation: Any) -> tuple[str, float 
         )
         score = _scores(model, x, explanation.targets)
         error = float(completeness_gap(delta, score, score - change).max())
-        _check(error <= IG_TOLERANCE, f"completeness off by {error:.2e}")
-        return "complete", error, f"{int(explanation.extras['steps'].max())} steps"
+        steps = f"{int(explanation.extras['steps'].max())} steps"
+        # The warning must be issued exactly when the gap exceeds the tolerance: then the
+        # result is incomplete but says so, with the true gap in extras (**incomplete**).
+        _check(warned == (error > IG_TOLERANCE), f"gap {error:.2e}, warned: {warned}")
+        return ("incomplete" if warned else "complete"), error, steps
     if method == "lrp":
         return _conservation(subject)
     return "runs", None, ""
@@ -450,7 +459,7 @@ def _conservation(subject: Subject) -> tuple[str, float | None, str]:
 
 
 def _same_alone(subject: Subject, method: str, batched: Tensor) -> None:
-    alone, _, _ = _explain(subject.model, subject.inputs[:1], method)
+    alone, _, _, _ = _explain(subject.model, subject.inputs[:1], method)
     got, want = alone.attribution, batched[:1]
     scale = float(want.abs().max())
     _check(got.shape == want.shape, f"alone: shape {tuple(got.shape)} vs {tuple(want.shape)}")
@@ -468,18 +477,19 @@ def check(subject: Subject, method: str) -> Cell:
     snapshot = Fingerprint.take(subject.model)
     try:
         try:
-            explanation, others, zero = _explain(subject.model, subject.inputs, method)
+            explanation, others, zero, warned = _explain(subject.model, subject.inputs, method)
         except InputError as exc:
             _check(not snapshot.changes(subject.model), str(snapshot.changes(subject.model)))
             cell.status, cell.note = "refuses", str(exc)
             return cell
         _check(not snapshot.changes(subject.model), str(snapshot.changes(subject.model)))
         _check(not others, "; ".join(others))
+        _check(not warned or method == "integrated_gradients", f"{method}: CompletenessWarning")
         _check(
             bool(torch.isfinite(explanation.attribution).all()), "non-finite values in the result"
         )
         _same_alone(subject, method, explanation.attribution)
-        status, cell.error, cell.detail = _axiom(subject, method, explanation)
+        status, cell.error, cell.detail = _axiom(subject, method, explanation, warned)
         cell.status = "zero" if zero and status == "runs" else status
         if zero:
             cell.note = "all-zero result, warned"

@@ -10,16 +10,19 @@ The default run checks one torchvision architecture of each family (``FAMILIES``
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ._matrix import (
     FAMILIES,
     TIMM_ARCHITECTURES,
+    Subject,
     check,
     family,
     methods,
     subject,
     torchvision_architectures,
 )
+from .test_integrated_gradients import Ramp
 
 FAST_FLOOR = 16
 """Input side floor (each architecture gets its smallest input at or above it)."""
@@ -84,3 +87,15 @@ def test_families_cover_the_torchvision_cnns() -> None:
     assert len(names) >= 60
     assert {family(n) for n in names} == set(FAMILIES.values())
     assert all(family(n) == label for n, label in FAMILIES.items())
+
+
+def test_integrated_gradients_cell_accepts_only_a_warned_gap() -> None:
+    # A kink past the last of 1024 points: incomplete, and said so (the cell passes as
+    # "incomplete"); a kink 128 points resolve: complete.
+    x = torch.ones(2, 3, 4, 4, dtype=torch.float64)
+    far = check(
+        Subject("ramp", Ramp(10 * (1 - 1e-8)), Ramp(10 * (1 - 1e-8)), x), "integrated_gradients"
+    )
+    assert far.status == "incomplete" and far.ok and far.error is not None and far.error > 0.9
+    near = check(Subject("ramp", Ramp(3.0), Ramp(3.0), x), "integrated_gradients")
+    assert near.status == "complete" and near.error is not None and near.error < 0.01

@@ -236,12 +236,16 @@ def smallest_input(model: nn.Module, floor: int = 32, ceiling: int = 320) -> int
 
 @dataclass
 class Subject:
-    """One architecture ready for the matrix."""
+    """One architecture ready for the matrix; its bias-free copy (for LRP's conservation) is
+    made when first used, so the other cells of a very large model hold one copy only."""
 
     name: str
     model: nn.Module
-    free: nn.Module
     inputs: Tensor
+
+    @functools.cached_property
+    def free(self) -> nn.Module:
+        return bias_free(self.model, self.inputs)
 
 
 def _torchvision_model(name: str) -> nn.Module:
@@ -270,7 +274,7 @@ def subject(name: str, source: str = "torchvision", seed: int = 0, floor: int = 
     model = randomize(raw, seed).to(D).eval()
     side = smallest_input(model, floor)
     inputs = torch.randn(2, 3, side, side, dtype=D, generator=torch.Generator().manual_seed(1))
-    return Subject(name, model, bias_free(model, inputs), inputs)
+    return Subject(name, model, inputs)
 
 
 # ---------------------------------------------------------------------------------------

@@ -93,9 +93,7 @@ def test_integrated_gradients_cell_accepts_only_a_warned_gap() -> None:
     # A kink past the last of 1024 points: incomplete, and said so (the cell passes as
     # "incomplete"); a kink 128 points resolve: complete.
     x = torch.ones(2, 3, 4, 4, dtype=torch.float64)
-    far = check(
-        Subject("ramp", Ramp(10 * (1 - 1e-8)), Ramp(10 * (1 - 1e-8)), x), "integrated_gradients"
-    )
+    far = check(Subject("ramp", Ramp(10 * (1 - 1e-8)), x), "integrated_gradients")
     assert far.status == "incomplete" and far.ok and far.error is not None and far.error > 0.9
-    near = check(Subject("ramp", Ramp(3.0), Ramp(3.0), x), "integrated_gradients")
+    near = check(Subject("ramp", Ramp(3.0), x), "integrated_gradients")
     assert near.status == "complete" and near.error is not None and near.error < 0.01

@@ -17,7 +17,9 @@ of windows. A batch may mix copies of several items.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,9 +29,9 @@ from .._progress import progress as progress_bar
 from ..errors import InputError
 from ..targets import Target
 from ._incremental import Engine, IncrementalPlan, Occluder, plan, trace
-from .api import MethodFn, MethodSpec
+from .api import MethodFn, MethodResult, MethodSpec
 
-__all__ = ["METHODS", "incremental_note", "occlusion", "window_starts"]
+__all__ = ["METHODS", "incremental_note", "occlusion", "occlusion_result", "window_starts"]
 
 _DEFAULT_BATCH = 32
 _SCORES = ("logit", "probability")
@@ -120,6 +122,18 @@ def occlusion(
     inputs: Tensor,
     target: Target,
     layer: nn.Module | None = None,
+    **options: Any,
+) -> Tensor:
+    """Mean score drop per pixel over the occluding windows that cover it, (B, 1, H, W);
+    the options are :func:`occlusion_result`'s."""
+    return occlusion_result(module, inputs, target, layer, **options).attribution
+
+
+def occlusion_result(
+    module: nn.Module,
+    inputs: Tensor,
+    target: Target,
+    layer: nn.Module | None = None,
     *,
     window: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] | None = None,
@@ -129,7 +143,9 @@ def occlusion(
     progress: bool | None = None,
     incremental: bool | None = None,
     approximate: float | None = None,
-) -> Tensor:
+    drill_down: float | None = None,
+    coarse_stride: int | tuple[int, int] | None = None,
+) -> MethodResult:
     """Mean score drop per pixel over the occluding windows that cover it, (B, 1, H, W).
 
     ``window`` (int or (h, w); default a seventh of the shorter side, 32 at 224 pixels),
@@ -142,6 +158,20 @@ def occlusion(
     plain forwards; both give the same result up to float rounding, see
     ``attribution/_incremental.py``), ``approximate`` (Krypton's projective-field threshold
     τ in (0, 1]: faster, not exact; needs the incremental engine).
+
+    ``drill_down`` (a fraction in (0, 1]; default None: off) is Krypton's adaptive
+    drill-down (Nakandala et al. 2019, §4.2): the windows are first slid with
+    ``coarse_stride`` (int or (h, w), at least ``stride`` on each axis; default twice
+    ``stride``); then, per item, the ``ceil(drill_down × coarse windows)`` coarse windows
+    with the largest score drop are refined: every ``stride`` window whose nearest coarse
+    window (per axis, by start offset) is one of them is evaluated by the same path as
+    without drill-down, so its drop is exact. The other ``stride`` windows take the coarse
+    window's drop where they start at the same offset, else the bilinear interpolation of
+    the coarse drops at their start offset. ``drill_down=1`` evaluates every window.
+    The result then reports, per item, ``extras["interpolated"]`` (B, 1, H, W) bool:
+    pixels whose mean includes an interpolated window's drop; ``extras["window_drops"]``
+    (B, n_rows, n_cols): every ``stride`` window's drop; ``extras["window_interpolated"]``
+    (B, n_rows, n_cols) bool: which of them are interpolated.
     """
     del layer
     b, _, h, w = inputs.shape
@@ -150,22 +180,16 @@ def occlusion(
     wh, ww = _pair(window, "window")
     if wh > h or ww > w:
         raise InputError(f"window {(wh, ww)} is larger than the input {(h, w)}")
-    sh, sw = _pair((max(1, wh // 2), max(1, ww // 2)) if stride is None else stride, "stride")
+    steps = _pair((max(1, wh // 2), max(1, ww // 2)) if stride is None else stride, "stride")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    coarse = _coarse_steps(drill_down, coarse_stride, steps)
     fill = _baseline_fill(baseline, inputs)
     scores = _scorer(target, score)
-    windows_per_item = len(window_starts(h, wh, sh)) * len(window_starts(w, ww, sw))
+    grid = _Grid.make((h, w), (wh, ww), steps, inputs.device)
     occluders = _incremental_engine(
-        module, inputs, (wh, ww), incremental, approximate, windows_per_item
+        module, inputs, (wh, ww), incremental, approximate, grid.windows
     )
-    rows_cover = _cover(h, wh, sh, inputs.device)  # (nh, H)
-    cols_cover = _cover(w, ww, sw, inputs.device)  # (nw, W)
-    nh, nw = rows_cover.shape[0], cols_cover.shape[0]
-    row_starts = torch.tensor(window_starts(h, wh, sh), device=inputs.device)
-    col_starts = torch.tensor(window_starts(w, ww, sw), device=inputs.device)
-    windows = nh * nw
-    total = b * windows
     with torch.inference_mode():
         output = module(inputs) if occluders is None else occluders.clean(module)
     if occluders is not None and occluders.plain_reason is not None:
@@ -173,43 +197,219 @@ def occlusion(
     target.resolve(output)  # outside inference mode: the chosen classes are plain tensors
     with torch.inference_mode():
         clean = scores(output, None)
-        drops = torch.empty(total, dtype=clean.dtype, device=clean.device)
-        starts = range(0, total, batch_size)
-        with progress_bar(len(starts), "occlusion", enabled=progress, unit="batch") as bar:
+
+    def drops(where: _Grid, items: Tensor, flat: Tensor, name: str) -> Tensor:
+        return _window_drops(
+            _Pass(module, inputs, fill, scores, clean, occluders, where, batch_size, progress),
+            items,
+            flat,
+            name,
+        )
+
+    extras: dict[str, Tensor] = {}
+    if coarse is None or drill_down is None:
+        rows = torch.arange(b * grid.windows, device=inputs.device)
+        every = drops(grid, rows // grid.windows, rows % grid.windows, "occlusion")
+        per_window = every.clone().view(b, grid.nh, grid.nw).to(inputs.dtype)
+    else:
+        per_window, interpolated = _drill_down(
+            drops, grid, _Grid.make((h, w), (wh, ww), coarse, inputs.device), b, drill_down
+        )
+        per_window = per_window.to(inputs.dtype)
+        extras = {
+            "interpolated": grid.spread(interpolated.to(inputs.dtype)).unsqueeze(1) > 0,
+            "window_drops": per_window,
+            "window_interpolated": interpolated,
+        }
+    summed = grid.spread(per_window)
+    count = grid.count(inputs.dtype)
+    mean = torch.where(count > 0, summed / count.clamp(min=1), torch.zeros_like(summed))
+    return MethodResult(mean.unsqueeze(1), extras)
+
+
+def _coarse_steps(
+    drill_down: float | None,
+    coarse_stride: int | tuple[int, int] | None,
+    steps: tuple[int, int],
+) -> tuple[int, int] | None:
+    """The coarse stride of the drill-down (None when it is off), validated."""
+    if drill_down is None:
+        if coarse_stride is not None:
+            raise InputError("coarse_stride is only used with drill_down (a fraction in (0, 1])")
+        return None
+    if (
+        isinstance(drill_down, bool)
+        or not isinstance(drill_down, (int, float))
+        or not 0.0 < float(drill_down) <= 1.0
+    ):
+        raise InputError(f"drill_down must be a fraction in (0, 1], got {drill_down!r}")
+    coarse = _pair(
+        (2 * steps[0], 2 * steps[1]) if coarse_stride is None else coarse_stride,
+        "coarse_stride",
+    )
+    if coarse[0] < steps[0] or coarse[1] < steps[1]:
+        raise InputError(f"coarse_stride {coarse} must be at least the stride {steps} on each axis")
+    return coarse
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The window positions of one stride: start offsets per axis and the pixels each
+    window covers."""
+
+    row_starts: Tensor  # (nh,)
+    col_starts: Tensor  # (nw,)
+    rows_cover: Tensor  # (nh, H) bool
+    cols_cover: Tensor  # (nw, W) bool
+    window: tuple[int, int]
+
+    @staticmethod
+    def make(
+        size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int], device: Any
+    ) -> _Grid:
+        (h, w), (wh, ww), (sh, sw) = size, window, stride
+        return _Grid(
+            torch.tensor(window_starts(h, wh, sh), device=device),
+            torch.tensor(window_starts(w, ww, sw), device=device),
+            _cover(h, wh, sh, device),
+            _cover(w, ww, sw, device),
+            window,
+        )
+
+    @property
+    def nh(self) -> int:
+        return int(self.row_starts.shape[0])
+
+    @property
+    def nw(self) -> int:
+        return int(self.col_starts.shape[0])
+
+    @property
+    def windows(self) -> int:
+        return self.nh * self.nw
+
+    def spread(self, per_window: Tensor) -> Tensor:
+        """(B, nh, nw) per-window values summed over the windows covering each pixel:
+        (B, H, W)."""
+        rows_f = self.rows_cover.to(per_window.dtype)
+        cols_f = self.cols_cover.to(per_window.dtype)
+        return torch.einsum("bij,ih,jw->bhw", per_window, rows_f, cols_f)
+
+    def count(self, dtype: torch.dtype) -> Tensor:
+        """(H, W): how many windows cover each pixel."""
+        return torch.outer(self.rows_cover.to(dtype).sum(0), self.cols_cover.to(dtype).sum(0))
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one sweep over a set of windows needs."""
+
+    module: nn.Module
+    inputs: Tensor
+    fill: float | Tensor
+    scores: Any
+    clean: Tensor
+    occluders: _Occluders | None
+    grid: _Grid
+    batch_size: int
+    progress: bool | None
+
+
+def _window_drops(run: _Pass, items: Tensor, where: Tensor, name: str) -> Tensor:
+    """Score drop of each (item, flat window index) pair of ``run.grid``, in batches of
+    ``run.batch_size`` rows (a batch may mix items)."""
+    grid, inputs, fill = run.grid, run.inputs, run.fill
+    total = int(items.shape[0])
+    with torch.inference_mode():
+        drops = torch.empty(total, dtype=run.clean.dtype, device=run.clean.device)
+        starts = range(0, total, run.batch_size)
+        with progress_bar(len(starts), name, enabled=run.progress, unit="batch") as bar:
             for start in starts:
-                rows = torch.arange(start, min(start + batch_size, total), device=inputs.device)
-                items = rows // windows
-                where = rows % windows
-                if occluders is not None:
+                rows_items = items[start : start + run.batch_size]
+                rows_where = where[start : start + run.batch_size]
+                if run.occluders is not None:
                     outputs = _incremental_outputs(
-                        occluders.get,
+                        run.occluders.get,
                         inputs,
                         fill,
-                        items,
-                        row_starts[where // nw],
-                        col_starts[where % nw],
-                        (wh, ww),
+                        rows_items,
+                        grid.row_starts[rows_where // grid.nw],
+                        grid.col_starts[rows_where % grid.nw],
+                        grid.window,
                     )
                 else:
                     mask = (
-                        rows_cover[where // nw][:, None, :, None]
-                        & cols_cover[where % nw][:, None, None, :]
+                        grid.rows_cover[rows_where // grid.nw][:, None, :, None]
+                        & grid.cols_cover[rows_where % grid.nw][:, None, None, :]
                     )
-                    copies = inputs[items]
+                    copies = inputs[rows_items]
                     if isinstance(fill, Tensor):
-                        copies = torch.where(mask, fill[items if fill.shape[0] > 1 else 0], copies)
+                        source = fill[rows_items if fill.shape[0] > 1 else 0]
+                        copies = torch.where(mask, source, copies)
                     else:
                         copies.masked_fill_(mask, fill)
-                    outputs = module(copies)
-                drops[start : start + rows.shape[0]] = clean[items] - scores(outputs, items)
+                    outputs = run.module(copies)
+                drops[start : start + rows_items.shape[0]] = run.clean[rows_items] - run.scores(
+                    outputs, rows_items
+                )
                 bar.advance()
-    per_window = drops.clone().view(b, nh, nw).to(inputs.dtype)
-    rows_f = rows_cover.to(inputs.dtype)
-    cols_f = cols_cover.to(inputs.dtype)
-    summed = torch.einsum("bij,ih,jw->bhw", per_window, rows_f, cols_f)
-    count = torch.outer(rows_f.sum(0), cols_f.sum(0))
-    mean = torch.where(count > 0, summed / count.clamp(min=1), torch.zeros_like(summed))
-    return mean.unsqueeze(1)
+    return drops
+
+
+def _drill_down(
+    drops: Callable[[_Grid, Tensor, Tensor, str], Tensor],
+    fine: _Grid,
+    coarse: _Grid,
+    items: int,
+    fraction: float,
+) -> tuple[Tensor, Tensor]:
+    """Krypton's adaptive drill-down: (B, nh, nw) drops of the fine windows and which of
+    them are interpolated (see :func:`occlusion_result`)."""
+    device = fine.row_starts.device
+    rows = torch.arange(items * coarse.windows, device=device)
+    coarse_drops = drops(coarse, rows // coarse.windows, rows % coarse.windows, "coarse")
+    coarse_drops = coarse_drops.clone().view(items, coarse.nh, coarse.nw)
+    # per item, the top fraction of its own coarse windows: no item depends on another
+    keep = math.ceil(fraction * coarse.windows)
+    order = torch.argsort(coarse_drops.view(items, -1), dim=1, descending=True, stable=True)
+    chosen = torch.zeros(items, coarse.windows, dtype=torch.bool, device=device)
+    chosen.scatter_(1, order[:, :keep], True)
+    weights_r, owner_r, match_r = _axis(fine.row_starts, coarse.row_starts, coarse_drops.dtype)
+    weights_c, owner_c, match_c = _axis(fine.col_starts, coarse.col_starts, coarse_drops.dtype)
+    refine = chosen.view(items, coarse.nh, coarse.nw)[:, owner_r][:, :, owner_c]
+    shared = (match_r >= 0)[:, None] & (match_c >= 0)[None, :]  # same window at both strides
+    compute = refine & ~shared
+    which = compute.view(items, -1).nonzero()
+    computed = drops(fine, which[:, 0], which[:, 1], "drill-down")
+    per_window = torch.einsum("rR,bRC,cC->brc", weights_r, coarse_drops, weights_c)
+    per_window[:, shared] = coarse_drops[:, match_r.clamp(min=0)][:, :, match_c.clamp(min=0)][
+        :, shared
+    ]
+    per_window[compute] = computed
+    return per_window, ~(refine | shared)
+
+
+def _axis(fine: Tensor, coarse: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Along one axis, for each fine start offset: its linear-interpolation weights over
+    the coarse start offsets (nf, nc), the nearest coarse window (ties: the earlier one)
+    and the coarse window starting at the same offset (-1: none). Both axes of starts
+    begin at 0 and end flush with the edge, so no fine start lies outside the coarse ones."""
+    nf, nc = int(fine.shape[0]), int(coarse.shape[0])
+    weights = torch.zeros(nf, nc, dtype=dtype, device=fine.device)
+    if nc == 1:
+        weights[:, 0] = 1.0
+        owner = torch.zeros(nf, dtype=torch.long, device=fine.device)
+    else:
+        left = (torch.searchsorted(coarse, fine, right=True) - 1).clamp(0, nc - 2)
+        span = (coarse[left + 1] - coarse[left]).to(dtype)
+        t = (fine - coarse[left]).to(dtype) / span
+        weights[torch.arange(nf), left] = 1.0 - t
+        weights[torch.arange(nf), left + 1] = t
+        owner = left + (t > 0.5).long()
+    match = torch.full((nf,), -1, dtype=torch.long, device=fine.device)
+    same = (fine[:, None] == coarse[None, :]).nonzero()
+    match[same[:, 0]] = same[:, 1]
+    return weights, owner, match
 
 
 # The incremental engine is used by default when its estimated multiply-adds are at most
@@ -363,13 +563,13 @@ def _incremental_outputs(
     return torch.cat(outputs)
 
 
-def _method(fn: Callable[..., Tensor]) -> MethodFn:
+def _method(fn: Callable[..., MethodResult]) -> MethodFn:
     return fn
 
 
 METHODS: dict[str, MethodSpec] = {
     "occlusion": MethodSpec(
-        fn=_method(occlusion),
+        fn=_method(occlusion_result),
         kind="occlusion",
         torchscript=True,
         options=frozenset(
@@ -382,6 +582,8 @@ METHODS: dict[str, MethodSpec] = {
                 "progress",
                 "incremental",
                 "approximate",
+                "drill_down",
+                "coarse_stride",
             }
         ),
         summary="mean score drop when a sliding window covers each pixel (Zeiler & Fergus 2014)",

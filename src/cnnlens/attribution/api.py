@@ -123,7 +123,8 @@ class Explanation:
     ``delta`` (Σ attribution − (score − baseline score)), ``relative_delta``, ``score`` and
     ``baseline_score``; for LRP ``score`` (the relevance put in at the output) and
     ``absorbed`` (what biases and stabilizers took on the way down); for occlusion with
-    ``drill_down`` ``interpolated`` (B, 1, H, W) bool, ``window_drops`` and
+    ``drill_down`` ``interpolated`` (B, 1, H, W, the share of interpolated windows
+    over each pixel), ``window_drops`` and
     ``window_interpolated`` (B, rows, cols), the windows' drops and which are estimated."""
 
     method: str

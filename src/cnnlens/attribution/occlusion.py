@@ -168,8 +168,9 @@ def occlusion_result(
     without drill-down, so its drop is exact. The other ``stride`` windows take the coarse
     window's drop where they start at the same offset, else the bilinear interpolation of
     the coarse drops at their start offset. ``drill_down=1`` evaluates every window.
-    The result then reports, per item, ``extras["interpolated"]`` (B, 1, H, W) bool:
-    pixels whose mean includes an interpolated window's drop; ``extras["window_drops"]``
+    The result then reports, per item, ``extras["interpolated"]`` (B, 1, H, W): per pixel,
+    the share of the windows covering it whose drop is interpolated (0: the pixel's value
+    is exact); ``extras["window_drops"]``
     (B, n_rows, n_cols): every ``stride`` window's drop; ``extras["window_interpolated"]``
     (B, n_rows, n_cols) bool: which of them are interpolated.
     """
@@ -217,7 +218,9 @@ def occlusion_result(
         )
         per_window = per_window.to(inputs.dtype)
         extras = {
-            "interpolated": grid.spread(interpolated.to(inputs.dtype)).unsqueeze(1) > 0,
+            "interpolated": (
+                grid.spread(interpolated.to(inputs.dtype)) / grid.count(inputs.dtype)
+            ).unsqueeze(1),
             "window_drops": per_window,
             "window_interpolated": interpolated,
         }

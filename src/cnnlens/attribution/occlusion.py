@@ -168,6 +168,7 @@ def occlusion_result(
     without drill-down, so its drop is exact. The other ``stride`` windows take the coarse
     window's drop where they start at the same offset, else the bilinear interpolation of
     the coarse drops at their start offset. ``drill_down=1`` evaluates every window.
+    (With ``approximate`` too, both passes take the approximate path: nothing is exact.)
     The result then reports, per item, ``extras["interpolated"]`` (B, 1, H, W): per pixel,
     the share of the windows covering it whose drop is interpolated (0: the pixel's value
     is exact); ``extras["window_drops"]``

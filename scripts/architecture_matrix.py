@@ -175,9 +175,13 @@ def render(
         "",
         "## torchvision",
         "",
-        f"{len(rows)} of {len(names)} builders measured (one per family first, then by "
-        "size); the rest are marked *not run*: the run was stopped for time on a shared "
-        "two-core machine. `--cells FILE --skip-done` continues it.",
+        (
+            f"All {len(names)} builders measured."
+            if len(rows) >= len(names)
+            else f"{len(rows)} of {len(names)} builders measured (one per family first, then "
+            "by size); the rest are marked *not run*: the run was stopped for time on a "
+            "shared two-core machine. `--cells FILE --skip-done` continues it."
+        ),
         "",
         *_table(rows, names),
         "",

@@ -19,7 +19,7 @@ from .._progress import progress
 from ..attribution.api import Explanation, MethodSpec, explain, method_spec, registry
 from ..errors import InputError
 from ..render import diverging, grid, overlay, save_picture, upsample
-from ..render._images import colorbar_image, stack
+from ..render._images import colorbar_image, signed_limit, stack
 from ._common import (
     Output,
     add_batch_size,
@@ -197,13 +197,6 @@ def _signed_map(explanation: Explanation) -> Tensor:
     return values
 
 
-def _limit(values: Tensor) -> float:
-    """The signed map's colour range: ± the 99.5th percentile of |values| (single
-    outliers would wash out the map), or the largest |value| when that is 0."""
-    magnitude = values.abs().flatten().float()
-    return float(torch.quantile(magnitude, 0.995)) or float(magnitude.max()) or 1.0
-
-
 def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for item in args.method for m in item.split(",") if m.strip()]
     if not methods:
@@ -239,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         signed = None
         if explanation.signed:
             values = _signed_map(explanation)
-            limit = _limit(values)
+            limit = signed_limit(values)
             signed = stack([
                 diverging(values, limit=limit),
                 colorbar_image("bwr", -limit, limit, width, "attribution, summed over channels"),

@@ -23,6 +23,7 @@ __all__ = [
     "grid",
     "overlay",
     "save_picture",
+    "signed_limit",
     "stack",
     "tensor_to_image",
     "upsample",
@@ -60,14 +61,20 @@ def colormap(
     return Image.fromarray((rgba[..., :3] * 255).astype(np.uint8), "RGB")
 
 
-def diverging(values: Tensor, cmap: str = "bwr", *, limit: float | None = None) -> Image.Image:
-    """A signed map (H, W) with zero in the middle of the colormap (white), symmetric range.
+def signed_limit(values: Tensor) -> float:
+    """The symmetric colour range of a signed map: the 99.5th percentile of |values|, so
+    single outliers don't wash out the map (the largest |value| where that is 0; 1 for an
+    all-zero map)."""
+    magnitude = np.abs(_as_2d(values))
+    return float(np.percentile(magnitude, 99.5)) or float(magnitude.max()) or 1.0
 
-    ``limit`` defaults to the 99.5th percentile of |values| so single outliers don't wash
-    out the map."""
+
+def diverging(values: Tensor, cmap: str = "bwr", *, limit: float | None = None) -> Image.Image:
+    """A signed map (H, W) with zero in the middle of the colormap (white), symmetric range
+    ± ``limit`` (default: :func:`signed_limit`)."""
     array = _as_2d(values)
     if limit is None:
-        limit = float(np.percentile(np.abs(array), 99.5)) or float(np.abs(array).max()) or 1.0
+        limit = signed_limit(values)
     return colormap(torch.from_numpy(array), cmap, vmin=-limit, vmax=limit)
 
 

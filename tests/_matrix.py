@@ -91,6 +91,20 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
 }
 """Options that keep the matrix affordable without changing what is checked."""
 
+ARCHITECTURE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
+    # Along random VGG19's path from 0 to its inputs the score rises and falls 15.5 times its
+    # net change: Gauss-Legendre is 9.0 % from complete at the default cap of 1024 points
+    # (warned), 2.7 % at 2048 and 0.47 % at 4096. Its documented step count is the larger cap.
+    ("vgg19", "integrated_gradients"): {"max_steps": 4096},
+}
+"""Per-architecture options where a method's default is documented not to suffice; shown
+with the cell in ``docs/architectures.md``."""
+
+
+def options(name: str, method: str) -> dict[str, Any]:
+    """The options the matrix passes to ``explain`` for this cell."""
+    return {**METHOD_OPTIONS.get(method, {}), **ARCHITECTURE_OPTIONS.get((name, method), {})}
+
 DEEPLIFT_TOLERANCE = 1e-6
 IG_TOLERANCE = 1e-2
 LRP_TOLERANCE = 1e-3
@@ -380,13 +394,15 @@ def summation_error(attribution: Tensor, change: Tensor, scores: Tensor) -> floa
     return float((excess / scale.clamp(min=1e-300)).max())
 
 
-def _explain(model: nn.Module, x: Tensor, method: str) -> tuple[Any, list[str], bool, bool]:
-    """``explain`` with every warning recorded: (explanation, other warnings, zero warned,
-    incompleteness warned)."""
+def _explain(
+    model: nn.Module, x: Tensor, method: str, chosen: dict[str, Any]
+) -> tuple[Any, list[str], bool, bool]:
+    """``explain`` with the ``chosen`` options and every warning recorded: (explanation, other
+    warnings, zero warned, incompleteness warned)."""
     said = (ZeroAttributionWarning, CompletenessWarning)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = cnnlens.explain(model, x, method, **METHOD_OPTIONS.get(method, {}))
+        result = cnnlens.explain(model, x, method, **chosen)
     zero = any(issubclass(w.category, ZeroAttributionWarning) for w in caught)
     incomplete = any(issubclass(w.category, CompletenessWarning) for w in caught)
     others = [
@@ -463,7 +479,9 @@ def _conservation(subject: Subject) -> tuple[str, float | None, str]:
 
 
 def _same_alone(subject: Subject, method: str, batched: Tensor) -> None:
-    alone, _, _, _ = _explain(subject.model, subject.inputs[:1], method)
+    alone, _, _, _ = _explain(
+        subject.model, subject.inputs[:1], method, options(subject.name, method)
+    )
     got, want = alone.attribution, batched[:1]
     scale = float(want.abs().max())
     _check(got.shape == want.shape, f"alone: shape {tuple(got.shape)} vs {tuple(want.shape)}")
@@ -481,7 +499,9 @@ def check(subject: Subject, method: str) -> Cell:
     snapshot = Fingerprint.take(subject.model)
     try:
         try:
-            explanation, others, zero, warned = _explain(subject.model, subject.inputs, method)
+            explanation, others, zero, warned = _explain(
+                subject.model, subject.inputs, method, options(subject.name, method)
+            )
         except InputError as exc:
             _check(not snapshot.changes(subject.model), str(snapshot.changes(subject.model)))
             cell.status, cell.note = "refuses", str(exc)

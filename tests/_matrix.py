@@ -105,6 +105,7 @@ def options(name: str, method: str) -> dict[str, Any]:
     """The options the matrix passes to ``explain`` for this cell."""
     return {**METHOD_OPTIONS.get(method, {}), **ARCHITECTURE_OPTIONS.get((name, method), {})}
 
+
 DEEPLIFT_TOLERANCE = 1e-6
 IG_TOLERANCE = 1e-2
 LRP_TOLERANCE = 1e-3

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from ._captions import MethodText, baseline_words, count, layer_words, method_text
-from ._images import colormap, diverging, grid, overlay, upsample
+from ._images import colormap, diverging, grid, overlay, signed_limit, upsample
 from ._pages import ColorBar, color_bar, data_uri, render_page
 
 if TYPE_CHECKING:
@@ -57,12 +57,6 @@ class PanelView:
     options: dict[str, str]
 
 
-def _percentile(values: Tensor, q: float) -> float:
-    flat = values.detach().float().flatten()
-    value = float(flat.quantile(q)) if flat.numel() <= 16_000_000 else float(flat.max())
-    return value if value > 0 else float(flat.max()) or 1.0
-
-
 def _side(picture: Image.Image) -> tuple[int, int]:
     scale = max(1.0, MAP_SIDE / min(picture.size))
     return round(picture.width * scale), round(picture.height * scale)
@@ -84,7 +78,7 @@ def method_maps(
     kind = explanation.kind
     if kind == "input":
         importance = a.abs().amax(dim=0)
-        limit = _percentile(importance, 0.995)
+        limit = signed_limit(importance)
         signed: Tensor = a.sum(dim=0)
         unit, coarse = "|attribution|, max over channels", False
     elif kind == "occlusion":
@@ -110,11 +104,10 @@ def method_maps(
         bar = color_bar("Reds", 0.0, top, f"{text.title} (≥ 0)")
     else:
         bound = (
-            float(signed.abs().max())
+            float(signed.abs().max()) or 1.0
             if coarse or kind == "occlusion"
-            else _percentile(signed.abs(), 0.995)
+            else signed_limit(signed)
         )
-        bound = bound or 1.0
         picture_right = diverging(signed, limit=bound)
         label = {"occlusion": "score drop when hidden", "cam": "Σ_k w_k A^k"}.get(
             kind, "sum over channels"

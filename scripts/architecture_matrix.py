@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from tests._matrix import (  # noqa: E402
+    ARCHITECTURE_OPTIONS,
     DEEPLIFT_TOLERANCE,
     FAMILIES,
     IG_TOLERANCE,
@@ -156,7 +157,9 @@ def render(
         f"{IG_TOLERANCE:.0%} of score(x) − score(0) (**complete**; the steps used are "
         "shown), and `extras['delta']` is that gap; where 1024 points are not enough (a "
         "random network whose score rises and falls many times its net change along the "
-        "path), a `CompletenessWarning` must say so, and only then (*incomplete, warned*);",
+        "path), a `CompletenessWarning` must say so, and only then (*incomplete, warned*); "
+        "a cell listed under *Cells with their own options* runs with the step count "
+        "documented there;",
         "- LRP on a bias-free copy (biases, BatchNorm shifts and means, LayerNorm shifts "
         "set to zero; each BatchNorm's variance set to what it receives, so the signal "
         "neither vanishes nor explodes): with the epsilon rule (1e-9) at every layer the "
@@ -189,6 +192,18 @@ def render(
     if timm_rows:
         lines += ["## timm (random init)", "", *_table(timm_rows, list(TIMM_ARCHITECTURES)), ""]
     lines += [
+        "## Cells with their own options",
+        "",
+        "Where a method's default is documented not to suffice on one architecture, its "
+        "cell runs with these options instead (the same checks apply):",
+        "",
+        *(
+            f"- `{name}` × `{method}`: "
+            + ", ".join(f"`{k}={v!r}`" for k, v in chosen.items())
+            + f": {why}."
+            for (name, method), (chosen, why) in ARCHITECTURE_OPTIONS.items()
+        ),
+        "",
         "## Failing cells",
         "",
         *_failures({**rows, **{f"timm/{k}": v for k, v in timm_rows.items()}}),

@@ -91,19 +91,22 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
 }
 """Options that keep the matrix affordable without changing what is checked."""
 
-ARCHITECTURE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
-    # Along random VGG19's path from 0 to its inputs the score rises and falls 15.5 times its
-    # net change: Gauss-Legendre is 9.0 % from complete at the default cap of 1024 points
-    # (warned), 2.7 % at 2048 and 0.47 % at 4096. Its documented step count is the larger cap.
-    ("vgg19", "integrated_gradients"): {"max_steps": 4096},
+ARCHITECTURE_OPTIONS: dict[tuple[str, str], tuple[dict[str, Any], str]] = {
+    ("vgg19", "integrated_gradients"): (
+        {"max_steps": 4096},
+        "along random VGG19's path from 0 to its inputs the score rises and falls 15.5 "
+        "times its net change; Gauss–Legendre is 9.0 % from complete at the default cap "
+        "of 1024 points (and warns so), 2.7 % at 2048, 0.47 % at 4096",
+    ),
 }
-"""Per-architecture options where a method's default is documented not to suffice; shown
-with the cell in ``docs/architectures.md``."""
+"""Cells whose method's default is documented not to suffice on that architecture: (the
+options passed instead, why); listed in ``docs/architectures.md``."""
 
 
 def options(name: str, method: str) -> dict[str, Any]:
     """The options the matrix passes to ``explain`` for this cell."""
-    return {**METHOD_OPTIONS.get(method, {}), **ARCHITECTURE_OPTIONS.get((name, method), {})}
+    own = ARCHITECTURE_OPTIONS.get((name, method))
+    return {**METHOD_OPTIONS.get(method, {}), **(own[0] if own else {})}
 
 
 DEEPLIFT_TOLERANCE = 1e-6

@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -263,6 +264,27 @@ def load_average() -> str:
         return "n/a"
 
 
+def _commit() -> str:
+    """The checkout's commit, ``+ changes`` where the tree differs from it."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head} + changes" if dirty else head
+
+
 def environment() -> dict[str, str]:
     """What the numbers depend on, for the table's header (the load average now: call it
     at the start of the run)."""
@@ -271,6 +293,7 @@ def environment() -> dict[str, str]:
         device = f"cuda ({torch.cuda.get_device_name(0)})"
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cnnlens commit": _commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

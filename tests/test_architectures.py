@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from . import _matrix
 from ._matrix import (
     FAMILIES,
     TIMM_ARCHITECTURES,
@@ -97,3 +98,13 @@ def test_integrated_gradients_cell_accepts_only_a_warned_gap() -> None:
     assert far.status == "incomplete" and far.ok and far.error is not None and far.error > 0.9
     near = check(Subject("ramp", Ramp(3.0), x), "integrated_gradients")
     assert near.status == "complete" and near.error is not None and near.error < 0.01
+
+
+def test_a_cell_runs_with_its_documented_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The near ramp is complete at the default steps; documented to run at 8 points, its
+    # cell must use them (and then be incomplete, warned).
+    x = torch.ones(2, 3, 4, 4, dtype=torch.float64)
+    own = {("ramp", "integrated_gradients"): ({"steps": 8}, "a test")}
+    monkeypatch.setattr(_matrix, "ARCHITECTURE_OPTIONS", own)
+    cell = check(Subject("ramp", Ramp(3.0), x), "integrated_gradients")
+    assert cell.ok and cell.status == "incomplete" and cell.detail == "8 steps"

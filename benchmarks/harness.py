@@ -40,6 +40,7 @@ __all__ = [
     "Goal",
     "Result",
     "Timing",
+    "checkout_commit",
     "environment",
     "load_average",
     "markdown",
@@ -264,22 +265,21 @@ def load_average() -> str:
         return "n/a"
 
 
-def _commit() -> str:
-    """The checkout's commit, ``+ changes`` where the tree differs from it."""
-    here = Path(__file__).resolve().parent
+def checkout_commit() -> str:
+    """The commit of this checkout, ``+ changes`` where its tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"{head} + changes" if dirty else head
@@ -293,7 +293,7 @@ def environment() -> dict[str, str]:
         device = f"cuda ({torch.cuda.get_device_name(0)})"
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cnnlens commit": _commit(),
+        "cnnlens commit": checkout_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 from tests._matrix import (  # noqa: E402
@@ -50,6 +50,7 @@ from tests._matrix import (  # noqa: E402
 )
 
 import cnnlens  # noqa: E402
+from harness import checkout_commit  # noqa: E402
 
 SYMBOLS = {
     "exact": "exact",
@@ -126,7 +127,9 @@ def render(
         "whose default run covers one architecture per family and whose `slow` run covers "
         f"the whole matrix). cnnlens {cnnlens.__version__}, torch {torch.__version__}, "
         f"{seconds / 60:.0f} CPU minutes; each cell is the latest run of it, measured at "
-        + ", ".join(f"{c} ({n} cells)" for c, n in (commits or Counter({_commit(): 0})).items())
+        + ", ".join(
+            f"{c} ({n} cells)" for c, n in (commits or Counter({checkout_commit(): 0})).items()
+        )
         + ".",
         "",
         "## What is checked",
@@ -216,19 +219,6 @@ def render(
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return done.stdout.strip()
-
-
 def _run(
     names: Sequence[str],
     source: str,
@@ -238,7 +228,7 @@ def _run(
     skip: set[str],
     only: Sequence[str] | None = None,
 ) -> None:
-    commit = _commit()
+    commit = checkout_commit()
     for name in names:
         if f"{source}/{name}" in skip:
             continue

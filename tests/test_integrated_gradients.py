@@ -308,3 +308,14 @@ def test_agrees_with_captum(rule: str, steps: int) -> None:
     # captum scales the path in float32 (relative differences ~1e-8)
     torch.testing.assert_close(ours.attribution, theirs, rtol=1e-6, atol=1e-10)
     torch.testing.assert_close(ours.extras["delta"], delta, rtol=1e-6, atol=1e-8)
+
+
+def test_the_adaptive_default_suggests_a_larger_cap() -> None:
+    # A kink just past the second-to-last of 1024 points: the advice is max_steps (with the
+    # adaptive default only the items still off pay for the larger count)
+    alphas, _ = path_points(1024)
+    x = torch.ones(1, 3, 4, 4, dtype=D)
+    with pytest.warns(
+        CompletenessWarning, match=r"with 1024 gausslegendre steps; .*max_steps=4096 in the API"
+    ):
+        cnnlens.explain(Ramp(10 * (float(alphas[-2]) + 1e-9)), x, "integrated_gradients", target=0)

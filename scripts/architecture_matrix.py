@@ -128,7 +128,8 @@ def render(
         f"the whole matrix). cnnlens {cnnlens.__version__}, torch {torch.__version__}, "
         f"{seconds / 60:.0f} CPU minutes; each cell is the latest run of it, measured at "
         + ", ".join(
-            f"{c} ({n} cells)" for c, n in (commits or Counter({checkout_commit(): 0})).items()
+            f"{c} ({n} cell{'s' if n != 1 else ''})"
+            for c, n in (commits or Counter({checkout_commit(): 0})).items()
         )
         + ".",
         "",

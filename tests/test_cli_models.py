@@ -149,6 +149,8 @@ def test_predict_bad_image_files_exit_2_with_one_line(
         (["predict", "cat", "--model", "no/such/model.pt"], "no such model file"),
         (["predict", "cat", "--top", "0"], "--top: must be at least 1, got 0"),
         (["predict", "zebra"], "no such file, nor a sample image (cat, coffee"),
+        # a model's name where the image goes (`cnnlens check resnet18 -m lrp`)
+        (["check", "resnet18", "-m", "lrp"], "; to pick the model, use --model resnet18"),
     ],
 )
 def test_predict_bad_usage(

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..images import load_image, sample_image, sample_images
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, available_models, load_model
 from ..render import PICTURE_FORMATS
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -190,8 +190,10 @@ def open_image(spec: str) -> Image.Image:
         if spec in sample_images():
             return sample_image(spec)
         if not any(sep in spec for sep in "/\\."):
+            # `cnnlens check resnet18 ...` reads the model's name as the image
+            hint = f"; to pick the model, use --model {spec}" if spec in available_models() else ""
             raise InputError(
-                f"{spec}: no such file, nor a sample image ({', '.join(sample_images())})"
+                f"{spec}: no such file, nor a sample image ({', '.join(sample_images())}){hint}"
             )
     return load_image(spec)
 

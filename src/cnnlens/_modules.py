@@ -23,10 +23,7 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
 def locate_layer(model: nn.Module, layer: nn.Module | str) -> tuple[nn.Module, str]:
     """:func:`resolve_layer` and the layer's dotted name, from one walk over the model."""
     if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer:
-                return module, name
-        raise InputError(f"layer {type(layer).__name__} is not a submodule of the model")
+        return layer, layer_name(model, layer)
     if not isinstance(layer, str):
         raise InputError(f"layer must be a module or a dotted name, got {type(layer).__name__}")
     named = dict(model.named_modules())

@@ -209,6 +209,7 @@ def occlusion_result(
         )
 
     extras: dict[str, Tensor] = {}
+    count = grid.count(inputs.dtype)  # (H, W): the windows covering each pixel
     if coarse is None or drill_down is None:
         rows = torch.arange(b * grid.windows, device=inputs.device)
         every = drops(grid, rows // grid.windows, rows % grid.windows, "occlusion")
@@ -219,14 +220,11 @@ def occlusion_result(
         )
         per_window = per_window.to(inputs.dtype)
         extras = {
-            "interpolated": (
-                grid.spread(interpolated.to(inputs.dtype)) / grid.count(inputs.dtype)
-            ).unsqueeze(1),
+            "interpolated": (grid.spread(interpolated.to(inputs.dtype)) / count).unsqueeze(1),
             "window_drops": per_window,
             "window_interpolated": interpolated,
         }
     summed = grid.spread(per_window)
-    count = grid.count(inputs.dtype)
     mean = torch.where(count > 0, summed / count.clamp(min=1), torch.zeros_like(summed))
     return MethodResult(mean.unsqueeze(1), extras)
 

@@ -687,6 +687,33 @@ def test_explain_lrp_options_and_errors(untouched: type) -> None:
     snap.assert_same(model, x)
 
 
+@pytest.mark.parametrize("composite", COMPOSITES)
+def test_explain_reports_what_the_flows_say_was_absorbed(composite: str) -> None:
+    # explain reports absorbed = score - the map's sum; the per-node flows of
+    # relevance(record=True) account for every bias and stabilizer one by one. On the
+    # pretrained Lite0 (biases absorb nearly all of the logit) and a random ResNet-18 with
+    # BatchNorm shifts the two agree.
+    lite0 = cnnlens.load_model("efficientnet_lite0").module
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    with torch.no_grad():
+        for bn in resnet.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.bias.uniform_(-0.5, 0.5)
+    for model, size in ((lite0, 96), (resnet, 64)):
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+        e = cnnlens.explain(model, x, "lrp", composite=composite)
+        assert e.targets is not None
+        flows = relevance(
+            model, x, resolve_target(e.targets, 2), make_composite(composite), record=True
+        )
+        score = e.extras["score"]
+        torch.testing.assert_close(score, flows.scores)
+        assert bool((flows.absorbed().abs() > 1e-3 * score.abs()).all())  # biases do absorb
+        torch.testing.assert_close(
+            e.extras["absorbed"], flows.absorbed(), rtol=1e-4, atol=1e-5 * float(score.abs().max())
+        )
+
+
 def test_batch_equals_items_alone() -> None:
     model, x = _net("densenet_like", bias=True)
     rules = make_composite("epsilon_gamma_box")

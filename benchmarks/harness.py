@@ -82,6 +82,9 @@ class Case:
     note: str = ""
     rounds: int | None = None  # overrides run_case's (a case of minutes: fewer)
     warmup: int | None = None
+    # what any implementation must compute, timed bare (``benchmarks/bounds.py``): how far
+    # the goal is reachable at all
+    bound: Entry | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Result:
     floor: Timing
     ours: Timing
     peers: tuple[Timing, ...]
+    bound: Timing | None = None
 
     def ratio(self, timing: Timing, clock: str = "cpu") -> float:
         """``timing``'s median over the floor's median (inf where it did not run)."""
@@ -212,7 +216,7 @@ def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = Tru
     warmup = case.warmup if case.warmup is not None else warmup
     if rounds < 1 or warmup < 0:
         raise ValueError("rounds must be at least 1, warmup at least 0")
-    entries = [case.floor, case.ours, *case.peers]
+    entries = [case.floor, case.ours, *case.peers, *([case.bound] if case.bound else [])]
     errors = [entry.error for entry in entries]
     wall: list[list[float]] = [[] for _ in entries]
     cpu: list[list[float]] = [[] for _ in entries]
@@ -247,7 +251,9 @@ def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = Tru
         if memory and not inline and fn is not None and not errors[i]:
             peaks[i] = peak_memory(fn)
         timings.append(Timing(entry.name, tuple(wall[i]), tuple(cpu[i]), peaks[i], errors[i]))
-    return Result(case, timings[0], timings[1], tuple(timings[2:]))
+    peers = len(case.peers)
+    bound = timings[2 + peers] if case.bound else None
+    return Result(case, timings[0], timings[1], tuple(timings[2 : 2 + peers]), bound)
 
 
 def set_threads(threads: int | None) -> int:
@@ -317,6 +323,12 @@ def _peer_cell(result: Result, peer: Timing) -> str:
     )
 
 
+def _bound_cell(result: Result, bound: Timing) -> str:
+    if bound.error:
+        return f"{bound.name}: fails ({bound.error})"
+    return f"{result.ratio(bound):.2f} ({bound.name})"
+
+
 def _verdict(result: Result) -> str:
     ok = result.ok
     return "" if ok is None else ("✔" if ok else "✘")
@@ -333,8 +345,9 @@ def table(results: Sequence[Result]) -> list[str]:
     """One markdown table line per case."""
     lines = [
         "| method | model | floor | floor ms CPU · wall | cnnlens × floor CPU · wall "
-        "| peak MB floor · cnnlens | peers: × floor CPU (wall), peak MB | goal | ✔/✘ |",
-        "|---|---|---|---:|---:|---:|---|---|:-:|",
+        "| bound × floor | peak MB floor · cnnlens | peers: × floor CPU (wall), peak MB "
+        "| goal | ✔/✘ |",
+        "|---|---|---|---:|---:|---|---:|---|---|:-:|",
     ]
     for r in results:
         floor = f"{r.floor.median('cpu') * 1e3:.0f} · {r.floor.median('wall') * 1e3:.0f}"
@@ -343,10 +356,12 @@ def table(results: Sequence[Result]) -> list[str]:
         else:
             ours = f"{r.ratio(r.ours):.2f} · {r.ratio(r.ours, 'wall'):.2f}"
         memory = f"{_mb(r.floor.memory)} · {_mb(r.ours.memory)}"
+        bound = "" if r.bound is None else _bound_cell(r, r.bound)
         peers = "<br>".join(_peer_cell(r, p) for p in r.peers) or "—"
         name = r.case.method + (f" ({r.case.note})" if r.case.note else "")
         lines.append(
-            f"| {name} | {r.case.model} | {r.case.floor.name} | {floor} | {ours} | {memory} "
+            f"| {name} | {r.case.model} | {r.case.floor.name} | {floor} | {ours} | {bound} "
+            f"| {memory} "
             f"| {peers} | {_goal(r)} | {_verdict(r)} |"
         )
     return lines
@@ -369,6 +384,12 @@ measured in one untimed call after the timed rounds, after a garbage collection 
 `malloc_trim`; for Score-CAM and occlusion, which run one round without warm-up, in that
 round); on CUDA it is torch's peak allocated memory. A peer that cannot do the
 computation on the model is listed with its error. Goals marked * are ours, not the issue's.
+Where a line has a bound, it is what any implementation of the method must compute, timed
+as bare torch calls in the same rounds (`benchmarks/bounds.py`): for LRP the model's forward
+pass and the extra convolutions and transposed convolutions of the composite's rules, for
+DeepLIFT the baseline's forward pass and F, for deconvnet and guided backpropagation F with
+every call of the forward pass intercepted (the interception engine's own cost). A goal
+below its line's bound cannot be met by this design on this machine.
 """
 
 

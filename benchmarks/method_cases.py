@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 import cnnlens
+from bounds import deeplift_bound, interception_bound, lrp_bound
 from cnnlens._trace import default_feature_layer
 from cnnlens.attribution.lrp import COMPOSITES
 from cnnlens.attribution.occlusion import window_starts
@@ -177,6 +178,7 @@ def _gradient_cases(s: Setup) -> Iterator[Case]:
     floor = Entry("F", lambda: _input_gradient(s))
     for method in ("saliency", "input_x_gradient", "deconvnet", "guided_backprop"):
         goal = _within(1.05, from_issue=method != "input_x_gradient")
+        intercepts = method in ("deconvnet", "guided_backprop")
         yield Case(
             method,
             s.model,
@@ -184,6 +186,7 @@ def _gradient_cases(s: Setup) -> Iterator[Case]:
             Entry("cnnlens", _explain(s, method)),
             peers_for(method, s),
             goal,
+            bound=interception_bound(s) if intercepts else None,
         )
     n = s.samples
     floor_n = Entry(f"F on {n} copies, {s.rows} rows a pass", _copies_gradient(s, n))
@@ -199,6 +202,7 @@ def _gradient_cases(s: Setup) -> Iterator[Case]:
         Entry("cnnlens", _explain(s, "deeplift")),
         peers_for("deeplift", s),
         _within(1.3),
+        bound=deeplift_bound(s),
     )
     for composite in COMPOSITES:
         yield Case(
@@ -209,6 +213,7 @@ def _gradient_cases(s: Setup) -> Iterator[Case]:
             peers_for("lrp", s, composite=composite),
             _within(2.0),
             composite,
+            bound=lrp_bound(s, composite),
         )
 
 

@@ -51,10 +51,21 @@ def test_every_case_runs_one_round_and_makes_a_table_line() -> None:
             assert result.ours.memory is not None and result.ours.memory >= 0
         for peer in result.peers:
             assert not peer.error, (result.case.method, peer.name, peer.error)
+        if result.bound is not None:
+            assert not result.bound.error, (result.case.method, result.bound.error)
+            assert len(result.bound.cpu) == 1
         if result.case.goal is not None:
             assert result.ok in (True, False)
+    bounded = {(r.case.method, r.case.note) for r in results if r.bound is not None}
+    assert bounded == {
+        ("deconvnet", ""),
+        ("guided_backprop", ""),
+        ("deeplift", ""),
+        *(("lrp", composite) for composite in cases.COMPOSITES),
+    }
     lines = harness.table(results)
     assert len(lines) == 2 + len(results)
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
     text = harness.markdown(results, harness.environment())
     assert "How to read it" in text and "load average" in text
 

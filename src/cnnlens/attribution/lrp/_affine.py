@@ -162,12 +162,19 @@ class Affine:
         """``factor * bias_part(which) + add`` per output channel (``None`` for no bias
         and nothing added)."""
         b = self.bias_part(which)
-        if b is None:
-            if add == 0.0:
-                return None
-            w = self.weight
-            return torch.full((w.shape[0],), add, dtype=w.dtype, device=w.device)
-        return b * factor + add if (factor != 1.0 or add != 0.0) else b
+        if b is None and add == 0.0:
+            return None
+        if b is not None and factor == 1.0 and add == 0.0:
+            return b
+
+        def make() -> Tensor:
+            if b is None:
+                w = self.weight
+                return torch.full((w.shape[0],), add, dtype=w.dtype, device=w.device)
+            return b * factor + add
+
+        vector: Tensor = self._get(f"bias:{which}*{factor!r}+{add!r}", make)
+        return vector
 
     def per_channel(self, values: Tensor, like: Tensor) -> Tensor:
         """Per-output-channel ``values`` shaped to broadcast against an output like
@@ -193,9 +200,11 @@ class Affine:
             )
             terms = []
             if has_pos:
-                terms.append((same, self.per_channel(s.clamp(min=0) * factor, same)))
+                positive = self._get(f"s+*{factor!r}", lambda: s.clamp(min=0) * factor)
+                terms.append((same, self.per_channel(positive, same)))
             if has_neg:
-                terms.append((other, self.per_channel(s.clamp(max=0) * factor, same)))
+                negative = self._get(f"s-*{factor!r}", lambda: s.clamp(max=0) * factor)
+                terms.append((other, self.per_channel(negative, same)))
         bias = self.bias_vector(which, factor, add)
         out = torch.zeros_like(same) if bias is None else None
         for t, f in terms:

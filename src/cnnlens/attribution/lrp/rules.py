@@ -48,6 +48,7 @@ and their transposes.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -102,9 +103,31 @@ def divide(relevance: Tensor, denominator: Tensor, eps: float) -> Tensor:
     return torch.div(relevance, stable, out=stable)
 
 
+# The sign check reads all of x and waits for its answer, and alpha-beta asks it in both
+# halves of a layer about the same input: the answer is kept per tensor, while the tensor
+# lives and is unchanged (same version counter).
+_SIGNS: dict[int, tuple[weakref.ref[Tensor], int, bool]] = {}
+
+
+def _forget(key: int, ref: weakref.ref[Tensor]) -> None:
+    kept = _SIGNS.get(key)
+    if kept is not None and kept[0] is ref:
+        del _SIGNS[key]
+
+
 def _nonnegative(x: Tensor) -> bool:
     """Whether ``x`` has no negative entry (after a rectifier): the ``x-`` terms vanish."""
-    return x.numel() == 0 or bool(x.min() >= 0)
+    key = id(x)
+    kept = _SIGNS.get(key)
+    try:
+        version = x._version
+    except RuntimeError:  # an inference tensor: no version counter, nothing kept
+        return x.numel() == 0 or bool(x.min() >= 0)
+    if kept is not None and kept[0]() is x and kept[1] == version:
+        return kept[2]
+    result = x.numel() == 0 or bool(x.min() >= 0)
+    _SIGNS[key] = (weakref.ref(x, lambda ref: _forget(key, ref)), version, result)
+    return result
 
 
 def layer_relevance(rule: AffineRule, layer: Affine, x: Tensor, relevance: Tensor) -> Tensor:

@@ -32,12 +32,6 @@ from peer_entries import Setup
 __all__ = ["deeplift_bound", "interception_bound", "lrp_bound"]
 
 
-def _input_gradient(s: Setup) -> Tensor:
-    x = s.x.detach().requires_grad_()
-    (grad,) = torch.autograd.grad(s.module(x).gather(1, s.target.view(-1, 1)).sum(), x)
-    return grad
-
-
 # ---- LRP ----------------------------------------------------------------------------------
 
 
@@ -188,14 +182,14 @@ def lrp_bound(s: Setup, composite: str) -> Entry:
 # ---- DeepLIFT and the interception engine -------------------------------------------------
 
 
-def deeplift_bound(s: Setup) -> Entry:
-    """The (shared, one-item) zero baseline's forward pass and F."""
+def deeplift_bound(s: Setup, floor: Callable[[], object]) -> Entry:
+    """The (shared, one-item) zero baseline's forward pass, then ``floor`` (F)."""
     reference = torch.zeros_like(s.x[:1])
 
-    def run() -> Tensor:
+    def run() -> object:
         with torch.no_grad():
             s.module(reference)
-        return _input_gradient(s)
+        return floor()
 
     return Entry("baseline forward + F", run)
 

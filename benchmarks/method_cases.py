@@ -202,7 +202,7 @@ def _gradient_cases(s: Setup) -> Iterator[Case]:
         Entry("cnnlens", _explain(s, "deeplift")),
         peers_for("deeplift", s),
         _within(1.3),
-        bound=deeplift_bound(s),
+        bound=deeplift_bound(s, lambda: _input_gradient(s)),
     )
     for composite in COMPOSITES:
         yield Case(

@@ -205,9 +205,21 @@ def peak_memory(fn: Callable[[], object]) -> int | None:
     return _measured(fn, memory=True)[2]
 
 
-def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = True) -> Result:
+def run_case(
+    case: Case,
+    *,
+    rounds: int = 3,
+    warmup: int = 1,
+    memory: bool = True,
+    budget: float = 0.0,
+    max_rounds: int = 25,
+) -> Result:
     """Time ``case``'s floor, ours and peers in interleaved rounds (``case.rounds`` and
     ``case.warmup`` override the arguments), then their peak memory.
+
+    ``budget``: for a case with a warm-up, more timed rounds (up to ``max_rounds``) while
+    the timed rounds so far took less than ``budget`` seconds, so that a fast case gets the
+    rounds that steady its medians and a slow one keeps ``rounds``.
 
     The first round (warm-up or timed) also probes the peers and ours: one that raises is
     reported with its error and left out of the timing (a peer that cannot explain the
@@ -225,7 +237,15 @@ def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = Tru
     inline = memory and warmup == 0
     peaks: list[int | None] = [None for _ in entries]
     last = warmup + rounds - 1
-    for round_ in range(warmup + rounds):
+    extend = budget > 0 and warmup > 0  # (a case without warm-up measures memory inline)
+    timed = 0.0
+    round_ = -1
+    while True:
+        round_ += 1
+        done = round_ - warmup  # timed rounds so far
+        if round_ > last and not (extend and timed < budget and done < max_rounds):
+            break
+        started = time.perf_counter()
         order = list(range(len(entries)))
         shift = round_ % len(entries)
         for i in order[shift:] + order[:shift]:
@@ -245,6 +265,8 @@ def run_case(case: Case, *, rounds: int = 3, warmup: int = 1, memory: bool = Tru
                 wall[i].append(seconds[0])
                 cpu[i].append(seconds[1])
                 peaks[i] = seconds[2]
+        if round_ >= warmup:
+            timed += time.perf_counter() - started
     timings = []
     for i, entry in enumerate(entries):
         fn = entry.fn

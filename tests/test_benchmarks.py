@@ -4,6 +4,7 @@ floor and its peers) runs one round on a tiny model and makes one table line."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,18 @@ def test_a_failing_peer_is_reported_not_timed() -> None:
     assert "peer: fails (RuntimeError: cannot do this)" in harness.table([result])[2]
     with pytest.raises(ValueError):
         harness.run_case(case, rounds=0)
+
+
+def test_a_budget_adds_rounds_to_a_fast_case() -> None:
+    # two entries of about a millisecond: six rounds stay far below one second of budget
+    entry = harness.Entry("sleep", lambda: time.sleep(0.001))
+    case = harness.Case("m", "tiny", entry, entry)
+    extended = harness.run_case(case, rounds=2, memory=False, budget=1.0, max_rounds=6)
+    assert len(extended.ours.cpu) == len(extended.floor.wall) == 6
+    plain = harness.run_case(case, rounds=2, memory=False)
+    assert len(plain.ours.cpu) == 2
+    no_warmup = harness.run_case(case, rounds=2, warmup=0, memory=False, budget=1.0)
+    assert len(no_warmup.ours.cpu) == 2  # (its memory is measured in the last round)
 
 
 def test_the_dataset_cases_run() -> None:

@@ -17,7 +17,7 @@ needed), in the same run as the floor:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,6 +44,15 @@ class _Layer:
     x: Tensor
     grad: Tensor
     signed: bool
+    stacked: dict[int, Tensor] = field(default_factory=dict)
+
+    def _stacked(self, parts: int) -> Tensor:
+        """The weight repeated ``parts`` times along the input channels, made once (the
+        rules keep their stacked parts too)."""
+        if parts not in self.stacked:
+            w = self.module.weight
+            self.stacked[parts] = torch.cat([w] * parts, dim=1) if parts > 1 else w
+        return self.stacked[parts]
 
     def conv(self, x: Tensor) -> None:
         if isinstance(self.module, nn.Linear):
@@ -56,14 +65,14 @@ class _Layer:
         (as the rules stack them: one call), or one call per part for a grouped layer."""
         w = self.module.weight
         if isinstance(self.module, nn.Linear):
-            torch.mm(self.grad.flatten(0, -2), torch.cat([w] * parts, dim=1))
+            torch.mm(self.grad.flatten(0, -2), self._stacked(parts))
             return
         m = self.module
         if m.groups != 1 and parts > 1:
             for _ in range(parts):
                 self._conv_transpose(w, self.x)
             return
-        wide = torch.cat([w] * parts, dim=1) if parts > 1 else w
+        wide = self._stacked(parts)
         like = (
             self.x
             if parts == 1

@@ -117,3 +117,51 @@ def test_peak_memory_sees_a_torch_tensor(warmup: int) -> None:
     assert result.ours.memory is not None and result.floor.memory is not None
     assert 15 * 2**20 <= result.ours.memory <= 64 * 2**20
     assert result.floor.memory <= 4 * 2**20
+
+
+def test_each_round_runs_the_entries_in_a_new_order() -> None:
+    """A rotation keeps neighbours: each entry would always follow the same one."""
+    orders = [harness._round_order(5, r) for r in range(30)]
+    assert all(sorted(order) == list(range(5)) for order in orders)
+    assert orders == [harness._round_order(5, r) for r in range(30)]  # a fixed seed
+    predecessors = {order[order.index(0) - 1] for order in orders if order[0] != 0}
+    assert len(predecessors) == 4
+
+
+def _timed(name: str, seconds: list[float]) -> harness.Timing:
+    return harness.Timing(name, tuple(seconds), tuple(seconds))
+
+
+def test_the_interval_pairs_rounds_and_says_when_a_verdict_is_within_noise() -> None:
+    # rounds whose load varies 2x: a method that always takes 1.02x the floor of its own
+    # round has a point interval when rounds are paired; an unpaired bootstrap would not
+    loads = [1.0, 2.0, 1.3, 1.7, 1.1, 1.9, 1.5, 1.2]
+    floor = _timed("floor", loads)
+    goal = harness.Goal("≤ 1.05× floor", lambda r: r.ratio(r.ours) <= 1.05, limit=lambda r: 1.05)
+    case = harness.Case("m", "tiny", harness.Entry("f", None), harness.Entry("o", None), goal=goal)
+    steady = harness.Result(case, floor, _timed("ours", [1.02 * t for t in loads]), ())
+    span = steady.interval(steady.ours)
+    assert span is not None and span[0] == pytest.approx(1.02) and span[1] == pytest.approx(1.02)
+    assert steady.ok and not steady.within_noise
+    assert harness._verdict(steady) == "✔"
+    # the same medians with noise of its own per round: the interval reaches across 1.05
+    jitter = [1.12, 0.93, 1.08, 0.97, 1.1, 0.95, 1.06, 0.99]
+    noisy = harness.Result(
+        case, floor, _timed("ours", [t * j for t, j in zip(loads, jitter, strict=True)]), ()
+    )
+    low, high = noisy.interval(noisy.ours) or (0.0, 0.0)
+    assert low <= noisy.ratio(noisy.ours) <= high and low < 1.05 < high
+    assert noisy.within_noise
+    assert harness._verdict(noisy).endswith("(within noise)")
+    assert "(within noise)" in harness.table([noisy])[2] and "<br>(" in harness.table([noisy])[2]
+    # far off: decided
+    slow = harness.Result(
+        case, floor, _timed("ours", [2 * t * j for t, j in zip(loads, jitter, strict=True)]), ()
+    )
+    assert not slow.ok and not slow.within_noise and harness._verdict(slow) == "✘"
+    assert harness.summary([steady, noisy, slow]) == (
+        "Goals: 1 of 3 met (0 within noise), 2 missed (1 within noise)."
+    )
+    # too few rounds for an interval
+    short = harness.Result(case, _timed("floor", loads[:3]), _timed("ours", loads[:3]), ())
+    assert short.interval(short.ours) is None and not short.within_noise

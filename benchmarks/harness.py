@@ -485,9 +485,11 @@ def summary(results: Sequence[Result]) -> str:
     met = [r for r in judged if r.ok]
     missed = [r for r in judged if not r.ok]
     close = sum(r.within_noise for r in met), sum(r.within_noise for r in missed)
+    blind = sum(r.interval(r.ours) is None for r in judged)
     return (
         f"Goals: {len(met)} of {len(judged)} met ({close[0]} within noise), "
-        f"{len(missed)} missed ({close[1]} within noise)."
+        f"{len(missed)} missed ({close[1]} within noise)"
+        + (f"; {blind} of these verdicts have no interval (under 5 rounds)." if blind else ".")
     )
 
 

@@ -165,3 +165,6 @@ def test_the_interval_pairs_rounds_and_says_when_a_verdict_is_within_noise() -> 
     # too few rounds for an interval
     short = harness.Result(case, _timed("floor", loads[:3]), _timed("ours", loads[:3]), ())
     assert short.interval(short.ours) is None and not short.within_noise
+    assert harness.summary([steady, short]).endswith(
+        "; 1 of these verdicts have no interval (under 5 rounds)."
+    )

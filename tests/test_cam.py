@@ -162,6 +162,42 @@ def test_cam_on_a_layer_that_is_not_pooled_raises(resnet: nn.Module) -> None:
         explain(resnet, torch.randn(1, 3, 64, 64), "cam", layer="layer3")
 
 
+class _ShiftedHead(nn.Module):
+    """GAP + linear on a small feature extractor, then one output changed: the model's
+    output for ``shifted`` is not the linear layer's, every other output is."""
+
+    def __init__(self, shifted: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 100)
+        self.shifted = shifted
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.fc(self.features(x).mean(dim=(2, 3)))
+        bump = torch.zeros_like(out)
+        bump[:, self.shifted] = 1.0
+        return out + bump
+
+
+def test_cam_checks_the_head_on_the_target_outputs() -> None:
+    # The head check compares the target classes' outputs and a spread of others (not the
+    # whole classifier again). Output 37 is not among the spread of 32 over 100.
+    model = _ShiftedHead(37).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with pytest.raises(InputError, match="global average"):
+        explain(model, x, "cam", layer="features", target=37)
+    with pytest.raises(InputError, match="global average"):
+        explain(model, x, "cam", layer="features", target=[5, 37])
+    # for another class the output is the linear layer's: CAM is its exact decomposition
+    cam = explain(model, x, "cam", layer="features", target=5).attribution
+    logits = model(x)[:, 5]
+    torch.testing.assert_close(cam.mean(dim=(1, 2)) + model.fc.bias[5], logits.detach())
+    # a shift on one of the spread outputs is caught whatever the target
+    with pytest.raises(InputError, match="global average"):
+        explain(_ShiftedHead(0).eval(), x, "cam", layer="features", target=5)
+
+
 def test_cam_refuses_callable_targets(resnet: nn.Module) -> None:
     with pytest.raises(InputError, match="gradcam"):
         explain(resnet, torch.randn(1, 3, 64, 64), "cam", target=lambda out: out[:, 0])

@@ -99,10 +99,16 @@ def _selected(case: Case, only: str | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
-    parser.add_argument("--quick", action="store_true", help="the quick profile (see above)")
-    parser.add_argument("--only", default=None, help="only methods with this substring")
+    parser.add_argument("--quick", action="store_true", help="the quick profile (Quick, above)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="only the cases whose method or note contains this text (e.g. lrp, cam, gamma)",
+    )
     parser.add_argument(
         "--rounds",
         type=int,

@@ -31,7 +31,7 @@ def locate_layer(model: nn.Module, layer: nn.Module | str) -> tuple[nn.Module, s
         # EfficientNet-Lite0, at every call); the full walk below for what it misses
         try:
             return model.get_submodule(layer), layer
-        except AttributeError:
+        except (AttributeError, RuntimeError):  # RuntimeError: a ScriptModule refuses it
             pass
     named = dict(model.named_modules())
     for candidate in (layer, _without_wrapper_prefix(layer)):

@@ -5,11 +5,11 @@ method cannot beat, e.g. one forward and one backward pass to the input), *ours*
 cnnlens call) and the *peers* (captum, zennit, pytorch-grad-cam, torchcam doing the same
 computation). :func:`run_case` runs them in interleaved rounds (every entry once per round,
 in an order shuffled each round) so that drifting machine load and the state one entry
-leaves for the next hit all of them alike, and records both
-wall time and process CPU time; after the timed rounds it measures each entry's peak memory
-with one more, untimed, call (:func:`peak_memory`; in the last round for a case run without
-warm-up, whose calls take minutes). :func:`markdown` writes one table line
-per case with the ratios to the floor and the goal's verdict.
+leaves for the next hit all of them alike, and records both wall time and process CPU
+time; after the timed rounds it measures each entry's peak memory with one more, untimed,
+call (:func:`peak_memory`; in the last round for a case run without warm-up, whose calls
+take minutes). :func:`markdown` writes one table line per case with the ratios to the
+floor, the interval of ours and the goal's verdict.
 
 Modules define cases with :class:`Entry` (a name and a callable) and :class:`Goal` (a text
 and a check on the :class:`Result`); ``benchmarks/method_cases.py`` builds all of them.
@@ -118,6 +118,11 @@ class Result:
     ours: Timing
     peers: tuple[Timing, ...]
     bound: Timing | None = None
+    # intervals already computed: the summary, the ratio's cell and the verdict each ask
+    # for ours, and one bootstrap of a few hundred rounds takes a large part of a second
+    _intervals: dict[tuple[Timing, str, float, int], tuple[float, float] | None] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def ratio(self, timing: Timing, clock: str = "cpu") -> float:
         """``timing``'s median over the floor's median (inf where it did not run)."""
@@ -133,6 +138,14 @@ class Result:
         (None under 5 rounds). Rounds are resampled in pairs - ``timing`` and the floor of
         the same round - so that load shared by a round cancels in the ratio. The seed is
         fixed: the same timings give the same interval."""
+        key = (timing, clock, level, resamples)
+        if key not in self._intervals:
+            self._intervals[key] = self._bootstrap(timing, clock, level, resamples)
+        return self._intervals[key]
+
+    def _bootstrap(
+        self, timing: Timing, clock: str, level: float, resamples: int
+    ) -> tuple[float, float] | None:
         mine = timing.cpu if clock == "cpu" else timing.wall
         floor = self.floor.cpu if clock == "cpu" else self.floor.wall
         if timing.error or len(mine) < 5 or len(floor) < 5:
@@ -142,9 +155,8 @@ class Result:
         ratios = []
         for _ in range(resamples):
             picks = [rng.randrange(len(mine)) for _ in mine]
-            if not paired:
-                others = [rng.randrange(len(floor)) for _ in floor]
-            down = statistics.median(floor[i] for i in (picks if paired else others))
+            downs = picks if paired else [rng.randrange(len(floor)) for _ in floor]
+            down = statistics.median(floor[i] for i in downs)
             ratios.append(statistics.median(mine[i] for i in picks) / down)
         ratios.sort()
         tail = (1 - level) / 2

@@ -21,7 +21,6 @@ from torch import Tensor
 from .._progress import progress as progress_bar
 from ..errors import InputError
 from ._batches import (
-    Collate,
     LayerTap,
     as_dataset,
     grouped_batches,
@@ -199,8 +198,8 @@ def top_patches(
     """For each channel of ``layer`` (default: all), the ``k`` dataset positions where it
     is most active, strongest first, each with the input patch it sees.
 
-    ``dataset`` as in :func:`extract_features`. One pass over the data; memory
-    O(k x channels). Equal activations are ordered by dataset index, then position (row-major),
+    ``dataset`` as in :func:`extract_features`. One pass over the data, then the items
+    that hold a patch are loaded again, in batches; memory O(k x channels). Equal activations are ordered by dataset index, then position (row-major),
     so the result is fully determined. The patch boxes come from
     :func:`cnnlens.receptive_field`. ``engine="ray"`` scans shards of the dataset on a Ray
     cluster and merges their top-k exactly (same result; ``ray_options`` as in
@@ -251,14 +250,17 @@ def top_patches(
             y, x = divmod(flat, width)
             wanted.setdefault(index, []).append((row, rank, value, y, x))
     found: dict[tuple[int, int], Patch] = {}
-    collate = Collate(preprocessing)
-    for index in sorted(wanted):
-        image = collate([(index, data[index])])[0][0]
-        for row, rank, value, y, x in wanted[index]:
-            box = _clip(field_.box(y, x) if field_ is not None else None, input_size)
-            top, left, bottom, right = box
-            pixels = image[:, top:bottom, left:right].clone()
-            found[row, rank] = Patch(index, chosen[row], (y, x), value, box, pixels)
+    needed = sorted(wanted)
+    groups = [needed[start : start + batch_size] for start in range(0, len(needed), batch_size)]
+    for images, _, indices in grouped_batches(
+        data, groups, preprocessing=preprocessing, num_workers=num_workers
+    ):
+        for image, index in zip(images, indices.tolist(), strict=True):
+            for row, rank, value, y, x in wanted[index]:
+                box = _clip(field_.box(y, x) if field_ is not None else None, input_size)
+                top, left, bottom, right = box
+                pixels = image[:, top:bottom, left:right].clone()
+                found[row, rank] = Patch(index, chosen[row], (y, x), value, box, pixels)
     return {
         channel: [found[row, rank] for rank in range(counts[row])]
         for row, channel in enumerate(chosen)

@@ -8,8 +8,11 @@ in an order shuffled each round) so that drifting machine load and the state one
 leaves for the next hit all of them alike, and records both wall time and process CPU
 time; after the timed rounds it measures each entry's peak memory with one more, untimed,
 call (:func:`peak_memory`; in the last round for a case run without warm-up, whose calls
-take minutes). :func:`markdown` writes one table line per case with the ratios to the
-floor, the interval of ours and the goal's verdict.
+take minutes). Where a case says how to compare results, one more untimed call of ours
+and of each peer gives each peer's agreement with ours (:func:`cosine`): a peer that
+computes something cheaper on this model is marked, not taken for a faster implementation.
+:func:`markdown` writes one table line per case with the ratios to the floor, the interval
+of ours and the goal's verdict.
 
 Modules define cases with :class:`Entry` (a name and a callable) and :class:`Goal` (a text
 and a check on the :class:`Result`); ``benchmarks/method_cases.py`` builds all of them.
@@ -31,18 +34,21 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 __all__ = [
+    "AGREES",
     "Case",
     "Entry",
     "Goal",
     "Result",
     "Timing",
     "checkout_commit",
+    "cosine",
     "environment",
     "load_average",
     "markdown",
@@ -91,6 +97,10 @@ class Case:
     # what any implementation must compute, timed bare (``benchmarks/bounds.py``): how far
     # the goal is reachable at all
     bound: Entry | None = None
+    # the result of an entry as a tensor to compare with cnnlens' (``None``: results are
+    # not compared): a peer whose rule never applies to this model's layers returns
+    # something cheaper than the method, and its time is no comparison
+    compared: Callable[[object], Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,8 @@ class Timing:
     cpu: tuple[float, ...] = ()
     memory: int | None = None
     error: str = ""
+    # cosine similarity of its result to cnnlens' (a peer of a case that compares results)
+    agreement: float | None = None
 
     def median(self, clock: str = "cpu") -> float:
         return statistics.median(self.cpu if clock == "cpu" else self.wall)
@@ -338,8 +350,26 @@ def run_case(
             peaks[i] = peak_memory(fn)
         timings.append(Timing(entry.name, tuple(wall[i]), tuple(cpu[i]), peaks[i], errors[i]))
     peers = len(case.peers)
+    if case.compared is not None and case.ours.fn is not None and not errors[1]:
+        reference = case.compared(_quiet(case.ours.fn))
+        for i in range(2, 2 + peers):
+            fn = entries[i].fn
+            if fn is not None and not errors[i]:
+                agreement = cosine(reference, case.compared(_quiet(fn)))
+                timings[i] = replace(timings[i], agreement=agreement)
     bound = timings[2 + peers] if case.bound else None
     return Result(case, timings[0], timings[1], tuple(timings[2 : 2 + peers]), bound)
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    """The cosine similarity of two results, flattened (in float64; NaN where their sizes
+    differ or one is zero): 1 for the same attribution up to a positive scale."""
+    if a.numel() != b.numel():
+        return float("nan")
+    x = a.detach().flatten().to(torch.float64).cpu()
+    y = b.detach().flatten().to(torch.float64).cpu()
+    norms = float(x.norm() * y.norm())
+    return float(x @ y) / norms if norms > 0 else float("nan")
 
 
 def set_threads(threads: int | None) -> int:
@@ -400,13 +430,23 @@ def _mb(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.0f}"
 
 
+AGREES = 0.99
+"""The cosine similarity to cnnlens' result below which a peer's line says that it does
+not compute the same thing."""
+
+
 def _peer_cell(result: Result, peer: Timing) -> str:
     if peer.error:
         return f"{peer.name}: fails ({peer.error})"
-    return (
+    cell = (
         f"{peer.name} {result.ratio(peer):.2f}× ({result.ratio(peer, 'wall'):.2f}× wall), "
         f"+{_mb(peer.memory)} MB"
     )
+    if peer.agreement is None:
+        return cell
+    if not peer.agreement >= AGREES:  # (NaN too)
+        return f"{cell}, **not the same result** (cosine to cnnlens' {peer.agreement:.3f})"
+    return f"{cell}, cosine {peer.agreement:.3f}"
 
 
 def _bound_cell(result: Result, bound: Timing) -> str:
@@ -480,7 +520,17 @@ model, its input and the libraries (the process's peak RSS above the RSS before 
 measured in one untimed call after the timed rounds, after a garbage collection and
 `malloc_trim`; for Score-CAM and occlusion, which run one round without warm-up, in that
 round); on CUDA it is torch's peak allocated memory. A peer that cannot do the
-computation on the model is listed with its error. Goals marked * are ours, not the issue's.
+computation on the model is listed with its error. For the methods whose result is one
+attribution per input pixel and fixed by the method (the gradient methods, DeepLIFT, LRP,
+Guided Grad-CAM), each peer's result is compared with cnnlens' in one more untimed call:
+the cosine similarity of the two, 1 for the same map. Below 0.99 the line says **not the
+same result**, and the peer's time is not a comparison: it computed something else on
+this model. On EfficientNet-Lite0, whose rectifiers are `nn.ReLU6` modules, captum's and
+zennit's guided backpropagation and deconvnet (and so captum's Guided Grad-CAM) and
+captum's DeepLIFT have no rule for them (theirs apply to `nn.ReLU`) and return about the
+plain gradient, and zennit's canonizers do not rewrite its residual additions, where the
+gradient gives the whole relevance to both terms instead of splitting it. captum's LRP is
+a variant (ε everywhere) wherever it runs. Goals marked * are ours, not the issue's.
 Where a line has a bound, it is what any implementation of the method must compute, timed
 as bare torch calls in the same rounds (`benchmarks/bounds.py`): for LRP the model's forward
 pass and the extra convolutions and transposed convolutions of the composite's rules, for

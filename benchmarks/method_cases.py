@@ -182,6 +182,15 @@ def _explain(s: Setup, method: str, **options: Any) -> Callable[[], object]:
     return lambda: cnnlens.explain(s.module, s.x, method, target=s.targets, **options)
 
 
+def _attribution(result: object) -> Tensor:
+    """The attribution map of a cnnlens explanation or of a peer's result (a tensor)."""
+    if isinstance(result, cnnlens.Explanation):
+        return result.attribution
+    if not isinstance(result, Tensor):
+        raise TypeError(f"cannot compare a result of type {type(result).__name__}")
+    return result
+
+
 def _gradient_cases(s: Setup) -> Iterator[Case]:
     floor = Entry("F", lambda: _input_gradient(s))
     for method in ("saliency", "input_x_gradient", "deconvnet", "guided_backprop"):
@@ -195,6 +204,7 @@ def _gradient_cases(s: Setup) -> Iterator[Case]:
             peers_for(method, s),
             goal,
             bound=interception_bound(s) if intercepts else None,
+            compared=_attribution,
         )
     n = s.samples
     floor_n = Entry(f"F on {n} copies, {s.rows} rows a pass", _copies_gradient(s, n))
@@ -211,17 +221,22 @@ def _gradient_cases(s: Setup) -> Iterator[Case]:
         peers_for("deeplift", s),
         _within(1.3),
         bound=deeplift_bound(s, lambda: _input_gradient(s)),
+        compared=_attribution,
     )
     for composite in COMPOSITES:
+        # z^B's box: the input's range, as zennit is given it (its default bounds per item
+        # and channel would be another computation)
+        box = {"low": float(s.x.min()), "high": float(s.x.max())} if "box" in composite else {}
         yield Case(
             "lrp",
             s.model,
             floor,
-            Entry("cnnlens", _explain(s, "lrp", composite=composite)),
+            Entry("cnnlens", _explain(s, "lrp", composite=composite, **box)),
             peers_for("lrp", s, composite=composite),
             _within(2.0),
             composite,
             bound=lrp_bound(s, composite),
+            compared=_attribution,
         )
 
 
@@ -246,6 +261,7 @@ def _cam_cases(s: Setup) -> Iterator[Case]:
         Entry("cnnlens", _explain(s, "guided_gradcam", layer=s.layer)),
         peers_for("guided_gradcam", s),
         _within(1.15),
+        compared=_attribution,
     )
 
 

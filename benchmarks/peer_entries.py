@@ -59,12 +59,12 @@ def _captum(name: str, make: Callable[[], Callable[[], object]]) -> list[Entry]:
     return [Entry(f"captum {name}", make())] if _have("captum") else []
 
 
-def _captum_gradient(s: Setup, cls_name: str) -> list[Entry]:
+def _captum_gradient(s: Setup, cls_name: str, **options: Any) -> list[Entry]:
     def make() -> Callable[[], object]:
         import captum.attr
 
         cls = getattr(captum.attr, cls_name)
-        return lambda: cls(s.module).attribute(_leaf(s.x), target=s.target)
+        return lambda: cls(s.module).attribute(_leaf(s.x), target=s.target, **options)
 
     return _captum(cls_name, make)
 
@@ -235,7 +235,7 @@ def _zennit_lrp(s: Setup, composite: str) -> list[Entry]:
     names = {
         "epsilon_plus": ("EpsilonPlus", {}),
         "epsilon_plus_flat": ("EpsilonPlusFlat", {}),
-        "epsilon_gamma_box": (
+        "epsilon_gamma_box": (  # (cnnlens gets the same box)
             "EpsilonGammaBox",
             {"low": float(s.x.min()), "high": float(s.x.max())},
         ),
@@ -296,7 +296,10 @@ def _torchcam(s: Setup, cls_name: str, **options: Any) -> list[Entry]:
 def peers_for(method: str, s: Setup, *, composite: str = "") -> list[Entry]:
     """The peers' entries for ``method`` (``composite``: the LRP composite)."""
     table: dict[str, Callable[[], list[Entry]]] = {
-        "saliency": lambda: _captum_gradient(s, "Saliency") + _zennit(s, "Gradient", None),
+        # (captum's Saliency takes |gradient| unless told not to; ours is the gradient)
+        "saliency": lambda: (
+            _captum_gradient(s, "Saliency", abs=False) + _zennit(s, "Gradient", None)
+        ),
         "input_x_gradient": lambda: _captum_gradient(s, "InputXGradient"),
         "deconvnet": lambda: (
             _captum_gradient(s, "Deconvolution") + _zennit_composite(s, "DeconvNet")

@@ -3,6 +3,7 @@ floor and its peers) runs one round on a tiny model and makes one table line."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -64,11 +65,61 @@ def test_every_case_runs_one_round_and_makes_a_table_line() -> None:
         ("deeplift", ""),
         *(("lrp", composite) for composite in cases.COMPOSITES),
     }
+    # On this net of nn.ReLU modules every peer computes what cnnlens does, but for
+    # captum's LRP (epsilon everywhere, listed beside epsilon-plus): the check is on, and
+    # the peers are set up for the same computation (captum's Saliency without abs, zennit's
+    # box as cnnlens').
+    compared = [r for r in results if r.case.compared is not None]
+    assert {r.case.method for r in compared} == {
+        "saliency",
+        "input_x_gradient",
+        "deconvnet",
+        "guided_backprop",
+        "deeplift",
+        "lrp",
+        "guided_gradcam",
+    }
+    for result in compared:
+        for peer in result.peers:
+            assert peer.agreement is not None, (result.case.method, peer.name)
+            same = peer.agreement >= harness.AGREES
+            assert same == ("captum LRP" not in peer.name), (peer.name, peer.agreement)
     lines = harness.table(results)
     assert len(lines) == 2 + len(results)
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     text = harness.markdown(results, harness.environment())
     assert "How to read it" in text and "load average" in text
+
+
+def test_a_peer_with_another_result_is_marked() -> None:
+    """A peer whose rule does not apply to the model computes less: its line says so."""
+    grid = torch.arange(12.0).view(1, 3, 2, 2) - 5
+    floor = harness.Entry("floor", lambda: None)
+    ours = harness.Entry("cnnlens", lambda: grid)
+    same = harness.Entry("scaled", lambda: 2 * grid)  # the same map up to a scale
+    other = harness.Entry("other", lambda: grid.abs())
+    case = harness.Case(
+        "m",
+        "tiny",
+        floor,
+        ours,
+        [same, other, harness.Entry("fails", None, "no")],
+        compared=lambda out: out,
+    )
+    result = harness.run_case(case, rounds=1, memory=False)
+    scaled, different, failed = result.peers
+    assert scaled.agreement == pytest.approx(1.0) and failed.agreement is None
+    assert different.agreement is not None and different.agreement < harness.AGREES
+    line = harness.table([result])[2]
+    assert "cosine 1.000" in line
+    assert f"**not the same result** (cosine to cnnlens' {different.agreement:.3f})" in line
+    # results of different sizes, or a zero map, cannot be compared
+    assert harness.cosine(grid, grid.flatten()[:5]) != harness.cosine(grid, grid.flatten()[:5])
+    assert harness.cosine(grid, torch.zeros_like(grid)) != 0.0
+    # without a comparison nothing is said
+    plain = harness.run_case(dataclasses.replace(case, compared=None), rounds=1, memory=False)
+    assert all(p.agreement is None for p in plain.peers)
+    assert "cosine" not in harness.table([plain])[2]
 
 
 def test_a_failing_peer_is_reported_not_timed() -> None:

@@ -349,6 +349,9 @@ def _guided_gradcam(s: Setup) -> list[Entry]:
         from captum.attr import GuidedGradCam
 
         layer = s.module.get_submodule(s.layer)
-        return lambda: GuidedGradCam(s.module, layer).attribute(_leaf(s.x), target=s.target)
+        # bilinear, as cnnlens upsamples the map (captum's default is nearest)
+        return lambda: GuidedGradCam(s.module, layer).attribute(
+            _leaf(s.x), target=s.target, interpolate_mode="bilinear"
+        )
 
     return _captum("GuidedGradCam", make)

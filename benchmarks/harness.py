@@ -116,11 +116,15 @@ class Timing:
     # cosine similarity of its result to cnnlens' (a peer of a case that compares results)
     agreement: float | None = None
 
+    def seconds(self, clock: str = "cpu") -> tuple[float, ...]:
+        """The rounds' times on ``clock`` (``"cpu"`` or ``"wall"``)."""
+        return self.cpu if clock == "cpu" else self.wall
+
     def median(self, clock: str = "cpu") -> float:
-        return statistics.median(self.cpu if clock == "cpu" else self.wall)
+        return statistics.median(self.seconds(clock))
 
     def best(self, clock: str = "cpu") -> float:
-        return min(self.cpu if clock == "cpu" else self.wall)
+        return min(self.seconds(clock))
 
 
 @dataclass(frozen=True)
@@ -158,8 +162,7 @@ class Result:
     def _bootstrap(
         self, timing: Timing, clock: str, level: float, resamples: int
     ) -> tuple[float, float] | None:
-        mine = timing.cpu if clock == "cpu" else timing.wall
-        floor = self.floor.cpu if clock == "cpu" else self.floor.wall
+        mine, floor = timing.seconds(clock), self.floor.seconds(clock)
         if timing.error or len(mine) < 5 or len(floor) < 5:
             return None
         rng = random.Random(0)

@@ -224,9 +224,9 @@ def _gradient_cases(s: Setup) -> Iterator[Case]:
         compared=_attribution,
     )
     for composite in COMPOSITES:
-        # z^B's box: the input's range, as zennit is given it (its default bounds per item
-        # and channel would be another computation)
-        box = {"low": float(s.x.min()), "high": float(s.x.max())} if "box" in composite else {}
+        # z^B's box as zennit is given it (cnnlens' default, each item's per-channel range,
+        # would be another computation)
+        box = s.box if "box" in composite else {}
         yield Case(
             "lrp",
             s.model,

@@ -43,6 +43,11 @@ class Setup:
     def targets(self) -> list[int]:
         return [int(t) for t in self.target]
 
+    @property
+    def box(self) -> dict[str, float]:
+        """z^B's bounds for every row: the input's range (zennit takes no per-item bounds)."""
+        return {"low": float(self.x.min()), "high": float(self.x.max())}
+
 
 def _have(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
@@ -235,10 +240,7 @@ def _zennit_lrp(s: Setup, composite: str) -> list[Entry]:
     names = {
         "epsilon_plus": ("EpsilonPlus", {}),
         "epsilon_plus_flat": ("EpsilonPlusFlat", {}),
-        "epsilon_gamma_box": (  # (cnnlens gets the same box)
-            "EpsilonGammaBox",
-            {"low": float(s.x.min()), "high": float(s.x.max())},
-        ),
+        "epsilon_gamma_box": ("EpsilonGammaBox", s.box),
         "epsilon_alpha2_beta1": ("EpsilonAlpha2Beta1", {}),
     }
     if composite not in names:

@@ -199,8 +199,9 @@ def top_patches(
     is most active, strongest first, each with the input patch it sees.
 
     ``dataset`` as in :func:`extract_features`. One pass over the data, then the items
-    that hold a patch are loaded again, in batches; memory O(k x channels). Equal activations are ordered by dataset index, then position (row-major),
-    so the result is fully determined. The patch boxes come from
+    that hold a patch are loaded again, in batches; memory O(k x channels). Equal
+    activations are ordered by dataset index, then position (row-major), so the result is
+    fully determined. The patch boxes come from
     :func:`cnnlens.receptive_field`. ``engine="ray"`` scans shards of the dataset on a Ray
     cluster and merges their top-k exactly (same result; ``ray_options`` as in
     :func:`extract_features`).

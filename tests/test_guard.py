@@ -3,7 +3,9 @@ model for calls from several threads, and flags restored once, at the outermost 
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -368,8 +370,6 @@ def test_forward_only_calls_run_on_torchscript(scripted: dict[str, nn.Module]) -
 
 
 def test_the_lock_is_weakly_keyed() -> None:
-    import gc
-
     from cnnlens import _guard
 
     net = _small_net()
@@ -415,3 +415,69 @@ def test_cli_refuses_torchscript_for_intercepting_methods_with_exit_2(
     assert err.count("\n") == 1 and "TorchScript" in err and "--arch" in err
     assert main([*common, "--method", "saliency", "-o", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").exists()
+
+
+def test_guard_restores_flags_changed_inside_and_those_of_shared_parts() -> None:
+    """A module held in two places and a parameter tied between two layers are one flag
+    each; flags that code inside the guarded call changed are put back as they were."""
+    torch.manual_seed(0)
+    shared = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+    tied = nn.Linear(4, 4)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), shared, nn.ReLU(), shared, nn.Flatten(1), tied
+    )
+    head = nn.Linear(4, 4)
+    head.weight = tied.weight
+    model.append(head)
+    model.train()
+    shared[1].eval()
+    tied.bias.requires_grad_(False)
+    training = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    with guard(model):
+        assert not any(m.training for m in model.modules())
+        assert not any(p.requires_grad for p in model.parameters())
+        model[1].train()  # what a user's forward or target might do
+        head.weight.requires_grad_(True)
+    assert [m.training for m in model.modules()] == training
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_a_refused_torchscript_part_leaves_the_model_and_its_lock() -> None:
+    """A model with one scripted part: refused by work that intercepts, at the outermost
+    entry (nothing changed, the lock free for other threads) and inside a guarded call
+    (the outer call's flags stand until its own exit)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is deprecated")  # TorchScript, upstream
+        scripted = torch.jit.script(nn.ReLU())
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), scripted, nn.BatchNorm2d(4)).train()
+    before = ModelSnapshot.take(model)
+
+    with pytest.raises(InputError, match="TorchScript"), guard(model, needs="deeplift"):
+        pass
+    before.assert_same(model)
+
+    def enter_and_leave() -> bool:
+        with guard(model) as module:
+            return module is model
+
+    with ThreadPoolExecutor(1) as pool:  # the lock was released: another thread enters
+        assert pool.submit(enter_and_leave).result(timeout=10)
+    with guard(model):
+        with pytest.raises(InputError, match="TorchScript"), guard(model, needs="lrp"):
+            pass
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+    before.assert_same(model)
+
+
+def test_a_refusal_keeps_no_reference_to_the_model() -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is deprecated")  # TorchScript, upstream
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), torch.jit.script(nn.ReLU()))
+    gone = weakref.ref(model)
+    with pytest.raises(InputError, match="TorchScript"), guard(model, needs="deeplift"):
+        pass
+    del model
+    gc.collect()
+    assert gone() is None

@@ -36,7 +36,7 @@ from torch import nn
 
 from .errors import InputError
 
-__all__ = ["guard", "is_torchscript", "parameters", "require_eager", "submodules", "unwrap"]
+__all__ = ["guard", "is_torchscript", "require_eager", "submodules", "unwrap"]
 
 _PARALLEL: tuple[type[nn.Module], ...] = (
     nn.DataParallel,
@@ -77,94 +77,110 @@ def unwrap(model: Any) -> nn.Module:
             current = inner
 
 
-def is_torchscript(module: nn.Module, modules: list[nn.Module] | None = None) -> bool:
-    """Whether any part of ``module`` is TorchScript (scripted or traced); ``modules``:
-    its :func:`submodules` when the caller has them."""
-    parts = submodules(module) if modules is None else modules
-    return any(isinstance(m, torch.jit.ScriptModule) for m in parts)
+def _has_torchscript(modules: list[nn.Module]) -> bool:
+    # By class, each class once: isinstance against ScriptModule (a metaclass) costs more
+    # per module than the rest of the guard's walk.
+    return any(issubclass(kind, torch.jit.ScriptModule) for kind in {type(m) for m in modules})
 
 
-def require_eager(module: nn.Module, needs: str, modules: list[nn.Module] | None = None) -> None:
+def is_torchscript(module: nn.Module) -> bool:
+    """Whether any part of ``module`` is TorchScript (scripted or traced)."""
+    return _has_torchscript(submodules(module))
+
+
+def _torchscript_refused(needs: str) -> InputError:
+    return InputError(
+        f"{needs} cannot run on a TorchScript model: TorchScript executes its operations "
+        "outside Python, where cnnlens cannot intercept them or hook its layers. Use the "
+        "eager model: save the weights (torch.save(scripted.state_dict(), PATH)) and load "
+        "them with the architecture (load_model(PATH, arch=NAME); CLI: --model PATH --arch "
+        "NAME). saliency, smoothgrad, input_x_gradient, integrated_gradients and occlusion "
+        "run on TorchScript as it is"
+    )
+
+
+def require_eager(module: nn.Module, needs: str) -> None:
     """Raise :class:`InputError` when ``module`` is TorchScript: ``needs`` names the work
     that has to intercept its operations or hook its layers."""
-    if is_torchscript(module, modules):
-        raise InputError(
-            f"{needs} cannot run on a TorchScript model: TorchScript executes its operations "
-            "outside Python, where cnnlens cannot intercept them or hook its layers. Use the "
-            "eager model: save the weights (torch.save(scripted.state_dict(), PATH)) and load "
-            "them with the architecture (load_model(PATH, arch=NAME); CLI: --model PATH --arch "
-            "NAME). saliency, smoothgrad, input_x_gradient, integrated_gradients and occlusion "
-            "run on TorchScript as it is"
-        )
+    if is_torchscript(module):
+        raise _torchscript_refused(needs)
 
 
 def submodules(module: nn.Module) -> list[nn.Module]:
-    """``list(module.modules())`` (each module once, in the same order) without building
-    the dotted names that ``modules()`` builds and throws away: the guard walks the model
-    at every call, and on a small model ``modules()`` costs as much as a few layers."""
-    found: list[nn.Module] = []
-    seen: set[int] = set()
-
-    def visit(m: nn.Module) -> None:
-        if id(m) not in seen:
-            seen.add(id(m))
-            found.append(m)
-            for child in m._modules.values():
-                if child is not None:
-                    visit(child)
-
-    visit(module)
+    """Every module of ``module`` once, breadth-first: ``module.modules()`` without the
+    dotted names it builds and throws away. The guard walks the model at every call, and
+    on a small model ``modules()`` costs as much as a few layers."""
+    found = [module]
+    seen = {id(module)}
+    for m in found:  # grows while it is read: each module's children join the queue
+        for child in m._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                found.append(child)
     return found
 
 
-def parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
-    """The parameters of ``modules``, each once (as ``module.parameters()``)."""
-    found: list[nn.Parameter] = []
-    seen: set[int] = set()
-    for m in modules:
-        for p in m._parameters.values():
-            if p is not None and id(p) not in seen:
-                seen.add(id(p))
-                found.append(p)
-    return found
+def _parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of ``modules``; a tied one as often as it is held (harmless for
+    flags, and cheaper than finding it out)."""
+    return [p for m in modules for p in m._parameters.values() if p is not None]
 
 
 class _ModelState:
     """Per eager module: its lock, the nesting depth of guarded calls (read and written only
-    by the thread holding the lock) and the flags to restore at the outermost exit."""
+    by the thread holding the lock), whether the model held TorchScript at the outermost
+    entry, and the flags to restore at the outermost exit."""
 
-    __slots__ = ("compiled", "depth", "lock", "requires_grad", "training")
+    __slots__ = (
+        "compiled",
+        "depth",
+        "lock",
+        "modules",
+        "parameters",
+        "requires_grad",
+        "torchscript",
+        "training",
+    )
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.depth = 0
-        self.training: list[tuple[nn.Module, bool]] = []
-        self.requires_grad: list[tuple[nn.Parameter, bool]] = []
+        self.torchscript = False
+        self.modules: list[nn.Module] = []
+        self.training: list[bool] = []
+        self.parameters: list[nn.Parameter] = []
+        self.requires_grad: list[bool] = []
         self.compiled: list[tuple[nn.Module, str, object]] = []
 
-    def enter(self, module: nn.Module, modules: list[nn.Module]) -> None:
-        self.training = [(m, m.training) for m in modules]
-        self.requires_grad = [(p, p.requires_grad) for p in parameters(modules)]
-        try:
-            # Only what differs is changed: a model already in eval mode with frozen
-            # parameters (the usual case) costs a walk over its modules and nothing more.
-            if any(flag for _, flag in self.training):
-                module.eval()
-            for p, flag in self.requires_grad:
-                if flag:
-                    p.requires_grad_(False)
-            self._run_compiled_parts_eagerly(modules)
-        except BaseException:
-            self.restore()
-            raise
+    def snapshot(self, module: nn.Module) -> None:
+        """Walk ``module`` and read its flags; changes nothing."""
+        modules = submodules(module)
+        parameters = _parameters(modules)
+        training = [m.training for m in modules]
+        requires_grad = [p.requires_grad for p in parameters]
+        self.torchscript = _has_torchscript(modules)
+        # assigned together, so that restore() after an error sees all of it or none
+        self.modules, self.training = modules, training
+        self.parameters, self.requires_grad = parameters, requires_grad
 
-    def _run_compiled_parts_eagerly(self, modules: list[nn.Module]) -> None:
+    def freeze(self, module: nn.Module) -> None:
+        """Eval mode, frozen parameters, compiled parts eager. Only what differs is changed:
+        a model already in eval mode with frozen parameters (the usual case) costs the
+        walk and nothing more."""
+        if any(self.training):
+            module.eval()
+        if any(self.requires_grad):
+            for p in self.parameters:
+                p.requires_grad_(False)
+        self._run_compiled_parts_eagerly()
+
+    def _run_compiled_parts_eagerly(self) -> None:
         """Dynamo would trace our interception and recompile at every call: point compiled
         parts at their eager code (instance attributes, put back by :meth:`restore`)."""
         compiled = _optimized_module_type()
         if compiled is None:
             return
-        for m in modules:
+        for m in self.modules:
             # module.compile(): nn.Module.__call__ uses _compiled_call_impl when set
             impl = m.__dict__.get("_compiled_call_impl")
             if impl is not None:
@@ -180,17 +196,19 @@ class _ModelState:
     def restore(self) -> None:
         # The lists hold the only strong references the registry has to the model; clearing
         # them lets the weak key (and this state) go with the model.
+        modules, self.modules = self.modules, []
         training, self.training = self.training, []
+        parameters, self.parameters = self.parameters, []
         requires_grad, self.requires_grad = self.requires_grad, []
         compiled, self.compiled = self.compiled, []
         for m, name, value in compiled:
             setattr(m, name, value)
         # Every flag is compared, so whatever changed them is undone; only those that
         # differ are written (nn.Module.__setattr__ is slow).
-        for p, flag in requires_grad:
+        for p, flag in zip(parameters, requires_grad, strict=True):
             if p.requires_grad != flag:
                 p.requires_grad_(flag)
-        for m, flag in training:
+        for m, flag in zip(modules, training, strict=True):
             if m.training != flag:
                 m.training = flag
 
@@ -223,16 +241,19 @@ class guard:  # noqa: N801 (used like a function: ``with guard(model) as module`
         self._state: _ModelState | None = None
 
     def __enter__(self) -> nn.Module:
-        modules = submodules(self.module)
-        if self.needs is not None:
-            require_eager(self.module, self.needs, modules)
         state = _state(self.module)
         state.lock.acquire()
         try:
             if state.depth == 0:
-                state.enter(self.module, modules)
+                state.snapshot(self.module)
+            if self.needs is not None and state.torchscript:
+                raise _torchscript_refused(self.needs)
+            if state.depth == 0:
+                state.freeze(self.module)
             state.depth += 1
         except BaseException:
+            if state.depth == 0:
+                state.restore()
             state.lock.release()
             raise
         self._state = state

@@ -475,6 +475,32 @@ def test_top_k_order_is_total_and_splits_merge_exactly() -> None:
     assert torch.equal(merged.keys, running.keys) and torch.equal(merged.values, running.values)
 
 
+@pytest.mark.parametrize("tie", ["none", "at the k-th", "inside the k first", "nan"])
+def test_select_top_is_the_total_order_with_and_without_ties(tie: str) -> None:
+    """select_top against sorting by (value descending, key ascending): random floats (its
+    shortcut: no ties), a tie at the k-th value only, a tie among the k first, NaN."""
+    from cnnlens.dataset._patches import select_top
+
+    g = torch.Generator().manual_seed(5)
+    values = torch.randn(6, 40, generator=g)
+    keys = torch.randperm(240, generator=g).view(6, 40)
+    kth = values.sort(dim=1, descending=True).values[:, 4]
+    if tie == "at the k-th":  # in every row: which of the two topk keeps is arbitrary
+        for row in range(6):
+            values[row, (values[row] < kth[row]).nonzero()[0]] = kth[row].item()
+    elif tie == "inside the k first":
+        first = values[2].argmax()
+        values[2, (values[2] < kth[2]).nonzero()[0]] = values[2, first].item()
+    elif tie == "nan":
+        values[3, 7] = torch.nan
+    got_values, got_keys = select_top(values, keys, 5)
+    for row in range(6):
+        v = torch.nan_to_num(values[row], nan=-torch.inf).tolist()
+        expected = sorted(zip((-x for x in v), keys[row].tolist(), strict=True))[:5]
+        got = list(zip((-got_values[row]).tolist(), got_keys[row].tolist(), strict=True))
+        assert got == expected, (tie, row)
+
+
 def test_an_index_that_cannot_keep_the_recall_promise_is_not_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -80,7 +80,14 @@ def select_top(values: Tensor, keys: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if k == 0:
         return values, keys
     values = torch.nan_to_num(values, nan=-torch.inf)
-    threshold = values.topk(k, dim=1).values[:, -1:]  # (C, 1): the k-th largest value
+    top, where = values.topk(k, dim=1)
+    threshold = top[:, -1:]  # (C, 1): the k-th largest value
+    if not bool((top[:, 1:] == top[:, :-1]).any()) and bool(
+        ((values == threshold).sum(dim=1) == 1).all()
+    ):
+        # No two of the k first are equal and none outside them equals the k-th: the
+        # order by value alone is the whole order (float maps almost always).
+        return top, torch.gather(keys, 1, where)
     above = values > threshold
     # Everything above the threshold (fewer than k), padded with -inf ...
     high, where = torch.where(above, values, -torch.inf).topk(k, dim=1)
@@ -251,6 +258,7 @@ def top_patches(
             y, x = divmod(flat, width)
             wanted.setdefault(index, []).append((row, rank, value, y, x))
     found: dict[tuple[int, int], Patch] = {}
+    boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # a position's, once
     needed = sorted(wanted)
     groups = [needed[start : start + batch_size] for start in range(0, len(needed), batch_size)]
     for images, _, indices in grouped_batches(
@@ -258,7 +266,10 @@ def top_patches(
     ):
         for image, index in zip(images, indices.tolist(), strict=True):
             for row, rank, value, y, x in wanted[index]:
-                box = _clip(field_.box(y, x) if field_ is not None else None, input_size)
+                box = boxes.get((y, x))
+                if box is None:
+                    field_box = field_.box(y, x) if field_ is not None else None
+                    box = boxes[y, x] = _clip(field_box, input_size)
                 top, left, bottom, right = box
                 pixels = image[:, top:bottom, left:right].clone()
                 found[row, rank] = Patch(index, chosen[row], (y, x), value, box, pixels)

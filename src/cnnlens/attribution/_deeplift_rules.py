@@ -305,10 +305,12 @@ def _rectifier(call: Call, record: Record) -> Tensor:
         # Δx = 0 (none, or up to a third of the units) needs the fallback to the gradient
         # [0 < x < upper]. Every full-size pass and temporary here costs about as much as
         # the rectifier itself: two buffers, written in place, and no fallback without ties.
+        # A tie divides 0 by 0 (x = x0 gives y = y0), so a NaN-free sum (one read, where a
+        # mask would be a write and a read) shows there is none.
         dx = torch.sub(x, record.x0)
-        ties = dx == 0
         m = torch.sub(y, record.y0).div_(dx)
-        if bool(ties.any()):
+        if bool(m.sum().isnan()):  # ties, or a NaN or infinity in the input
+            ties = dx == 0
             one = torch.ones((), dtype=m.dtype, device=m.device).expand_as(m)
             if upper is None:
                 torch.ops.aten.threshold_backward.grad_input(one, x, 0.0, grad_input=dx)

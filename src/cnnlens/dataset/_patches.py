@@ -23,6 +23,7 @@ from ..errors import InputError
 from ._batches import (
     LayerTap,
     as_dataset,
+    batches,
     grouped_batches,
     model_info,
     probe_input,
@@ -259,10 +260,12 @@ def top_patches(
             wanted.setdefault(index, []).append((row, rank, value, y, x))
     found: dict[tuple[int, int], Patch] = {}
     boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # a position's, once
-    needed = sorted(wanted)
-    groups = [needed[start : start + batch_size] for start in range(0, len(needed), batch_size)]
-    for images, _, indices in grouped_batches(
-        data, groups, preprocessing=preprocessing, num_workers=num_workers
+    for images, _, indices in batches(
+        data,
+        sorted(wanted),
+        preprocessing=preprocessing,
+        batch_size=batch_size,
+        num_workers=num_workers,
     ):
         for image, index in zip(images, indices.tolist(), strict=True):
             for row, rank, value, y, x in wanted[index]:

@@ -227,3 +227,49 @@ def test_callable_targets_must_give_one_score_per_item() -> None:
         resolve_target(lambda out: out, 3).score(torch.ones(3, 2))
     with pytest.raises(InputError, match="entries"):
         resolve_target([1, 2], 3)
+
+
+class _RowsOut(nn.Module):
+    """A CNN whose output has one row fewer than its input (it drops the last item)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = torch.relu(self.conv(x))
+        return self.fc(a.mean(dim=(2, 3)))[:-1]
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("saliency", {}),
+        ("guided_backprop", {}),
+        ("deeplift", {}),
+        ("lrp", {}),
+        ("gradcam", {"layer": "conv"}),
+        ("guided_gradcam", {"layer": "conv"}),
+        ("occlusion", {"window": 4, "stride": 4}),
+    ],
+)
+def test_every_method_refuses_a_wrong_number_of_scores(method: str, options: Any) -> None:
+    # Target.score is the one place that checks the scores against the items, for class
+    # targets and callables alike; the methods rely on it.
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    net = _RowsOut().eval()
+    with pytest.raises(InputError, match="2 output rows for 3 items"):
+        explain(net, x, method, target=[0, 1, 2], **options)
+    with pytest.raises(InputError, match="2 scores for 3 items"):
+        explain(net, x, method, target=lambda out: out[:, 0], **options)
+
+
+@pytest.mark.parametrize("method", ["saliency", "deeplift", "guided_gradcam"])
+def test_gradient_methods_refuse_a_score_that_ignores_the_input(method: str) -> None:
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    options = {"layer": "0"} if method == "guided_gradcam" else {}
+    with pytest.raises(InputError, match="does not depend on the input"):
+        explain(net.eval(), x, method, target=lambda out: out[:, 0].detach(), **options)

@@ -75,14 +75,23 @@ class Target:
         if items is not None:
             classes = classes[items.to(logits.device)]
         if classes.shape[0] != logits.shape[0]:
-            raise RuntimeError(
-                f"target has {classes.shape[0]} entries for {logits.shape[0]} output rows"
+            raise InputError(
+                f"the model gave {logits.shape[0]} output rows for {classes.shape[0]} items; "
+                "class targets need one output row per input"
             )
         if int(classes.max()) >= logits.shape[1]:
             raise InputError(
                 f"target class {int(classes.max())} is out of range for {logits.shape[1]} outputs"
             )
         return logits.gather(1, classes.view(-1, 1)).squeeze(1)
+
+    def input_scores(self, output: Any, items: Tensor | None = None) -> Tensor:
+        """:meth:`score`, which the gradient methods differentiate: it must depend on the
+        input."""
+        scores = self.score(output, items)
+        if not scores.requires_grad:
+            raise InputError("the target score does not depend on the input")
+        return scores
 
     def __call__(self, output: Any) -> Tensor:
         return self.score(output)

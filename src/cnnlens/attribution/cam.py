@@ -76,7 +76,7 @@ def capture(
     target.resolve(output)
     grad: Tensor | None = None
     if gradient:
-        grad = _gradient_at(activation, _scores(target, output, inputs.shape[0]))
+        grad = _gradient_at(activation, target.score(output))
         output = _detach(output)
     return LayerCapture(module, inputs, target, layer, activation.detach(), grad, output)
 
@@ -114,13 +114,6 @@ def _recording(
             f"maps need a feature map (B={batch}, C, h, w)"
         )
     return output, activation
-
-
-def _scores(target: Target, output: Any, batch: int) -> Tensor:
-    scores = target.score(output)
-    if scores.shape != (batch,):
-        raise InputError(f"the target gives {tuple(scores.shape)} scores for a batch of {batch}")
-    return scores
 
 
 def _gradient_at(activation: Tensor, scores: Tensor, *, keep_graph: bool = False) -> Tensor:
@@ -418,9 +411,7 @@ def _guided_gradcam(
     x = inputs.detach().requires_grad_()
     output, activation = _recording(module, x, layer, leaf=False, mode=engine)
     target.resolve(output)
-    scores = _scores(target, output, x.shape[0])
-    if not scores.requires_grad:
-        raise InputError("the target score does not depend on the input")
+    scores = target.input_scores(output)
     grad = _gradient_at(activation, scores, keep_graph=True)
     switch.guided = True
     (guided,) = torch.autograd.grad(scores.sum(), x, allow_unused=True)

@@ -112,14 +112,7 @@ def _multipliers(
                 "of operations for both"
             )
         target.resolve(output)
-        score = target.score(output)
-        if score.dim() != 1 or score.shape[0] != x.shape[0]:
-            raise InputError(
-                f"the target gave scores of shape {tuple(score.shape)} for {x.shape[0]} "
-                "inputs; it must give one score per input"
-            )
-        if not score.requires_grad:
-            raise InputError("the target score does not depend on the input")
+        score = target.input_scores(output)
         (grad,) = torch.autograd.grad(score.sum(), x, allow_unused=True)
     return torch.zeros_like(inputs) if grad is None else grad
 

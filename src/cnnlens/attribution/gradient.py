@@ -77,14 +77,7 @@ def input_gradient(
     with torch.enable_grad():
         with mode if mode is not None else contextlib.nullcontext():
             output = module(x)
-        score = target.score(output, items)
-        if score.dim() != 1 or score.shape[0] != x.shape[0]:
-            raise InputError(
-                f"the target gave scores of shape {tuple(score.shape)} for {x.shape[0]} inputs; "
-                "it must give one score per input"
-            )
-        if not score.requires_grad:
-            raise InputError("the target score does not depend on the input")
+        score = target.input_scores(output, items)
         (grad,) = torch.autograd.grad(score.sum(), x, allow_unused=True)
     if grad is None:
         grad = torch.zeros_like(x)

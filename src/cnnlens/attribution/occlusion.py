@@ -105,14 +105,7 @@ def _scorer(target: Target, score: str) -> Any:
                     "score='probability' needs a (batch, classes) output; use score='logit'"
                 )
             output = output.softmax(dim=1)
-        values = target.score(output, items)
-        rows = output.shape[0] if isinstance(output, Tensor) else len(values)
-        if values.dim() != 1 or values.shape[0] != rows:
-            raise InputError(
-                f"the target gave scores of shape {tuple(values.shape)}; it must give one "
-                "score per input"
-            )
-        return values
+        return target.score(output, items)
 
     return scores
 

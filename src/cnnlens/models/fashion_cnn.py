@@ -21,6 +21,7 @@ from importlib import resources
 import torch
 from torch import Tensor, nn
 
+from ..dataset._sources import FASHION_MNIST_CLASSES
 from ..errors import ModelLoadError
 from ._loaded import LoadedModel, Preprocessing
 
@@ -28,19 +29,6 @@ __all__ = [
     "FASHION_CNN_PREPROCESSING",
     "FashionCNN",
     "load_fashion_cnn",
-]
-
-FASHION_MNIST_LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
 ]
 
 # Mean and standard deviation of Fashion-MNIST's training pixels (in [0, 1]).
@@ -103,6 +91,6 @@ def load_fashion_cnn(
     return LoadedModel(
         module=module,
         name="fashion_cnn_permuted" if permuted_labels else "fashion_cnn",
-        labels=list(FASHION_MNIST_LABELS),
+        labels=list(FASHION_MNIST_CLASSES),
         preprocessing=FASHION_CNN_PREPROCESSING,
     )

@@ -46,9 +46,10 @@ bench: $(STAMP)
 	nice -n 19 $(PY) benchmarks/trust.py --out docs/trust.md
 
 # The same table on a subset (EfficientNet-Lite0 at 128 px, 2 rounds): under 5 minutes.
+# Written to out/ (not tracked): docs/benchmarks.md keeps the full run.
 bench-quick: EXTRAS = data,test,reference,serve,bench
 bench-quick: $(STAMP)
-	$(PY) benchmarks/run.py --quick --out docs/benchmarks.md
+	$(PY) benchmarks/run.py --quick --out out/benchmarks-quick.md
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

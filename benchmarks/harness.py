@@ -503,44 +503,52 @@ def table(results: Sequence[Result]) -> list[str]:
     return lines
 
 
-HOW_TO_READ = """\
-How to read it. Each line is one method on one model; its floor is the raw torch
-computation the method cannot beat (F = one forward pass and one backward pass to the
-input; for the Grad-CAM family the backward stops at the layer; CAM's floor is one forward;
-Score-CAM's its C + 1 forwards, batched as ours; occlusion's the same occluded copies as
-batched full forwards; SmoothGrad, integrated gradients and feature visualization: one F
-per sample, step or iteration). The floor, cnnlens and every peer ran in the same process,
-in interleaved rounds (each round in a new random order, so that no entry always follows
-the same one), on the same model and batch; `× floor` is the median time over the floor's
-median time, first in process CPU time (all threads; steadier than wall time on a shared
-machine, and what the ✔/✘ verdict uses), then in wall time. Below them, for cases of 5
-rounds or more, the 95 % interval of the CPU ratio (bootstrap over the rounds, each round's
-pair of times kept together); where it reaches across the goal's bound the verdict says
-"within noise": another run may well decide it the other way. A ratio below 1 is
-possible where the floor does work the method skips (parameter-free shortcuts, or
-occlusion's incremental inference). Peak MB is the resident memory a call needs above the
-model, its input and the libraries (the process's peak RSS above the RSS before the call,
-measured in one untimed call after the timed rounds, after a garbage collection and
-`malloc_trim`; for Score-CAM and occlusion, which run one round without warm-up, in that
-round); on CUDA it is torch's peak allocated memory. A peer that cannot do the
-computation on the model is listed with its error. For the methods whose result is one
-attribution per input pixel and fixed by the method (the gradient methods, DeepLIFT, LRP,
-Guided Grad-CAM), each peer's result is compared with cnnlens' in one more untimed call:
-the cosine similarity of the two, 1 for the same map. Below 0.99 the line says **not the
-same result**, and the peer's time is not a comparison: it computed something else on
-this model. On EfficientNet-Lite0, whose rectifiers are `nn.ReLU6` modules, captum's and
-zennit's guided backpropagation and deconvnet (and so captum's Guided Grad-CAM) and
-captum's DeepLIFT have no rule for them (theirs apply to `nn.ReLU`) and return about the
-plain gradient, and zennit's canonizers do not rewrite its residual additions, where the
-gradient gives the whole relevance to both terms instead of splitting it. captum's LRP is
-a variant (ε everywhere) wherever it runs. Goals marked * are ours, not the issue's.
-Where a line has a bound, it is what any implementation of the method must compute, timed
-as bare torch calls in the same rounds (`benchmarks/bounds.py`): for LRP the model's forward
-pass and the extra convolutions and transposed convolutions of the composite's rules, for
-DeepLIFT the baseline's forward pass and F, for deconvnet and guided backpropagation F with
-every call of the forward pass intercepted (the interception engine's own cost). A goal
-below its line's bound cannot be met by this design on this machine.
-"""
+HOW_TO_READ = (
+    "**How to read it.** Each line is one method on one model.",
+    "**Floor.** The raw torch computation the method cannot beat. F = one forward pass and "
+    "one backward pass to the input; for the Grad-CAM family the backward pass stops at the "
+    "layer; CAM's floor is one forward pass; Score-CAM's its C + 1 forward passes, batched "
+    "as cnnlens batches them; occlusion's the same occluded copies as batched full forward "
+    "passes; SmoothGrad, integrated gradients and feature visualization: one F per sample, "
+    "step or iteration.",
+    "**× floor.** The floor, cnnlens and every peer ran in the same process, in "
+    "interleaved rounds (each round in a new random order, so that no entry always follows "
+    "the same one), on the same model and batch. `× floor` is the median time over the "
+    "floor's median time, first in process CPU time (all threads; steadier than wall time "
+    "on a shared machine, and what the ✔/✘ verdict uses), then in wall time. A ratio below "
+    "1 is possible where the floor does work the method skips (parameter-free shortcuts, or "
+    "occlusion's incremental inference).",
+    '**Intervals and "within noise".** Below the ratios, for lines of 5 rounds or more, '
+    "the 95 % interval of the CPU ratio (bootstrap over the rounds, each round's pair of "
+    "times kept together). Where it reaches across the goal's bound the verdict says "
+    '"within noise": another run may well decide it the other way.',
+    '**Peers, and "not the same result".** Where a method\'s result is fixed by the '
+    "method (one attribution per input pixel: the gradient methods, DeepLIFT, LRP, Guided "
+    "Grad-CAM), each peer's result is compared with cnnlens' in one more untimed call, as "
+    "the cosine similarity of the two maps (1: the same map). Below 0.99 the line says "
+    "**not the same result**: the peer computed something else on this model, and its time "
+    "is not a comparison. On EfficientNet-Lite0 this is expected: its rectifiers are "
+    "`nn.ReLU6` modules, for which captum's and zennit's guided backpropagation and "
+    "deconvnet (and so captum's Guided Grad-CAM) and captum's DeepLIFT have no rule (theirs "
+    "apply to `nn.ReLU`), so they return about the plain gradient; and zennit's canonizers "
+    "do not rewrite its residual additions, where the gradient gives the whole relevance to "
+    "both terms instead of splitting it. captum's LRP is a variant (ε everywhere) wherever "
+    "it runs. A peer that cannot do the computation on the model is listed with its error.",
+    "**Peak MB.** The resident memory a call needs above the model, its input and the "
+    "libraries: the process's peak RSS above the RSS before the call, measured in one "
+    "untimed call after the timed rounds, after a garbage collection and `malloc_trim` (for "
+    "Score-CAM and occlusion, which run one round without warm-up, in that round); on CUDA, "
+    "torch's peak allocated memory.",
+    "**Bound.** What any implementation of the method must compute, timed as bare torch "
+    "calls in the same rounds (`benchmarks/bounds.py`): for LRP the model's forward pass "
+    "and the extra convolutions and transposed convolutions of the composite's rules; for "
+    "DeepLIFT the baseline's forward pass and F; for deconvnet and guided backpropagation F "
+    "with every call of the forward pass intercepted (the interception engine's own cost). "
+    "A goal below its line's bound cannot be met by this design on this machine.",
+    "**Goals.** The goals and where each stands are summarized at the top of "
+    "`docs/performance.md`; goals marked * are cnnlens' own, for methods and tools the "
+    "performance plan set no goal for.",
+)
 
 
 def summary(results: Sequence[Result]) -> str:
@@ -572,7 +580,7 @@ def markdown(
         lines += [run, ""]
     lines += [f"- {key}: {value}" for key, value in env.items()]
     lines += ["", summary(results), "", *table(results), ""]
-    lines += [HOW_TO_READ.replace("\n", " ").strip(), ""]
+    lines += [HOW_TO_READ[0], "", *(f"- {item}" for item in HOW_TO_READ[1:]), ""]
     if notes:
         lines += ["Notes:", "", *(f"- {note}" for note in notes), ""]
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 visualization, against its floor and the peers, in one process.
 
     python benchmarks/run.py --out docs/benchmarks.md            (make bench)
-    python benchmarks/run.py --quick --out docs/benchmarks.md    (make bench-quick)
+    python benchmarks/run.py --quick --out out/benchmarks-quick.md   (make bench-quick)
     python benchmarks/run.py --only lrp --rounds 1               (a subset, printed)
 
 Full: resnet50 (batch 8, 224 px; Score-CAM and occlusion on its first image) and the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# A peer's progress bar (pytorch-grad-cam's Score-CAM) would be drawn into every timed call
+# and the log; cnnlens' own calls run with progress off.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from harness import (  # noqa: E402
     Case,

@@ -87,7 +87,7 @@ def test_option_names_are_the_same_everywhere() -> None:
             assert options["--batch-size"].dest == "batch_size"
     for name in ("index", "patches"):
         assert {"--batch-size", "--workers", "--limit", "--model"} <= set(_options(COMMANDS[name]))
-    for name in ("explain", "evaluate"):
+    for name in ("explain", "evaluate", "report"):
         assert {"-m", "--method"} <= set(_options(COMMANDS[name]))
 
 

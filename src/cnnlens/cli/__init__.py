@@ -25,7 +25,6 @@ from typing import Any, NoReturn
 from .. import __version__
 from .._progress import progress_mode
 from ..errors import InputError
-from ._common import Output, first_missing, remove_created
 
 __all__ = ["main"]
 
@@ -73,6 +72,9 @@ class _Formatter(argparse.HelpFormatter):
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
+        # Options are taken as spelt in full: an abbreviation could silently pick a
+        # different option (`report --method` was once read as `--methods`).
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -104,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
     """The paths the chosen command will write (its options typed ``Output``)."""
+    from ._common import Output
+
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     command = sub.choices[args.command]
     values = [getattr(args, a.dest, None) for a in command._actions if isinstance(a.type, Output)]
@@ -128,8 +132,15 @@ def _plain_warnings() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:
+        # Answered before the commands' parsers are built: their modules import
+        # matplotlib and the rest (about half a second, for one line).
+        print(f"cnnlens {__version__}")
+        return 0
+    from ._common import first_missing, remove_created
+
+    parser = build_parser()
     if not argv:
         parser.print_help(sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from .._atlas import build_atlas
 from ..dataset._sources import open_dataset
 from ..errors import InputError
 from ..render._atlas import atlas_pages
-from ._common import Output, add_model_args, open_model, positive_int, wrote
+from ._common import add_count, add_dataset, add_model_args, add_output, open_model, wrote
 from ._dataset import add_engine_args, engine_options
 
 
@@ -25,40 +25,13 @@ def register(sub: Any) -> None:
         "--layers features.relu2,features.relu3 -o atlas/",
     )
     add_model_args(p)
-    p.add_argument("dataset", help="an image folder or fashion-mnist")
+    add_dataset(p)
     p.add_argument("--layers", required=True, help="comma-separated layer names")
-    p.add_argument(
-        "--channels",
-        type=positive_int,
-        default=8,
-        metavar="N",
-        help="the first N channels of each layer (default 8)",
-    )
-    p.add_argument(
-        "-k", type=positive_int, default=6, metavar="K", help="top patches per channel (default 6)"
-    )
-    p.add_argument(
-        "--steps",
-        type=positive_int,
-        default=96,
-        metavar="N",
-        help="feature-visualization steps (default 96)",
-    )
-    p.add_argument(
-        "--sample",
-        type=positive_int,
-        default=600,
-        metavar="N",
-        help="dataset items used (default: the first 600)",
-    )
-    p.add_argument(
-        "-o",
-        "--output",
-        type=Output("folder"),
-        required=True,
-        metavar="FOLDER",
-        help="folder for the site",
-    )
+    add_count(p, "--channels", default=8, help="the first N channels of each layer (default 8)")
+    add_count(p, "-k", default=6, help="top patches per channel (default 6)")
+    add_count(p, "--steps", default=96, help="feature-visualization steps (default 96)")
+    add_count(p, "--sample", default=600, help="dataset items used (default: the first 600)")
+    add_output(p, "folder for the site", kind="folder")
     add_engine_args(p)
     p.set_defaults(run=run)
 

@@ -22,7 +22,7 @@ from ..render._behaviour import (
     unit_overlays,
 )
 from ..render._images import colorbar_image, stack
-from ._common import add_model_args, add_output, open_image, open_model, positive_int, wrote
+from ._common import add_count, add_image, add_model_args, add_output, open_image, open_model, wrote
 
 
 def parse_channels(text: str | None) -> list[int] | None:
@@ -66,10 +66,8 @@ def register(sub: Any) -> None:
         type=int,
         help="deeper layers: the filters most aligned with this input channel",
     )
-    p.add_argument(
-        "--top", type=positive_int, default=64, help="at most this many tiles (default 64)"
-    )
-    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
+    add_count(p, "--top", default=64, help="at most N tiles (default 64)")
+    add_output(p, kind="picture")
     p.set_defaults(run=run_filters)
 
     p = sub.add_parser(
@@ -81,41 +79,35 @@ def register(sub: Any) -> None:
         "  cnnlens activations coffee --layer _blocks.10 --channels 3,17 -o units.png",
     )
     add_model_args(p)
-    p.add_argument("image", help="image path or sample name (cat, coffee, ...)")
+    add_image(p)
     p.add_argument("--layer", help="layer name (default: a mid-to-high layer)")
     p.add_argument(
         "--channels", help="units to overlay on the image, e.g. 3,17 (default: the 4 most active)"
     )
-    p.add_argument(
-        "--top",
-        type=positive_int,
-        default=12,
-        metavar="N",
-        help="grid of the N most active channels (default 12)",
-    )
+    add_count(p, "--top", default=12, help="grid of the N most active channels (default 12)")
     p.add_argument(
         "--by",
         choices=("mean", "max"),
         default="mean",
         help="rank channels by their mean or their peak activation (default mean)",
     )
-    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
+    add_output(p, kind="picture")
     p.set_defaults(run=run_activations)
 
     p = sub.add_parser(
         "factorize",
         help="the factorization lens: NMF of a layer's activations",
-        description="Factorize a layer's activations over the images into K non-negative "
+        description="Factorize a layer's activations over the images into -k non-negative "
         "factors (NMF) and colour each image by the factor that dominates each position; the "
         "legend lists each factor's strongest channels.",
         epilog="example:\n  cnnlens factorize cat coffee -k 4 -o factors.png",
     )
     add_model_args(p)
-    p.add_argument("images", nargs="+", help="image paths or sample names")
+    add_image(p, nargs="+")
     p.add_argument("--layer", help="layer name (default: a mid-to-high layer)")
-    p.add_argument("-k", type=positive_int, default=6, help="number of factors (default 6)")
+    add_count(p, "-k", default=6, help="number of factors (default 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the NMF initialization (default 0)")
-    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
+    add_output(p, kind="picture")
     p.set_defaults(run=run_factorize)
 
 

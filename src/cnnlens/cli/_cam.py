@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, random_split
 from .._trace import default_feature_layer
 from ..attribution.cam import cam_model
 from ..errors import InputError
-from ._common import add_batch_size, add_model_args, add_output, open_model, positive_int
+from ._common import add_batch_size, add_count, add_model_args, add_output, open_model
 
 __all__ = ["register"]
 
@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         description="Train global average pooling + a linear layer on LAYER of the model, "
         "the backbone frozen, on DATASET_FOLDER (one sub-folder per class). Pooled features "
         "are computed once; the head is saved with torch.save.",
-        epilog="example:\n  cnnlens cam-fit photos/ --model vgg16 --layer features.29 -o head.pt",
+        epilog="example:\n  cnnlens cam-fit photos/ --layer _blocks.15 -o head.pt   # photos/cats/, photos/dogs/, ...",
     )
     p.add_argument("dataset", metavar="DATASET_FOLDER", help="folder with one sub-folder per class")
     add_model_args(p)
@@ -35,9 +35,7 @@ def register(sub: Any) -> None:
         "--layer", default=None, help="layer name (default: the last layer with a feature map)"
     )
     add_output(p, "where to write the head (torch.save, .pt)")
-    p.add_argument(
-        "--epochs", type=positive_int, default=100, help="passes over the features (default 100)"
-    )
+    add_count(p, "--epochs", default=100, help="passes over the features (default 100)")
     p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default 0.01)")
     add_batch_size(p, 32, "images per batch")
     p.add_argument(

@@ -10,7 +10,7 @@ from typing import Any
 from .._coverage import Coverage, coverage
 from ..attribution.api import METHODS
 from ..images import sample_images
-from ._common import add_model_args, open_image, open_model
+from ._common import add_image, add_model_args, open_image, open_model
 
 __all__ = ["register"]
 
@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
         metavar="METHOD",
         help="the method whose rules to list: " + ", ".join(sorted(METHODS)),
     )
-    p.add_argument("image", metavar="IMAGE", nargs="?", default=None, help="image or sample")
+    add_image(p, nargs="?", help="image file, or a sample name such as cat (default: cat)")
     p.add_argument("--all", action="store_true", help="list every call, not one row per kind")
     p.set_defaults(run=run_check)
 

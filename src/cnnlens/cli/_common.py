@@ -6,7 +6,7 @@ import argparse
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..attribution.api import method_spec, registry
 from ..errors import InputError
 from ..images import load_image, sample_image, sample_images
 from ..models import LoadedModel, available_models, load_model
@@ -107,15 +108,19 @@ def remove_created(paths: Iterable[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
+_OUTPUT_HELP = {"picture": "picture to write (.png, .jpg or .webp)"}
+
+
 def add_output(
     parser: argparse.ArgumentParser,
-    help: str,
+    help: str = "",
     *,
     kind: str = "file",
     required: bool = True,
     default: str | None = None,
 ) -> None:
-    """``-o/--output``, the same option in every command that writes."""
+    """``-o/--output``, the same option in every command that writes (``help`` defaults to
+    what the kind is, for a picture)."""
     parser.add_argument(
         "-o",
         "--output",
@@ -123,7 +128,7 @@ def add_output(
         required=required,
         default=default,
         metavar={"folder": "FOLDER", "picture": "PICTURE"}.get(kind, "FILE"),
-        help=help,
+        help=help or _OUTPUT_HELP[kind],
     )
 
 
@@ -139,12 +144,91 @@ def positive_int(text: str) -> int:
 
 
 def add_batch_size(parser: Any, default: int | None, what: str = "items per forward pass") -> None:
-    parser.add_argument(
+    add_count(
+        parser,
         "--batch-size",
-        type=positive_int,
         default=default,
-        metavar="N",
         help=what + ("" if default is None else f" (default {default})"),
+    )
+
+
+def add_count(parser: Any, *flags: str, default: int | None, help: str) -> None:
+    """A count option (at least 1), shown as ``N`` in every command."""
+    parser.add_argument(*flags, type=positive_int, default=default, metavar="N", help=help)
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def add_methods(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = False,
+    default: Sequence[str] = (),
+    aliases: Sequence[str] = (),
+) -> None:
+    """``-m/--method``, repeatable or comma-separated, the same in every command that runs
+    explanation methods (``aliases``: earlier spellings still taken). Read it with
+    :func:`method_names`."""
+    shown = f" (default: {', '.join(default)})" if default else ""
+    parser.add_argument(
+        "-m",
+        "--method",
+        *aliases,
+        dest="method",
+        action="append",
+        required=required,
+        metavar="M",
+        help=f"method; repeat or separate by commas for several{shown}: "
+        + ", ".join(sorted(registry())),
+    )
+
+
+def method_names(given: Sequence[str] | None, default: Sequence[str] = ()) -> list[str]:
+    """The methods of :func:`add_methods`'s option in order, each once; an unknown name is
+    an error (with the closest names) before any work."""
+    if given is None:
+        return list(default)
+    names = list(dict.fromkeys(n.strip() for item in given for n in item.split(",") if n.strip()))
+    if not names:
+        raise InputError("--method needs a method name")
+    for name in names:
+        method_spec(name)
+    return names
+
+
+# ----------------------------------------------------------------------------- inputs
+
+IMAGE_HELP = "image file, or a sample name such as cat"
+DATASET_HELP = "a folder of pictures (class sub-folders give labels) or fashion-mnist[:train|:test]"
+
+
+def add_image(parser: argparse.ArgumentParser, *, nargs: str | None = None, help: str = "") -> None:
+    """The picture(s) a command looks at, ``IMAGE`` in every command: a path or a sample
+    name (see :func:`open_image`); ``nargs`` "+" or "*" for several."""
+    several = nargs in ("+", "*")
+    parser.add_argument(
+        "images" if several else "image",
+        nargs=nargs,
+        metavar="IMAGE",
+        help=help or ("image files or sample names (cat, coffee, ...)" if several else IMAGE_HELP),
+    )
+
+
+def _dataset_spec(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "the dataset is empty: name a folder of pictures or fashion-mnist"
+        )
+    return text
+
+
+def add_dataset(
+    parser: argparse.ArgumentParser, *, nargs: str | None = None, note: str = ""
+) -> None:
+    """The dataset a command runs over, ``DATASET`` in every command."""
+    parser.add_argument(
+        "dataset", nargs=nargs, type=_dataset_spec, metavar="DATASET", help=DATASET_HELP + note
     )
 
 
@@ -186,6 +270,8 @@ def open_model(args: argparse.Namespace) -> LoadedModel:
 
 def open_image(spec: str) -> Image.Image:
     """An image path, or the name of a bundled sample photo (``cat``, ``coffee``, ...)."""
+    if not spec.strip():  # Path("") is the current folder
+        raise InputError("the image path is empty")
     if not Path(spec).exists():
         if spec in sample_images():
             return sample_image(spec)

@@ -30,6 +30,9 @@ from ._behaviour import parse_channels
 from ._common import (
     Output,
     add_batch_size,
+    add_count,
+    add_dataset,
+    add_image,
     add_model_args,
     add_output,
     open_image,
@@ -39,8 +42,6 @@ from ._common import (
 )
 
 __all__ = ["register"]
-
-DATASET_HELP = "a folder of pictures (class sub-folders give labels) or fashion-mnist[:train|:test]"
 
 
 def register(sub: Any) -> None:
@@ -53,7 +54,7 @@ def register(sub: Any) -> None:
         epilog="examples:\n  cnnlens index fashion-mnist:test --model fashion_cnn --layer features.relu3 -o fm_store\n"
         "  cnnlens index photos/ --layer _blocks.15 --pool max -o photo_store",
     )
-    p.add_argument("dataset", nargs="?", help=DATASET_HELP + " (optional with --verify)")
+    add_dataset(p, nargs="?", note=" (optional with --verify)")
     add_model_args(p)
     p.add_argument("--layer", help="layer name (default: the last feature map)")
     p.add_argument(
@@ -66,11 +67,8 @@ def register(sub: Any) -> None:
     add_batch_size(p, 64, "items per forward pass")
     add_workers(p)
     add_limit(p)
-    p.add_argument(
-        "--shard-rows",
-        type=positive_int,
-        metavar="N",
-        help="rows per shard of a new store (default: about 32 MB)",
+    add_count(
+        p, "--shard-rows", default=None, help="rows per shard of a new store (default: about 32 MB)"
     )
     p.add_argument(
         "--redo",
@@ -93,10 +91,10 @@ def register(sub: Any) -> None:
         "for comparison the nearest in pixel space (Euclidean over the resized pictures).",
         epilog="example:\n  cnnlens neighbors fashion-mnist:test@7 --store fm_store -k 8 -o nn.png",
     )
-    p.add_argument("image", help="image path, sample name, or a dataset item as DATASET@INDEX")
+    add_image(p, help="image file, sample name, or a dataset item as DATASET@INDEX")
     p.add_argument("--store", required=True, help="store folder made by `cnnlens index`")
     add_model_args(p, default=None, default_text="the model the store was made with")
-    p.add_argument("-k", type=positive_int, default=8, help="neighbours to show (default 8)")
+    add_count(p, "-k", default=8, help="neighbours to show (default 8)")
     p.add_argument(
         "--metric",
         choices=("cosine", "l2"),
@@ -105,7 +103,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-pixels", action="store_true", help="skip the pixel-space row")
     add_engine_args(p)
-    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
+    add_output(p, kind="picture")
     p.set_defaults(run=run_neighbors)
 
     p = sub.add_parser(
@@ -122,9 +120,7 @@ def register(sub: Any) -> None:
         "--method", choices=EMBED_METHODS, default="tsne", help="projection (default tsne)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--sample", type=positive_int, metavar="N", help="embed a seeded random sample of N rows"
-    )
+    add_count(p, "--sample", default=None, help="embed a seeded random sample of N rows")
     p.add_argument(
         "--thumbnails",
         nargs="?",
@@ -134,7 +130,11 @@ def register(sub: Any) -> None:
         help="draw the classic image map instead: N pictures snapped to a grid (default 1024)",
     )
     p.add_argument(
-        "--tile", type=positive_int, default=32, help="thumbnail size in pixels (default 32)"
+        "--tile",
+        type=positive_int,
+        default=32,
+        metavar="PIXELS",
+        help="thumbnail size in pixels (default 32)",
     )
     p.add_argument(
         "--html",
@@ -142,35 +142,29 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="also write an interactive page (pictures shown on hover)",
     )
-    p.add_argument(
-        "--html-points",
-        type=positive_int,
-        default=2000,
-        metavar="N",
-        help="points on the HTML page (default 2000)",
-    )
-    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
+    add_count(p, "--html-points", default=2000, help="points on the HTML page (default 2000)")
+    add_output(p, kind="picture")
     p.set_defaults(run=run_embed)
 
     p = sub.add_parser(
         "patches",
         help="maximally activating dataset patches per channel",
-        description="For each chosen channel of a layer, the K dataset patches (each "
+        description="For each chosen channel of a layer, the -k dataset patches (each "
         "position's receptive field) where the channel is most active, in one pass over "
         "the data.",
         epilog="example:\n  cnnlens patches fashion-mnist:test --model fashion_cnn "
         "--layer features.relu2 --channels 0-7 -o patches.png",
     )
-    p.add_argument("dataset", help=DATASET_HELP)
+    add_dataset(p)
     add_model_args(p)
     p.add_argument("--layer", help="layer name (default: the last feature map)")
     p.add_argument("--channels", default="0-15", help="channels, e.g. 0-15 or 3,17 (default 0-15)")
-    p.add_argument("-k", type=positive_int, default=9, help="patches per channel (default 9)")
+    add_count(p, "-k", default=9, help="patches per channel (default 9)")
     add_batch_size(p, 64, "items per forward pass")
     add_workers(p)
     add_limit(p)
     add_engine_args(p)
-    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
+    add_output(p, kind="picture")
     p.set_defaults(run=run_patches)
 
 
@@ -185,7 +179,7 @@ def add_workers(parser: Any) -> None:
 
 
 def add_limit(parser: Any) -> None:
-    parser.add_argument("--limit", type=positive_int, metavar="N", help="only the first N items")
+    add_count(parser, "--limit", default=None, help="only the first N items")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -201,11 +195,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="Ray cluster to join (auto: the one running on this machine; default: start a "
         "local one)",
     )
+    add_count(parser, "--ray-workers", default=None, help="Ray actors (default: one per CPU)")
     parser.add_argument(
-        "--ray-workers", type=positive_int, metavar="N", help="Ray actors (default: one per CPU)"
-    )
-    parser.add_argument(
-        "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor (default 0: CPU)"
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="GPUS",
+        help="GPUs per Ray actor (default 0: CPU)",
     )
 
 

@@ -12,15 +12,24 @@ from typing import Any
 from PIL import Image
 
 from .._progress import progress
-from ..attribution.api import explain, method_spec
+from ..attribution.api import explain
 from ..errors import InputError
 from ..evaluate import METRICS, DeletionInsertion, TrustTable, trust_table
 from ..evaluate._trust import LABELS
 from ..render import grid, save_picture
 from ..render._plots import line_plot
-from ._common import add_model_args, add_output, open_image, open_model, positive_int
+from ._common import (
+    add_count,
+    add_image,
+    add_methods,
+    add_model_args,
+    add_output,
+    method_names,
+    open_image,
+    open_model,
+)
 
-DEFAULT_METHODS = "saliency,guided_backprop,gradcam,occlusion"
+DEFAULT_METHODS = ("saliency", "guided_backprop", "gradcam", "occlusion")
 DEFAULT_METRICS = "deletion,insertion"
 
 
@@ -36,29 +45,16 @@ def register(sub: Any) -> None:
         "  cnnlens evaluate cat --metrics deletion,insertion,road -o eval/",
     )
     add_model_args(p)
-    p.add_argument("images", nargs="+", help="image paths or sample names")
-    p.add_argument(
-        "-m",
-        "--method",
-        "--methods",
-        dest="methods",
-        action="append",
-        metavar="M",
-        help=f"method (repeat or separate by commas; default {DEFAULT_METHODS})",
-    )
+    add_image(p, nargs="+")
+    add_methods(p, default=DEFAULT_METHODS, aliases=["--methods"])
     p.add_argument(
         "--metrics",
         default=DEFAULT_METRICS,
         help=f"comma-separated, from {', '.join(METRICS)} (default {DEFAULT_METRICS})",
     )
-    p.add_argument(
-        "--steps", type=positive_int, default=32, help="pixel-removal steps (default 32)"
-    )
-    p.add_argument(
-        "--samples",
-        type=positive_int,
-        default=10,
-        help="perturbations for infidelity/max-sensitivity (default 10)",
+    add_count(p, "--steps", default=32, help="pixel-removal steps (default 32)")
+    add_count(
+        p, "--samples", default=10, help="perturbations for infidelity/max-sensitivity (default 10)"
     )
     add_output(
         p, "folder for results.csv, results.md and curve plots", kind="folder", required=False
@@ -66,18 +62,11 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _names(text: str, what: str) -> list[str]:
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
-        raise InputError(f"--{what} needs at least one name")
-    return names
-
-
 def run(args: argparse.Namespace) -> int:
-    methods = _names(",".join(args.methods or [DEFAULT_METHODS]), "method")
-    for m in methods:
-        method_spec(m)  # unknown names fail before any work
-    metrics = _names(args.metrics, "metrics")
+    methods = method_names(args.method, DEFAULT_METHODS)  # unknown names fail before any work
+    metrics = list(dict.fromkeys(n.strip() for n in args.metrics.split(",") if n.strip()))
+    if not metrics:
+        raise InputError("--metrics needs at least one name")
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")

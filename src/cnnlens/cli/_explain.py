@@ -16,19 +16,22 @@ from PIL import Image
 from torch import Tensor
 
 from .._progress import progress
-from ..attribution.api import Explanation, MethodSpec, explain, method_spec, registry
+from ..attribution.api import Explanation, MethodSpec, explain, method_spec
 from ..errors import InputError
 from ..render import diverging, grid, overlay, save_picture, upsample
 from ..render._images import colorbar_image, signed_limit, stack
 from ._common import (
     Output,
     add_batch_size,
+    add_count,
+    add_image,
+    add_methods,
     add_model_args,
     add_output,
+    method_names,
     open_image,
     open_model,
     parse_target,
-    positive_int,
     wrote,
 )
 
@@ -45,18 +48,11 @@ def register(sub: Any) -> None:
         "them on stderr.",
         epilog="examples:\n"
         "  cnnlens explain cat -m gradcam -o cat_gradcam.png\n"
-        "  cnnlens explain photo.jpg -m saliency,occlusion,lrp --target tabby -o maps.png\n"
+        "  cnnlens explain cat -m saliency,occlusion,lrp --target tabby -o maps.png\n"
         "  cnnlens explain cat -m occlusion --window 48 --stride 16 -o occ.png --raw occ.pt",
     )
-    p.add_argument("image", metavar="IMAGE", help="image file, or a sample name such as cat")
-    p.add_argument(
-        "--method",
-        "-m",
-        action="append",
-        required=True,
-        metavar="M",
-        help="method (repeat or separate by commas for several): " + ", ".join(sorted(registry())),
-    )
+    add_image(p)
+    add_methods(p, required=True)
     p.add_argument(
         "--target",
         default=None,
@@ -67,7 +63,7 @@ def register(sub: Any) -> None:
         "--layer", default=None, help="layer for the CAM methods (default: last feature map)"
     )
     add_model_args(p)
-    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
+    add_output(p, kind="picture")
     p.add_argument(
         "--raw",
         type=Output("file"),
@@ -76,17 +72,13 @@ def register(sub: Any) -> None:
         help="also save the raw attributions, one tensor per method (torch.save, .pt)",
     )
     options = p.add_argument_group("method options (each goes to the methods that take it)")
-    options.add_argument(
-        "--samples", type=positive_int, metavar="N", help="smoothgrad: noisy copies"
-    )
+    add_count(options, "--samples", default=None, help="smoothgrad: noisy copies")
     options.add_argument("--noise", type=float, help="smoothgrad: sigma / input range")
     options.add_argument("--seed", type=int, help="smoothgrad: noise seed")
     options.add_argument(
         "--squared", action="store_const", const=True, help="smoothgrad: mean squared gradient"
     )
-    options.add_argument(
-        "--steps", type=positive_int, metavar="N", help="integrated_gradients: path steps"
-    )
+    add_count(options, "--steps", default=None, help="integrated_gradients: path steps")
     options.add_argument(
         "--window", type=_size, metavar="N|HxW", help="occlusion: window size in pixels"
     )
@@ -147,25 +139,27 @@ def _number_or_word(text: str) -> float | int | str | bool:
     return text
 
 
-def _options(args: argparse.Namespace) -> dict[str, object]:
-    """The method options given on the command line, by name."""
-    given: dict[str, object] = {
-        name: getattr(args, name) for name in _OPTION_DESTS if getattr(args, name) is not None
-    }
+def _options(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, str]]:
+    """The method options given on the command line, by name; and, for the messages, what
+    the user typed (``--samples``, ``--option nosuch=3: nosuch``)."""
+    given: dict[str, object] = {}
+    typed: dict[str, str] = {}
+    for name in _OPTION_DESTS:
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
+            typed[name] = "--" + name.replace("_", "-")
     for item in args.option:
         name, sep, value = item.partition("=")
-        if not sep or not name:
+        if not sep or not name.strip():
             raise InputError(f"--option expects NAME=VALUE, got {item!r}")
-        given[name.strip().replace("-", "_")] = _number_or_word(value.strip())
-    return given
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+        key = name.strip().replace("-", "_")
+        given[key] = _number_or_word(value.strip())
+        typed[key] = f"--option {item}: {name.strip()}"
+    return given, typed
 
 
 def _plan(
-    methods: list[str], given: dict[str, object], layer: str | None
+    methods: list[str], given: dict[str, object], typed: dict[str, str], layer: str | None
 ) -> list[tuple[str, MethodSpec, dict[str, object]]]:
     """Each method with the options it takes; an option that no method takes is an error."""
     plan = []
@@ -174,7 +168,14 @@ def _plan(
         plan.append((method, spec, {k: v for k, v in given.items() if k in spec.options}))
     for name in given:
         if not any(name in spec.options for _, spec, _ in plan):
-            raise InputError(f"{_flag(name)} is not an option of {', '.join(methods)}")
+            taken = sorted({option for _, spec, _ in plan for option in spec.options})
+            one = len(methods) == 1
+            listing = (
+                f"{'its' if one else 'their'} options: {', '.join(taken)}"
+                if taken
+                else f"{'it takes' if one else 'they take'} no options"
+            )
+            raise InputError(f"{typed[name]} is not an option of {', '.join(methods)} ({listing})")
     if layer is not None and not any(spec.uses_layer for _, spec, _ in plan):
         raise InputError(f"--layer is not used by {', '.join(methods)} (only the CAM methods)")
     return plan
@@ -198,11 +199,8 @@ def _signed_map(explanation: Explanation) -> Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    methods = [m.strip() for item in args.method for m in item.split(",") if m.strip()]
-    if not methods:
-        raise InputError("--method needs a method name")
-    methods = list(dict.fromkeys(methods))
-    plan = _plan(methods, _options(args), args.layer)
+    methods = method_names(args.method)
+    plan = _plan(methods, *_options(args), args.layer)
     image = open_image(args.image)
     model = open_model(args)
     target = parse_target(model, args.target)

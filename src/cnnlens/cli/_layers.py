@@ -23,8 +23,8 @@ def register(sub: Any) -> None:
     )
     add_model_args(p)
     p.add_argument(
-        "--receptive-fields",
         "-r",
+        "--receptive-fields",
         action="store_true",
         help="also compute each layer's receptive field (size and stride, in pixels)",
     )

@@ -13,7 +13,7 @@ from ..models._load import (
     torchvision_weights_path,
 )
 from ..models._predict import predict
-from ._common import DEFAULT_MODEL, add_model_args, open_image, open_model, positive_int
+from ._common import DEFAULT_MODEL, add_count, add_image, add_model_args, open_image, open_model
 
 __all__ = ["register"]
 
@@ -38,17 +38,14 @@ def register(sub: Any) -> None:
         "predict",
         help="top classes for images",
         description="Print the most probable classes of each image (rank, probability, "
-        "index, label).",
+        "index, label). `cnnlens models --offline` lists the models (--model) whose weights "
+        "are on this machine.",
         epilog="examples:\n  cnnlens predict cat coffee --top 3\n"
-        "  cnnlens predict photo.jpg --model resnet50",
+        "  cnnlens predict rocket camera --top 1",
     )
-    p.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="image file, or a sample name such as cat"
-    )
+    add_image(p, nargs="+")
     add_model_args(p)
-    p.add_argument(
-        "--top", type=positive_int, default=5, metavar="N", help="how many classes (default 5)"
-    )
+    add_count(p, "--top", default=5, help="how many classes (default 5)")
     p.set_defaults(run=run_predict)
 
 

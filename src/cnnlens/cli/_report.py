@@ -7,9 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from .._report import REPORT_METHODS, build_report
-from ..attribution.api import method_spec
+from ..errors import InputError
 from ..render._html import report_html
-from ._common import Output, add_model_args, open_image, open_model, parse_target, wrote
+from ._common import (
+    add_image,
+    add_methods,
+    add_model_args,
+    add_output,
+    method_names,
+    open_image,
+    open_model,
+    parse_target,
+    wrote,
+)
 
 DEFAULT_IMAGE = "cat"
 
@@ -22,53 +32,38 @@ def register(sub: Any) -> None:
         "bundled cat photo): the prediction, every explanation method side by side with its "
         "deletion/insertion scores, and the model's behaviour (filters, activations, factors).",
         epilog="examples:\n  cnnlens report -o report.html\n"
-        "  cnnlens report photo.jpg --target tabby --second-class -o photo.html",
+        "  cnnlens report cat coffee -m saliency,gradcam,lrp --no-behaviour -o two.html\n"
+        "  cnnlens report cat --target tabby --second-class -o cat.html",
     )
     add_model_args(p)
-    p.add_argument(
-        "images", nargs="*", help=f"image paths or sample names (default: {DEFAULT_IMAGE})"
+    add_image(
+        p, nargs="*", help=f"image files or sample names (default: the sample {DEFAULT_IMAGE})"
     )
     p.add_argument(
         "--target",
         action="append",
+        metavar="CLASS",
         help="class index or label to explain (once per image; default: top class)",
     )
     p.add_argument(
         "--second-class", action="store_true", help="also explain the second most likely class"
     )
-    p.add_argument(
-        "--methods",
-        default=",".join(REPORT_METHODS),
-        help=f"comma-separated methods (default: {','.join(REPORT_METHODS)})",
-    )
+    add_methods(p, default=REPORT_METHODS, aliases=["--methods"])
     p.add_argument("--no-behaviour", action="store_true", help="skip the model-behaviour section")
-    p.add_argument(
-        "-o",
-        "--output",
-        type=Output("file"),
-        default="report.html",
-        metavar="FILE",
-        help="HTML file to write (default report.html)",
-    )
+    add_output(p, "HTML file to write (default report.html)", required=False, default="report.html")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-
     specs = args.images or [DEFAULT_IMAGE]
-    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
-    if not methods:
-        raise InputError("--methods needs a method name")
-    for method in methods:  # a misspelt name is bad input, not an empty panel
-        method_spec(method)
-    model = open_model(args)
+    methods = method_names(args.method, REPORT_METHODS)  # a misspelt name: not an empty panel
     if args.target is not None and len(args.target) != len(specs):
         raise InputError(
             f"{len(args.target)} --target values for {len(specs)} images (give one per image)"
         )
+    images = [(spec, open_image(spec)) for spec in specs]  # every input checked before work
+    model = open_model(args)
     targets = None if args.target is None else [parse_target(model, t) for t in args.target]
-    images = [(spec, open_image(spec)) for spec in specs]
     report = build_report(
         model,
         images,

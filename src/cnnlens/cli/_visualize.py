@@ -10,7 +10,15 @@ from ..behaviour.visualize import FAST_STEPS, visualize
 from ..errors import InputError
 from ..models import LoadedModel
 from ..render import grid, save_picture, tensor_to_image
-from ._common import add_model_args, add_output, open_model, parse_target, positive_int, wrote
+from ._common import (
+    add_count,
+    add_model_args,
+    add_output,
+    open_model,
+    parse_target,
+    positive_int,
+    wrote,
+)
 
 
 def parse_objective(model: LoadedModel, text: str) -> tuple[int | str, str]:
@@ -54,11 +62,10 @@ def register(sub: Any) -> None:
         metavar="CLASS_INDEX|LABEL|LAYER:CHANNEL",
         help="what to maximize; repeat for several images in one batch (a labelled grid)",
     )
-    p.add_argument(
+    add_count(
+        p,
         "--steps",
-        type=positive_int,
         default=None,
-        metavar="N",
         help=f"optimization steps (default {FAST_STEPS}; 256 for --recipe lucid and --plain-l2)",
     )
     p.add_argument(
@@ -91,10 +98,8 @@ def register(sub: Any) -> None:
         help="weight of the diversity term between the images of the batch (default 0)",
     )
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
-    p.add_argument(
-        "--columns", type=positive_int, default=None, help="grid columns (default: up to 8)"
-    )
-    add_output(p, "picture to write (.png, .jpg or .webp)", kind="picture")
+    add_count(p, "--columns", default=None, help="grid columns (default: up to 8)")
+    add_output(p, kind="picture")
     p.set_defaults(run=run_visualize)
 
 

@@ -518,3 +518,14 @@ def test_an_index_that_cannot_keep_the_recall_promise_is_not_used(
     found, _ = searcher.search(queries, 10)
     truth = brute_force(base, queries, 10, "l2")[0]
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]) >= 0.9
+
+
+def test_open_dataset_refuses_an_empty_spec_and_a_missing_folder(tmp_path: Path) -> None:
+    # Path("") is the current folder: an empty spec must not open it as a dataset.
+    from cnnlens.datasets import open_dataset
+
+    for spec in ("", "  "):
+        with pytest.raises(InputError, match="the dataset is empty"):
+            open_dataset(spec)
+    with pytest.raises(InputError, match="no such folder"):
+        open_dataset(tmp_path / "missing")

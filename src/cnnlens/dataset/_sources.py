@@ -268,6 +268,8 @@ def open_dataset(spec: str | os.PathLike[str]) -> FashionMNIST | ImageFolder:
     """A source from its spec: ``fashion-mnist`` / ``fashion-mnist:train`` /
     ``fashion-mnist:test``, or a folder path."""
     text = os.fspath(spec)
+    if not text.strip():  # Path("") is the current folder, which nobody means
+        raise InputError("the dataset is empty: name a folder of pictures or fashion-mnist")
     lowered = text.lower()
     if lowered in ("fashion-mnist", "fashion_mnist", "fashionmnist") or lowered.startswith(
         ("fashion-mnist:", "fashion_mnist:")

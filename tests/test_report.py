@@ -133,8 +133,59 @@ def test_lrp_caption_accounts_for_the_score(cat_report: Report) -> None:
     )
     assert panel is not None
     words = panel.group(0)
-    assert f"the map holds {total:.3g} of the" in words and f"score {score:.3g}" in words
-    assert f"absorbed {absorbed:.3g}" in words and "conserved at each layer" not in words
+    # an absolute sum, then its share of the score, then where the rest went
+    share = f"{100 * total / score:.3g}\u00a0%"  # no line break between number and sign
+    assert f"the map sums to {total:.3g} — {share} of the" in words
+    assert f"score {score:.3g}" in words and "holds" not in words
+    assert f"absorbed the other {absorbed:.3g}" in words and "conserved at each layer" not in words
+    assert "see the cnnlens docs, docs/lrp.md" in words
+
+
+def test_lrp_budget_words() -> None:
+    from cnnlens.render._captions import _lrp_budget
+
+    text = _lrp_budget("tiger cat", 0.000925, 9.24, 9.239075)
+    assert text.startswith("; the map sums to 0.000925 — 0.01\u00a0% of the tiger cat score 9.24;")
+    assert "absorbed the other 9.24 on the way down" in text
+    # "the other" only where absorbed is the rest of the score
+    assert "absorbed 1 on" in _lrp_budget("x", 2.0, 9.0, 1.0)
+    assert _lrp_budget("x", 2.0, 0.0, None) == "; the map sums to 2; the x score is 0."
+    assert _lrp_budget("x", 2.0, None, None) == "; the map sums to 2."
+
+
+def test_backticks_in_captions_are_code_and_docs_are_named_as_docs(cat_report: Report) -> None:
+    """Text written with `backticks` (commands, names) is set as <code> in every caption,
+    note and message, never shown with the backticks; docs are named as the cnnlens docs,
+    not as if docs/... were reachable from the standalone page."""
+    from markupsafe import Markup
+
+    from cnnlens.render._pages import prose
+
+    assert prose("run `cnnlens evaluate` & <b>") == Markup(
+        "run <code>cnnlens evaluate</code> &amp; &lt;b&gt;"
+    )
+    assert prose("a `<script>` b") == Markup("a <code>&lt;script&gt;</code> b")
+    page = report_html(cat_report)
+    body = re.sub(r"<(script|style)\b.*?</\1>", "", page, flags=re.S)
+    text = re.sub(r"<[^>]+>", "", body)
+    assert "`" not in text
+    assert "<code>cnnlens evaluate</code>" in page
+    assert "the cnnlens docs (docs/trust.md)" in page
+    assert re.search(r"(?<!cnnlens docs \()(?<!cnnlens docs, )docs/\w+\.md", text) is None
+
+
+def test_report_curves_use_the_steps_of_cnnlens_evaluate() -> None:
+    """One image's AUCs are the same numbers in the report, ``cnnlens evaluate`` and the
+    explorer: the report's default steps are evaluate's."""
+    import inspect
+
+    from cnnlens._report import CURVE_STEPS
+    from cnnlens.cli import build_parser
+    from cnnlens.evaluate import trust_table
+
+    args = build_parser().parse_args(["evaluate", "cat"])
+    assert inspect.signature(build_report).parameters["steps"].default == CURVE_STEPS
+    assert args.steps == CURVE_STEPS == inspect.signature(trust_table).parameters["steps"].default
 
 
 def test_counted_nouns(cat_report: Report) -> None:

@@ -291,6 +291,22 @@ def test_curves_are_the_librarys_deletion_insertion(
     assert len(body["insertion"]) == 9
 
 
+def test_curves_default_to_the_reports_and_evaluates_steps(
+    client: TestClient, cat: dict[str, Any]
+) -> None:
+    """Without ``steps`` the explorer's AUCs are those of the report and ``cnnlens
+    evaluate`` for the same map (one number per image and method in every view)."""
+    import inspect
+
+    from cnnlens._report import CURVE_STEPS, build_report
+    from cnnlens.evaluate import trust_table
+
+    body = client.get(f"/api/images/{cat['id']}/curves", params={"method": "gradcam"}).json()
+    assert body["steps"] == CURVE_STEPS == 32 and len(body["deletion"]) == CURVE_STEPS + 1
+    assert inspect.signature(build_report).parameters["steps"].default == CURVE_STEPS
+    assert inspect.signature(trust_table).parameters["steps"].default == CURVE_STEPS
+
+
 @pytest.mark.parametrize(
     ("params", "status", "words"),
     [
@@ -368,9 +384,10 @@ def test_activations_channel_and_weights(
     assert detail["constant"] is False
 
     rgb = client.get("/api/weights", params={"layer": "features.0", "channel": 2}).json()
-    assert "RGB filter 3×3" in rgb["note"] and decode(rgb["picture"]).size == (96, 96)
+    assert "RGB filter 3×3" in rgb["note"] and decode(rgb["picture"]).size == (192, 192)
     deep = client.get("/api/weights", params={"layer": "features.3", "channel": 2}).json()
     assert "8 of 8 input kernels" in deep["note"]
+    assert decode(deep["picture"]).width >= 192  # eight 3×3 kernels, 24 px each
     assert rgb["weights_of"] == "features.0" and deep["weights_of"] == "features.3"
 
 
@@ -388,6 +405,72 @@ def test_a_layer_without_weights_shows_the_convolution_that_feeds_it(
     relu = client.get("/api/weights", params={"layer": "features.4", "channel": 11}).json()
     assert relu["weights_of"] == "features.3" and "ReLU has no convolution weights" in relu["note"]
     assert_error(client.get("/api/weights", params={"layer": "features.1", "channel": 8}), 400)
+
+
+class DepthwiseNet(torch.nn.Module):
+    """A stem, then a depthwise 5×5 convolution: each of its channels has one kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.depthwise = torch.nn.Conv2d(4, 4, 5, padding=2, groups=4)
+        self.act = torch.nn.ReLU6()
+        self.fc = torch.nn.Linear(4, len(LABELS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.depthwise(self.stem(x))).mean(dim=(2, 3)))
+
+
+def test_weights_pictures_are_legible_whatever_the_kernel_count() -> None:
+    """One depthwise 5×5 kernel is drawn as large as 64 small ones (about 192 px), not as a
+    20 px thumbnail."""
+    from cnnlens.models import Preprocessing
+
+    torch.manual_seed(0)
+    model = LoadedModel(
+        DepthwiseNet().eval(), "dw", list(LABELS), Preprocessing(crop=(16, 16), resize=16)
+    )
+    with TestClient(create_app(model)) as c:
+        for layer in ("depthwise", "act"):
+            answer = c.get("/api/weights", params={"layer": layer, "channel": 1}).json()
+            assert answer["weights_of"] == "depthwise"
+            assert "1 of 1 input kernels 5×5" in answer["note"]
+            assert min(decode(answer["picture"]).size) >= 160, layer
+
+
+def test_look_inside_opens_on_the_reports_layer_and_a_channel_that_varies() -> None:
+    """The default layer is the report's and ``cnnlens activations``' (mid_feature_layer,
+    not a guess of the page's); the default channel is a shown one whose map varies, never
+    the most active channel when that one is constant (here made so: zero weights, a large
+    bias)."""
+    from cnnlens._modules import layer_name
+    from cnnlens.behaviour._inspect import mid_feature_layer
+
+    model = tiny_model()
+    conv = model.module.features[3]
+    with torch.no_grad():
+        conv.weight[7].zero_()
+        conv.bias[7] = 50.0  # constant and the largest mean of features.4
+    inputs = model.preprocess(cnnlens.sample_image("cat"))
+    expected = layer_name(model.module, mid_feature_layer(model.module, inputs))
+    with TestClient(create_app(model)) as c:
+        answer = c.get("/api/layers").json()
+        assert answer["default"] == expected == "features.4"
+        image = c.post("/api/samples/cat").json()["id"]
+        grid = c.get(
+            f"/api/images/{image}/activations", params={"layer": "features.4", "top": 6}
+        ).json()
+        shown = [t["channel"] for t in grid["tiles"]]
+        assert shown[0] == 7 and grid["default_channel"] in shown[1:]
+        maps = cnnlens.activations(model, inputs, "features.4")[0]
+        spread = {ch: float(maps[ch].std(correction=0)) for ch in shown}
+        assert grid["default_channel"] == max(spread, key=spread.__getitem__)
+        detail = c.get(
+            f"/api/images/{image}/channel",
+            params={"layer": "features.4", "channel": grid["default_channel"]},
+        ).json()
+        assert detail["constant"] is False and detail["peak_box"] is not None
+    assert count_hooks(model.module) == 0
 
 
 class OutOfOrderNet(torch.nn.Module):

@@ -158,6 +158,23 @@ def test_explorer_in_chromium(tmp_path: Path) -> None:
         until(
             driver, lambda: len(driver.find_elements(By.CSS_SELECTOR, "#grid figure")) > 0, "grid"
         )
+        # It opens on the report's default layer and on the channel the server chose (one
+        # whose map varies), with a legible weights picture.
+        assert driver.find_element(By.ID, "inside-layer").get_attribute("value") == "features.4"
+        until(
+            driver,
+            lambda: driver.execute_script(
+                "const w = document.getElementById('weights');"
+                "return !w.hidden && w.complete && w.naturalWidth > 0;"
+            ),
+            "default channel's weights",
+        )
+        chosen = driver.find_element(By.CSS_SELECTOR, "#grid figure.chosen")
+        assert not driver.find_element(By.ID, "channel-caption").text.startswith("constant map")
+        assert driver.find_element(By.ID, "channel-title").text.endswith(
+            f"channel {chosen.get_attribute('data-channel')}"
+        )
+        assert driver.execute_script("return document.getElementById('weights').width") >= 160
         Select(driver.find_element(By.ID, "inside-layer")).select_by_value("features.0")
         until(
             driver,

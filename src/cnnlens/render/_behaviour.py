@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,14 +17,21 @@ from ._images import (
     colorbar_image,
     colormap,
     diverging,
+    grey_copy,
     grid,
     overlay,
+    stack,
     upsample,
 )
 
+if TYPE_CHECKING:
+    from ..behaviour import Factorization
+
 __all__ = [
     "FACTOR_COLOURS",
+    "FACTOR_SIDE",
     "activation_grid",
+    "factor_figure",
     "factor_legend",
     "factor_overlay",
     "filter_tiles",
@@ -99,10 +107,23 @@ FACTOR_COLOURS: tuple[str, ...] = tuple(
 )
 
 
-def factor_overlay(image: Image.Image, maps: Tensor, *, alpha: float = 0.65) -> Image.Image:
-    """Each factor's spatial map (k, h, w) in its own colour over ``image``: every position
-    takes the colour of its strongest factor, opacity from that factor's strength."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+FACTOR_SIDE = 320
+"""The shorter side the factorization pictures are drawn at, at least (:func:`factor_figure`,
+the report): factor maps are coarse, and a title the width of the picture fits on one line."""
+
+
+def factor_overlay(
+    image: Image.Image, maps: Tensor, *, alpha: float = 0.65, min_side: int | None = None
+) -> Image.Image:
+    """Each factor's spatial map (k, h, w) in its own colour over a grey copy of ``image``
+    (:func:`grey_copy`, as every map of the report): each position takes the colour of its
+    strongest factor, opacity from that factor's strength. Drawn at ``image``'s size, or
+    enlarged to at least ``min_side`` pixels on the shorter side."""
+    if min_side is not None and min(image.size) < min_side:
+        scale = min_side / min(image.size)
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    base = np.asarray(grey_copy(image), dtype=np.float32)
     up = upsample(maps.detach().float().cpu(), (image.height, image.width))
     peak = up.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
     strength, winner = (up / peak).max(dim=0)
@@ -130,6 +151,23 @@ def factor_legend(strongest: Tensor, *, width: int = 320) -> Image.Image:
         draw.rectangle((6, 6 + 22 * i, 22, 22 + 22 * i), fill=color)
         draw.text((30, 7 + 22 * i), text, fill="black", font=font)
     return out
+
+
+def factor_figure(
+    images: Sequence[Image.Image], factorization: Factorization, title: str
+) -> Image.Image:
+    """The factorization lens as one picture sized to its content: ``title`` over the
+    images' factor overlays (side by side, each at least :data:`FACTOR_SIDE` px so a layer
+    name and the factor count fit on one line), the legend of each factor's strongest
+    channels under them, no blank band anywhere."""
+    if len(images) != factorization.maps.shape[0]:
+        raise ValueError(f"{len(images)} images for {factorization.maps.shape[0]} factor maps")
+    panels = [
+        factor_overlay(image, factorization.maps[i], min_side=FACTOR_SIDE)
+        for i, image in enumerate(images)
+    ]
+    overlays = add_caption(grid(panels, columns=len(panels)), title)
+    return stack([overlays, factor_legend(factorization.strongest_channels(5))], pad=0)
 
 
 def unit_overlays(image: Image.Image, maps: Tensor, channels: Sequence[int]) -> list[Image.Image]:

@@ -132,18 +132,25 @@ def count(n: int, noun: str) -> str:
 def _lrp_budget(
     target: str, total: float | None, score: float | None, absorbed: float | None
 ) -> str:
-    """Where LRP's score went: the map holds ``total``; the biases (the folded BatchNorm
-    shifts among them) absorbed the rest, so a small total is not a bug."""
+    """Where LRP's score went: the map sums to ``total`` (an absolute amount, in the score's
+    units); the biases (the folded BatchNorm shifts among them) and the stabilizers absorbed
+    ``absorbed`` = score − total, so a small total is not a bug."""
     if total is None:
         return "."
     if score is None:
-        return f"; in total {total:.3g}."
-    share = f" ({100 * total / score:.3g} %)" if score != 0 else ""
-    text = f"; the map holds {total:.3g} of the {target} score {score:.3g}{share}"
+        return f"; the map sums to {total:.3g}."
+    text = f"; the map sums to {total:.3g}"
+    if score != 0:
+        text += f" — {100 * total / score:.3g}\u00a0% of the {target} score {score:.3g}"
+    else:
+        text += f"; the {target} score is 0"
     if absorbed is not None:
+        # ``absorbed`` is score − total by construction; say "the other" only when it is.
+        rest = abs(score - total - absorbed) <= 1e-3 * max(abs(score), abs(total), 1e-12)
         text += (
-            f"; biases and stabilizers absorbed {absorbed:.3g} on the way down (with BatchNorm "
-            "folded in, its shifts are biases; see the LRP docs)"
+            f"; the layers' biases and stabilizers absorbed {'the other ' if rest else ''}"
+            f"{absorbed:.3g} on the way down (common with BatchNorm folded into the "
+            "convolutions, whose shifts become biases; see the cnnlens docs, docs/lrp.md)"
         )
     return text + "."
 
@@ -223,7 +230,7 @@ def method_text(
     elif method == "lrp":
         composite = str(options.get("composite", "epsilon_plus"))
         settings = (
-            f"composite {composite}: {COMPOSITES.get(composite, 'see the LRP docs')}; BatchNorm folded into the "
+            f"composite {composite}: {COMPOSITES.get(composite, 'see the cnnlens docs, docs/lrp.md')}; BatchNorm folded into the "
             "preceding layer" + _others(options, {"composite"})
         )
         signed = (

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from ._captions import MethodText, baseline_words, count, layer_words, method_text
-from ._images import colormap, diverging, grid, overlay, signed_limit, upsample
+from ._images import colormap, diverging, grey_copy, grid, overlay, signed_limit, upsample
 from ._pages import ColorBar, color_bar, data_uri, render_page
 
 if TYPE_CHECKING:
@@ -72,8 +72,7 @@ def method_maps(
     size = _side(picture)
     # Drawn over a dimmed grey copy of the photo, so the colours read as the scale and not
     # the scene.
-    grey = picture.resize(size, Image.Resampling.BILINEAR).convert("L")
-    base = grey.point(lambda v: int(40 + 0.6 * v)).convert("RGB")
+    base = grey_copy(picture.resize(size, Image.Resampling.BILINEAR))
     a = explanation.attribution[0].detach().float().cpu()
     kind = explanation.kind
     if kind == "input":
@@ -268,8 +267,9 @@ def _trust(results: Sequence[MethodResult], image: ImageReport, target: int) -> 
         f"imputation at {fractions} of the image and reports the mean of (least − most) / 2 "
         "of the class probability; infidelity (Yeh et al. 2019, normalized) compares the map "
         "with the score changes under small Gaussian perturbations. Ranking: how the pixels were "
-        "ordered (signed evidence or absolute value). Sanity checks that re-run the methods "
-        "(max-sensitivity, model randomization) are in `cnnlens evaluate` and docs/trust.md."
+        "ordered (signed evidence or absolute value). The checks that re-run the methods "
+        "(max-sensitivity, model randomization) are not on this page: `cnnlens evaluate` runs "
+        "them, and the cnnlens docs (docs/trust.md) describe every metric."
     )
     return TrustView(
         tuple(TRUST_METRICS), tuple(LABELS[m] for m in TRUST_METRICS), tuple(table_rows), caption
@@ -337,7 +337,7 @@ def _behaviour_view(report: Report) -> dict[str, Any] | None:
         tiles = rgb_filter_tiles(look.first_filters[:64])
         filters = data_uri(grid(tiles, columns=min(len(tiles), 8), pad=2))
     picture = report.images[0].picture
-    from ._behaviour import FACTOR_COLOURS, factor_overlay
+    from ._behaviour import FACTOR_COLOURS, FACTOR_SIDE, factor_overlay
 
     size = _side(picture)
     factors = look.factorization
@@ -351,7 +351,9 @@ def _behaviour_view(report: Report) -> dict[str, Any] | None:
         "filters": filters,
         "depths": [_depth(n, m, v, i, report.layers.get(n)) for n, m, v, i in look.depths],
         "factor_layer": layer_words(report.layers.get(look.factor_layer), look.factor_layer),
-        "factor_overlay": data_uri(factor_overlay(picture.resize(size), factors.maps[0])),
+        "factor_overlay": data_uri(
+            factor_overlay(picture.resize(size), factors.maps[0], min_side=FACTOR_SIDE)
+        ),
         "factor_count": factors.maps.shape[1],
         "factor_clipped": factors.clipped_negative,
         "factor_legend": legend,

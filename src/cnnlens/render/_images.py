@@ -20,6 +20,7 @@ __all__ = [
     "colormap",
     "diverging",
     "fit_text",
+    "grey_copy",
     "grid",
     "overlay",
     "save_picture",
@@ -92,6 +93,13 @@ def overlay(
     pixels = np.asarray(base, dtype=np.float32)
     mixed = pixels * (1 - weight) + colors * weight
     return Image.fromarray(mixed.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def grey_copy(image: Image.Image) -> Image.Image:
+    """A dimmed grey copy of ``image`` (RGB) to draw colours over, so the colours read as
+    the scale and not the scene (the report's maps and the factorization lens use it)."""
+    grey = image.convert("L").point(lambda v: int(40 + 0.6 * v))
+    return grey.convert("RGB")
 
 
 def tensor_to_image(pixels: Tensor) -> Image.Image:
@@ -227,7 +235,9 @@ def grid(
     tile: tuple[int, int] | None = None,
     background: str = "white",
 ) -> Image.Image:
-    """Pictures in a grid, row by row, each optionally captioned and resized to ``tile`` (W, H)."""
+    """Pictures in a grid, row by row, each optionally captioned and resized to ``tile`` (W, H).
+    Columns are as wide as the widest picture; each row is as tall as its tallest picture
+    (a short row, such as a legend under a large panel, leaves no band below it)."""
     if not images:
         raise ValueError("grid needs at least one image")
     if captions is not None and len(captions) != len(images):
@@ -246,11 +256,14 @@ def grid(
     columns = columns or min(len(cells), 8)
     rows = (len(cells) + columns - 1) // columns
     width = max(c.width for c in cells)
-    height = max(c.height for c in cells)
-    out = Image.new("RGB", (columns * (width + pad) + pad, rows * (height + pad) + pad), background)
+    heights = [max(c.height for c in cells[r * columns : (r + 1) * columns]) for r in range(rows)]
+    tops = [pad + sum(heights[:r]) + r * pad for r in range(rows)]
+    out = Image.new(
+        "RGB", (columns * (width + pad) + pad, tops[-1] + heights[-1] + pad), background
+    )
     for i, cell in enumerate(cells):
         r, c = divmod(i, columns)
-        out.paste(cell, (pad + c * (width + pad), pad + r * (height + pad)))
+        out.paste(cell, (pad + c * (width + pad), tops[r]))
     return out
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import jinja2
+import markupsafe
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
@@ -25,6 +27,7 @@ __all__ = [
     "color_bar",
     "data_uri",
     "environment",
+    "prose",
     "render_page",
     "stylesheet",
     "ticks",
@@ -51,7 +54,19 @@ def environment() -> jinja2.Environment:
     )
     env.filters["data_uri"] = data_uri
     env.filters["number"] = format_number
+    env.filters["prose"] = prose
     return env
+
+
+_CODE = re.compile(r"`([^`\n]+)`")
+
+
+def prose(text: object) -> markupsafe.Markup:
+    """Caption or message text for a page: HTML-escaped, with `backticked` spans (commands,
+    names, as written in messages and docstrings) set as ``<code>``. Every caption, note and
+    error a template shows goes through this one filter."""
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(_CODE.sub(r"<code>\1</code>", escaped))
 
 
 @cache

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from .._report import CURVE_STEPS
 from ..dataset import FeatureStore
 from ..errors import InputError
 from ..images import decode_image
@@ -191,7 +192,7 @@ def classes(explorer: Explorer, request: Request) -> Any:
 
 
 def layer_list(explorer: Explorer, request: Request) -> Any:
-    return {"layers": explorer.layers_json()}
+    return {"layers": explorer.layers_json(), "default": explorer.default_layer()}
 
 
 def samples(explorer: Explorer, request: Request) -> Any:
@@ -239,7 +240,8 @@ def explain_route(explorer: Explorer, request: Request) -> Any:
 
 def curves(explorer: Explorer, request: Request) -> Any:
     entry, parsed = _explain_request(explorer, request)
-    return explorer.curves_json(entry, parsed, _int(request, "steps", 16))
+    # the report's and ``cnnlens evaluate``'s steps: the same AUCs in every view
+    return explorer.curves_json(entry, parsed, _int(request, "steps", CURVE_STEPS))
 
 
 def activation_grid(explorer: Explorer, request: Request) -> Any:
@@ -370,7 +372,12 @@ ROUTES: list[tuple[str, str, Callable[[Explorer, Request], Any], str]] = [
         "model name, input size, methods with options, samples, limits",
     ),
     ("/api/classes", "GET", classes, "class labels matching q (completion); limit"),
-    ("/api/layers", "GET", layer_list, "layers with a (C, h, w) map: shape, receptive field"),
+    (
+        "/api/layers",
+        "GET",
+        layer_list,
+        "layers with a (C, h, w) map: shape, receptive field; the default layer",
+    ),
     ("/api/samples", "GET", samples, "the bundled sample photos"),
     ("/api/samples/{name}", "POST", choose_sample, "use a sample photo: image info and top-5"),
     ("/api/images/{image}", "GET", image_info, "image info: the crop the model saw, top-5"),

@@ -27,8 +27,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .._guard import guard
-from .._modules import resolve_layer
+from .._modules import layer_name, resolve_layer
 from ..attribution.api import Explanation, explain, method_spec, registry
+from ..behaviour._inspect import mid_feature_layer
 from ..dataset import FeatureStore
 from ..errors import InputError
 from ..evaluate import deletion_insertion
@@ -109,6 +110,7 @@ class Explorer:
         self._images: OrderedDict[str, ImageEntry] = OrderedDict()
         self._images_lock = threading.Lock()
         self._layers: list[LayerInfo] | None = None
+        self._default_layer: str | None = None
         self._copies: dict[str, LoadedModel] = {}
         self._copies_lock = threading.Lock()
 
@@ -220,6 +222,22 @@ class Explorer:
                 }
             )
         return out
+
+    def default_layer(self) -> str | None:
+        """The layer "Look inside" opens on: the one the report and ``cnnlens activations``
+        show by default (:func:`cnnlens.behaviour._inspect.mid_feature_layer`, one dry pass
+        at the model's input size); None when the explorer does not list it."""
+        if self._default_layer is None:
+            height, width = self.model.input_size
+            inputs = self.model.preprocess(Image.new("RGB", (width, height), "grey"))
+            module = self.model.module
+            try:
+                with guard(self.model):  # the dry pass's hooks go on once no other call runs
+                    self._default_layer = layer_name(module, mid_feature_layer(module, inputs))
+            except InputError:  # no (B, C, H, W) output at all: nothing to look inside
+                return None
+        known = {info.name for info in self.layer_infos()}
+        return self._default_layer if self._default_layer in known else None
 
     def check_layer(self, name: str) -> str:
         """``name`` if it is one of the layers the explorer lists, else ``InputError``."""

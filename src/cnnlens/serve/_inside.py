@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from ..models import LoadedModel
     from ._explorer import Explorer, ImageEntry
 
-__all__ = ["Inside"]
+__all__ = ["Inside", "varied_channel"]
+
+
+WEIGHTS_SIDE = 192  # the weights picture's width in pixels, about (drawn 1:1 on the page)
 
 
 class Inside:
@@ -59,6 +62,7 @@ class Inside:
             "shape": list(maps.shape),
             "channels": int(maps.shape[0]),
             "order": "mean activation, highest first",
+            "default_channel": varied_channel(shown, ids[0]),
             "scale": scale.as_json(),
             "tiles": [
                 {
@@ -136,13 +140,18 @@ class Inside:
                 f"channel {channel} is out of range for {module.out_channels} channels"
             )
         weights = filters(self.explorer.model.module, module)[channel]  # (in / groups, kh, kw)
+        kh, kw = weights.shape[-2:]
         if weights.shape[0] == 3:
-            picture = rgb_filter_tiles(weights[None], scale=max(1, 96 // weights.shape[-1]))[0]
+            picture = rgb_filter_tiles(weights[None], scale=max(1, WEIGHTS_SIDE // max(kh, kw)))[0]
             note = f"RGB filter {weights.shape[-2]}×{weights.shape[-1]} (grey = 0)"
         else:
             strongest = weights.flatten(1).norm(dim=1).argsort(descending=True)[:64]
-            tiles = filter_tiles(weights[strongest], scale=max(1, 24 // weights.shape[-1]))
-            picture = grid(tiles, columns=min(8, len(tiles)), pad=2)
+            columns = min(8, len(strongest))
+            # about WEIGHTS_SIDE px across whatever the count: one depthwise 5×5 kernel is a
+            # large square, 64 kernels 3×3 are 24 px tiles
+            scale = max(2, WEIGHTS_SIDE // (columns * max(kh, kw)))
+            tiles = filter_tiles(weights[strongest], scale=scale)
+            picture = grid(tiles, columns=columns, pad=2)
             note = (
                 f"{len(tiles)} of {weights.shape[0]} input kernels "
                 f"{weights.shape[-2]}×{weights.shape[-1]}, strongest first (blue −, red +)"
@@ -197,6 +206,14 @@ class Inside:
         return self.explorer.jobs.submit(
             "visualize", ("visualize", layer, channel, steps, size), params, work
         )
+
+
+def varied_channel(maps: Tensor, channels: Tensor) -> int:
+    """Of ``channels`` (their maps (n, h, w)), the one whose map varies most over the image
+    (largest spatial standard deviation): the channel the page opens on. The most active
+    channel is often a constant map (a saturated ReLU6), which shows nothing."""
+    spread = maps.flatten(1).double().std(dim=1, correction=0)
+    return int(channels[int(spread.argmax())])
 
 
 def feeding_convolutions(model: LoadedModel) -> dict[str, str]:

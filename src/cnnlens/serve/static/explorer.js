@@ -254,7 +254,7 @@ function drawCurves(container, curves) {
   line(curves.deletion, "#c0392b");
   line(curves.insertion, "#1f77b4");
   container.replaceChildren(svg,
-    el("div", { class: "metric", text: `x: fraction of pixels, ${curves.ranking} ranking; y: p(class) 0–${fmt(top)}` }),
+    el("div", { class: "metric", text: `x: fraction of pixels (${curves.steps} steps), ${curves.ranking} ranking; y: p(class) 0–${fmt(top)}` }),
     el("div", { class: "metric",
       text: `deletion AUC ${curves.deletion_auc.toFixed(3)} ↓ (red) · insertion AUC ${curves.insertion_auc.toFixed(3)} ↑ (blue)` }));
 }
@@ -304,7 +304,8 @@ async function refreshInside() {
       onclick: () => chooseChannel(layer, tile.channel),
     }, el("img", { src: tile.png, alt: `channel ${tile.channel}` }), el("span", { text: String(tile.channel) }))));
     scaleBar($("grid-scale"), grid.scale);
-    const keep = state.channel && state.channel.layer === layer ? state.channel.channel : grid.tiles[0].channel;
+    // Opens on the shown channel whose map varies most (the most active one can be constant).
+    const keep = state.channel && state.channel.layer === layer ? state.channel.channel : grid.default_channel;
     chooseChannel(layer, keep);
   } catch (err) {
     showError("inside-error", err.message);
@@ -450,7 +451,8 @@ async function complete() {
 
 async function init() {
   state.model = await api("/api/model");
-  state.layers = (await api("/api/layers")).layers;
+  const layerList = await api("/api/layers");
+  state.layers = layerList.layers;
   for (const sample of state.model.samples) {
     $("sample").append(el("option", { value: sample.name, text: `${sample.name} — ${sample.description}` }));
   }
@@ -466,7 +468,8 @@ async function init() {
     $("layer").append(el("option", { value: info.name, text: layerLabel(info) }));
     $("inside-layer").append(el("option", { value: info.name, text: layerLabel(info) }));
   }
-  if (state.layers.length) $("inside-layer").value = state.layers[Math.floor(state.layers.length * 0.6)].name;
+  // The report's and `cnnlens activations`' default layer, computed by the server.
+  if (layerList.default) $("inside-layer").value = layerList.default;
   buildOptions();
 
   $("sample").addEventListener("change", (e) => chooseSample(e.target.value));

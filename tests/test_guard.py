@@ -481,3 +481,30 @@ def test_a_refusal_keeps_no_reference_to_the_model() -> None:
     del model
     gc.collect()
     assert gone() is None
+
+
+def test_tracing_puts_its_hooks_on_only_while_it_holds_the_lock() -> None:
+    # A thread that holds the model (a long explanation, a deep copy for a background job)
+    # must not see the hooks of a trace waiting for its turn: they would record that
+    # thread's calls, and a copy made then would keep them.
+    import threading
+
+    from cnnlens._hooks import count_hooks
+    from cnnlens._trace import trace_calls
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    seen: list[int] = []
+    calls: list[object] = []
+    with guard(model):
+        tracer = threading.Thread(
+            target=lambda: calls.append(trace_calls(model, torch.ones(1, 3, 8, 8)))
+        )
+        tracer.start()
+        tracer.join(timeout=0.5)  # it blocks on the lock; before the fix its hooks were on
+        assert tracer.is_alive()
+        seen.append(count_hooks(model))
+    tracer.join(timeout=30)
+    assert not tracer.is_alive()
+    assert seen == [0]
+    assert [c.name for c in calls[0]] == ["0", "1"]  # type: ignore[attr-defined]
+    assert count_hooks(model) == 0

@@ -31,16 +31,19 @@ def trace_calls(model: nn.Module, inputs: Tensor) -> list[ModuleCall]:
         shape = tuple(output.shape) if isinstance(output, Tensor) else None
         calls.append(ModuleCall(names[module], module, shape))
 
-    handles = []
-    try:
-        for module in names:
-            if module is not model:
-                handles.append(module.register_forward_hook(hook))
-        with torch.inference_mode(), guard(model, needs="tracing the layers"):
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    # The hooks go on under the model's lock: another thread's call (a deep copy of the
+    # model, say) must never see them, nor a copy keep one.
+    with guard(model, needs="tracing the layers"):
+        handles = []
+        try:
+            for module in names:
+                if module is not model:
+                    handles.append(module.register_forward_hook(hook))
+            with torch.inference_mode():
+                model(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
     return calls
 
 

@@ -15,8 +15,7 @@ from ..errors import InputError
 from ..render import add_caption, grid, save_picture
 from ..render._behaviour import (
     activation_grid,
-    factor_legend,
-    factor_overlay,
+    factor_figure,
     filter_tiles,
     rgb_filter_tiles,
     unit_overlays,
@@ -198,13 +197,5 @@ def run_factorize(args: argparse.Namespace) -> int:
     note = f"{layer_name(model.module, layer)}: {args.k} NMF factors"
     if result.clipped_negative:
         note += " (positive part of the activations)"
-    panels = [factor_overlay(im, result.maps[i]) for i, im in enumerate(seen)]
-    picture = grid(
-        [
-            add_caption(grid(panels, columns=len(panels)), note),
-            factor_legend(result.strongest_channels(5)),
-        ],
-        columns=1,
-    )
-    wrote(save_picture(picture, args.output))
+    wrote(save_picture(factor_figure(seen, result, note), args.output))
     return 0

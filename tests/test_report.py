@@ -179,9 +179,9 @@ def test_report_curves_use_the_steps_of_cnnlens_evaluate() -> None:
     explorer: the report's default steps are evaluate's."""
     import inspect
 
-    from cnnlens._report import CURVE_STEPS
     from cnnlens.cli import build_parser
     from cnnlens.evaluate import trust_table
+    from cnnlens.evaluate._deletion import CURVE_STEPS
 
     args = build_parser().parse_args(["evaluate", "cat"])
     assert inspect.signature(build_report).parameters["steps"].default == CURVE_STEPS

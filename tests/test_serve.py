@@ -298,8 +298,9 @@ def test_curves_default_to_the_reports_and_evaluates_steps(
     evaluate`` for the same map (one number per image and method in every view)."""
     import inspect
 
-    from cnnlens._report import CURVE_STEPS, build_report
+    from cnnlens._report import build_report
     from cnnlens.evaluate import trust_table
+    from cnnlens.evaluate._deletion import CURVE_STEPS
 
     body = client.get(f"/api/images/{cat['id']}/curves", params={"method": "gradcam"}).json()
     assert body["steps"] == CURVE_STEPS == 32 and len(body["deletion"]) == CURVE_STEPS + 1

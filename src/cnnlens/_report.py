@@ -24,11 +24,11 @@ from .behaviour import Factorization, activations, factorize, filters
 from .behaviour._inspect import first_convolution, mid_feature_layer, prefer_rectified, top_channels
 from .errors import InputError
 from .evaluate import DeletionInsertion, TrustRow, trust_table
+from .evaluate._deletion import CURVE_STEPS
 from .layers import layers
 from .models import LoadedModel
 
 __all__ = [
-    "CURVE_STEPS",
     "DEFAULT_OPTIONS",
     "REPORT_METHODS",
     "ROAD_FRACTIONS",
@@ -73,11 +73,9 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 TRUST_METRICS: tuple[str, ...] = ("deletion", "insertion", "road", "infidelity")
 ROAD_FRACTIONS: tuple[float, ...] = (0.2, 0.5, 0.8)
 
-# Deletion/insertion steps: those of :func:`cnnlens.evaluate.trust_table` and of
-# ``cnnlens evaluate`` (and the explorer), so one image's AUCs are the same numbers in every
-# view (a test holds them equal). 32 instead of 24 cost the demo report 2-3 s of its 30
-# (build and page on a quiet 2-core machine: 29.4-29.6 s with 24 steps, 31.2-33.1 s with 32).
-CURVE_STEPS = 32
+# The report's curves use the same steps as every other view (CURVE_STEPS, 32): 32 instead
+# of 24 cost the demo report 2-3 s of its 30 (build and page on a quiet 2-core machine:
+# 29.4-29.6 s with 24 steps, 31.2-33.1 s with 32).
 
 # Two maps this close (Pearson r of the heatmaps) are called the same picture.
 SAME_MAP = 0.99

@@ -15,6 +15,7 @@ from .._progress import progress
 from ..attribution.api import explain
 from ..errors import InputError
 from ..evaluate import METRICS, DeletionInsertion, TrustTable, trust_table
+from ..evaluate._deletion import CURVE_STEPS
 from ..evaluate._trust import LABELS
 from ..render import grid, save_picture
 from ..render._plots import line_plot
@@ -52,7 +53,9 @@ def register(sub: Any) -> None:
         default=DEFAULT_METRICS,
         help=f"comma-separated, from {', '.join(METRICS)} (default {DEFAULT_METRICS})",
     )
-    add_count(p, "--steps", default=32, help="pixel-removal steps (default 32)")
+    add_count(
+        p, "--steps", default=CURVE_STEPS, help=f"pixel-removal steps (default {CURVE_STEPS})"
+    )
     add_count(
         p, "--samples", default=10, help="perturbations for infidelity/max-sensitivity (default 10)"
     )

@@ -63,12 +63,18 @@ def pixel_order(maps: Tensor) -> Tensor:
     return rank.scatter_(1, order, positions)
 
 
+# Deletion/insertion steps, the default of every view (:func:`deletion_insertion`,
+# :func:`cnnlens.evaluate.trust_table`, ``cnnlens evaluate``, the report and the explorer), so
+# one image's AUCs are the same numbers wherever they are read.
+CURVE_STEPS = 32
+
+
 def deletion_insertion(
     model: Any,
     inputs: Tensor,
     explanation: Explanation | Tensor,
     *,
-    steps: int = 32,
+    steps: int = CURVE_STEPS,
     target: TargetSpec = None,
     rank: Rank | None = None,
     baseline: float = 0.0,

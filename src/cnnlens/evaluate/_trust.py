@@ -15,7 +15,7 @@ from .._progress import progress as progress_bar
 from ..attribution.api import Explanation
 from ..errors import InputError
 from ..targets import TargetSpec
-from ._deletion import DeletionInsertion, deletion_insertion
+from ._deletion import CURVE_STEPS, DeletionInsertion, deletion_insertion
 from ._perturbation import infidelity, max_sensitivity
 from ._randomization import randomization_test
 from ._road import FRACTIONS, road
@@ -106,7 +106,7 @@ def trust_table(
     explanations: Mapping[str, Explanation] | Sequence[Explanation],
     *,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    steps: int = 32,
+    steps: int = CURVE_STEPS,
     samples: int = 10,
     fractions: Sequence[float] = FRACTIONS,
     seed: int = 0,

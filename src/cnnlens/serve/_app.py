@@ -29,9 +29,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from .._report import CURVE_STEPS
 from ..dataset import FeatureStore
 from ..errors import InputError
+from ..evaluate._deletion import CURVE_STEPS
 from ..images import decode_image
 from ..models import LoadedModel
 from ._errors import NotFoundError

@@ -171,11 +171,13 @@ def factor_figure(
 
 
 def unit_overlays(image: Image.Image, maps: Tensor, channels: Sequence[int]) -> list[Image.Image]:
-    """Each chosen unit's map (scaled to its own max) overlaid on the image at input size."""
+    """Each chosen unit's map (scaled to its own max) overlaid on a grey copy of the image
+    at input size, as the report draws its maps."""
+    base = grey_copy(image)
     out = []
     for c in channels:
         m = maps[c].detach().float().clamp(min=0)
         peak = float(m.max())
         heat = m / peak if peak > 0 else m
-        out.append(add_caption(overlay(image, heat), f"unit {c} (max {peak:.2f})"))
+        out.append(add_caption(overlay(base, heat), f"unit {c} (max {peak:.2f})"))
     return out

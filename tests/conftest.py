@@ -68,3 +68,18 @@ def untouched() -> type[ModelSnapshot]:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def cli_fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run the ``cnnlens`` command; it must exit 2 with one line on stderr (returned) and
+    print nothing else: no traceback, no OS error text."""
+    from cnnlens.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnlens: error: "), err
+    assert "Error:" not in err and "Errno" not in err and "Traceback" not in err, err
+    return lines[0]

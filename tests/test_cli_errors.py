@@ -15,21 +15,10 @@ from PIL import Image
 
 import cnnlens
 from cnnlens import InputError, ModelLoadError
-from cnnlens.cli import main
+
+from .conftest import cli_fails
 
 RANDOM = ["--model", "resnet18", "--random-weights"]
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Run the command; it must exit 2 with one line on stderr and print nothing."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, err
-    assert out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cnnlens: error: "), err
-    assert "Error:" not in err and "Errno" not in err and "Traceback" not in err, err
-    return lines[0]
 
 
 def _listing(root: Path) -> list[str]:
@@ -44,19 +33,19 @@ def test_output_folder_that_cannot_be_created(
 ) -> None:
     (tmp_path / "afile").write_text("x")
     before = _listing(tmp_path)
-    line = _fails(capsys, "explain", "cat", "-m", "saliency", *RANDOM,
+    line = cli_fails(capsys, "explain", "cat", "-m", "saliency", *RANDOM,
                   "-o", str(tmp_path / "afile" / "deeper" / "out.png"))  # fmt: skip
     assert "afile is a file, not a folder" in line
-    line = _fails(capsys, "index", "fashion-mnist", "-o", str(tmp_path / "afile" / "store"))
+    line = cli_fails(capsys, "index", "fashion-mnist", "-o", str(tmp_path / "afile" / "store"))
     assert "afile is a file" in line
     assert _listing(tmp_path) == before
 
 
 def test_output_naming_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = _fails(capsys, "filters", *RANDOM, "-o", str(tmp_path))
+    line = cli_fails(capsys, "filters", *RANDOM, "-o", str(tmp_path))
     assert "is a folder; name a file" in line
     (tmp_path / "file.txt").write_text("x")
-    line = _fails(capsys, "evaluate", "cat", *RANDOM, "-o", str(tmp_path / "file.txt"))
+    line = cli_fails(capsys, "evaluate", "cat", *RANDOM, "-o", str(tmp_path / "file.txt"))
     assert "is a file; name a folder" in line
 
 
@@ -65,7 +54,7 @@ def test_output_where_no_file_can_be_created(
 ) -> None:
     # /proc refuses new files even to root (tests run as root in CI, where a chmod'ed
     # folder would not stop the write).
-    line = _fails(capsys, "visualize", "--target", "1", *RANDOM,
+    line = cli_fails(capsys, "visualize", "--target", "1", *RANDOM,
                   "-o", "/proc/cnnlens-test/out.png")  # fmt: skip
     assert "cannot write /proc/cnnlens-test/out.png: no files can be created in /proc" in line
     if os.geteuid() != 0:
@@ -73,7 +62,7 @@ def test_output_where_no_file_can_be_created(
         locked.mkdir()
         locked.chmod(0o500)
         try:
-            line = _fails(capsys, "filters", *RANDOM, "-o", str(locked / "sub" / "f.png"))
+            line = cli_fails(capsys, "filters", *RANDOM, "-o", str(locked / "sub" / "f.png"))
             assert "Permission denied" in line
             assert _listing(tmp_path) == ["locked"]
         finally:
@@ -81,11 +70,11 @@ def test_output_where_no_file_can_be_created(
 
 
 def test_every_written_path_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(capsys, "explain", "cat", "-m", "saliency", *RANDOM, "-o", str(tmp_path / "a.png"),
+    cli_fails(capsys, "explain", "cat", "-m", "saliency", *RANDOM, "-o", str(tmp_path / "a.png"),
            "--raw", str(tmp_path))  # fmt: skip
-    _fails(capsys, "embed", "--store", str(tmp_path), "-o", str(tmp_path / "m.png"),
+    cli_fails(capsys, "embed", "--store", str(tmp_path), "-o", str(tmp_path / "m.png"),
            "--html", "/proc/x/m.html")  # fmt: skip
-    _fails(capsys, "report", "-o", str(tmp_path))
+    cli_fails(capsys, "report", "-o", str(tmp_path))
     assert _listing(tmp_path) == []
 
 
@@ -93,7 +82,7 @@ def test_misspelt_report_method_is_refused_before_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Not a report with an empty "not available" panel and exit 0.
-    line = _fails(capsys, "report", "cat", "--methods", "saliency,gradcm", *RANDOM,
+    line = cli_fails(capsys, "report", "cat", "--methods", "saliency,gradcm", *RANDOM,
                   "-o", str(tmp_path / "new" / "r.html"))  # fmt: skip
     assert "unknown method 'gradcm'; did you mean gradcam" in line
     assert _listing(tmp_path) == []
@@ -105,12 +94,12 @@ def test_misspelt_report_method_is_refused_before_work(
 def test_batch_size_zero_is_refused_before_anything_is_made(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    line = _fails(capsys, "index", "fashion-mnist", "--batch-size", "0",
+    line = cli_fails(capsys, "index", "fashion-mnist", "--batch-size", "0",
                   "-o", str(tmp_path / "store"))  # fmt: skip
     assert "--batch-size: must be at least 1, got 0" in line
     assert _listing(tmp_path) == []
-    _fails(capsys, "patches", "fashion-mnist", "-k", "0", "-o", str(tmp_path / "p.png"))
-    _fails(capsys, "visualize", "--target", "1", "--steps", "-3", "-o", str(tmp_path / "v.png"))
+    cli_fails(capsys, "patches", "fashion-mnist", "-k", "0", "-o", str(tmp_path / "p.png"))
+    cli_fails(capsys, "visualize", "--target", "1", "--steps", "-3", "-o", str(tmp_path / "v.png"))
 
 
 def test_bad_input_during_the_run_leaves_nothing_behind(
@@ -123,7 +112,7 @@ def test_bad_input_during_the_run_leaves_nothing_behind(
         Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(data / f"{i}.png")
     (data / "4.png").write_text("not a picture")  # found only when its batch is read
     store = tmp_path / "out" / "store"
-    line = _fails(capsys, "index", str(tmp_path / "data"), "--model", "fashion_cnn",
+    line = cli_fails(capsys, "index", str(tmp_path / "data"), "--model", "fashion_cnn",
                   "--batch-size", "2", "-o", str(store))  # fmt: skip
     assert "4.png" in line
     assert not (tmp_path / "out").exists()
@@ -157,7 +146,7 @@ def test_bad_model_files_on_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for path, words in _model_files(tmp_path).values():
-        line = _fails(capsys, "layers", "--model", str(path))
+        line = cli_fails(capsys, "layers", "--model", str(path))
         assert words in line and str(path) in line
     assert "torch.load" not in line and "weights_only" not in line
 

@@ -18,6 +18,8 @@ from cnnlens._report import REPORT_METHODS
 from cnnlens.cli import build_parser, main
 from cnnlens.cli._common import positive_int
 
+from .conftest import cli_fails
+
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
@@ -26,17 +28,6 @@ def _commands() -> dict[str, argparse.ArgumentParser]:
 
 
 COMMANDS = _commands()
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Exit 2, nothing on stdout, one line on stderr (returned)."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, err
-    assert out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cnnlens: error: "), err
-    return lines[0]
 
 
 # ------------------------------------------------------------------ report -m/--method
@@ -84,9 +75,9 @@ def test_report_default_methods(tmp_path: Path, report_methods: list[list[str]])
 
 def test_report_method_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = str(tmp_path / "r.html")
-    line = _fails(capsys, "report", "-m", "saliency,gradcm", "-o", out)
+    line = cli_fails(capsys, "report", "-m", "saliency,gradcm", "-o", out)
     assert "unknown method 'gradcm'; did you mean gradcam" in line
-    line = _fails(capsys, "report", "-m", ",", "-o", out)
+    line = cli_fails(capsys, "report", "-m", ",", "-o", out)
     assert line == "cnnlens: error: --method needs a method name"
     assert not (tmp_path / "r.html").exists()
 
@@ -119,7 +110,7 @@ def test_abbreviated_options_are_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)  # were an abbreviation taken, what it wrote lands here
-    line = _fails(capsys, *argv)
+    line = cli_fails(capsys, *argv)
     assert "unrecognized arguments" in line or "required" in line, line
     assert list(tmp_path.iterdir()) == []
 
@@ -131,15 +122,15 @@ def test_unknown_option_names_what_was_typed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = str(tmp_path / "x.png")
-    line = _fails(capsys, "explain", "cat", "-m", "gradcam", "--option", "nosuch=3", "-o", out)
+    line = cli_fails(capsys, "explain", "cat", "-m", "gradcam", "--option", "nosuch=3", "-o", out)
     assert line == (
         "cnnlens: error: --option nosuch=3: nosuch is not an option of gradcam "
         "(it takes no options)"
     )
-    line = _fails(capsys, "explain", "cat", "-m", "lrp", "--option", "nosuch=3", "-o", out)
+    line = cli_fails(capsys, "explain", "cat", "-m", "lrp", "--option", "nosuch=3", "-o", out)
     assert line.startswith("cnnlens: error: --option nosuch=3: nosuch is not an option of lrp (")
     assert "(its options: composite, epsilon" in line
-    line = _fails(capsys, "explain", "cat", "-m", "saliency,lrp", "--samples", "4", "-o", out)
+    line = cli_fails(capsys, "explain", "cat", "-m", "saliency,lrp", "--samples", "4", "-o", out)
     assert line.startswith("cnnlens: error: --samples is not an option of saliency, lrp ")
     assert "(their options: composite, epsilon" in line
     assert list(tmp_path.iterdir()) == []
@@ -159,7 +150,7 @@ def test_unknown_option_names_what_was_typed(
 def test_empty_image_argument(
     argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    line = _fails(capsys, *(a.replace("{tmp}", str(tmp_path)) for a in argv))
+    line = cli_fails(capsys, *(a.replace("{tmp}", str(tmp_path)) for a in argv))
     assert line == "cnnlens: error: the image path is empty"
     assert list(tmp_path.iterdir()) == []
 
@@ -170,7 +161,7 @@ def test_empty_dataset_argument(
 ) -> None:
     extra = ["--layers", "features.relu2"] if command == "atlas" else []
     kind = "p.png" if command == "patches" else "out"
-    line = _fails(capsys, command, "", *extra, "-o", str(tmp_path / kind))
+    line = cli_fails(capsys, command, "", *extra, "-o", str(tmp_path / kind))
     assert line.endswith("the dataset is empty: name a folder of pictures or fashion-mnist")
     assert list(tmp_path.iterdir()) == []
 

@@ -375,9 +375,12 @@ def test_the_lock_is_weakly_keyed() -> None:
     net = _small_net()
     explain(net, _inputs(), "saliency")
     assert net in _guard._STATES
+    gc.collect()  # models of earlier tests still waiting in reference cycles go first
     count = len(_guard._STATES)
+    gone = weakref.ref(net)
     del net
     gc.collect()
+    assert gone() is None
     assert len(_guard._STATES) == count - 1
 
 

@@ -231,9 +231,8 @@ class Explorer:
             height, width = self.model.input_size
             inputs = self.model.preprocess(Image.new("RGB", (width, height), "grey"))
             module = self.model.module
-            try:
-                with guard(self.model):  # the dry pass's hooks go on once no other call runs
-                    self._default_layer = layer_name(module, mid_feature_layer(module, inputs))
+            try:  # (the dry pass locks the model itself before its hooks go on)
+                self._default_layer = layer_name(module, mid_feature_layer(module, inputs))
             except InputError:  # no (B, C, H, W) output at all: nothing to look inside
                 return None
         known = {info.name for info in self.layer_infos()}

@@ -96,8 +96,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "factorize",
         help="the factorization lens: NMF of a layer's activations",
-        description="Factorize a layer's activations over the images into -k non-negative "
-        "factors (NMF) and colour each image by the factor that dominates each position; the "
+        description="Factorize a layer's activations over the images into k non-negative "
+        "factors (NMF, k set by -k) and colour each image by the factor that dominates each position; the "
         "legend lists each factor's strongest channels.",
         epilog="example:\n  cnnlens factorize cat coffee -k 4 -o factors.png",
     )

@@ -184,12 +184,18 @@ def add_methods(
     )
 
 
+def comma_names(given: Sequence[str]) -> list[str]:
+    """The names in ``given`` (each item one name or several separated by commas), in
+    order, each once."""
+    return list(dict.fromkeys(n.strip() for item in given for n in item.split(",") if n.strip()))
+
+
 def method_names(given: Sequence[str] | None, default: Sequence[str] = ()) -> list[str]:
     """The methods of :func:`add_methods`'s option in order, each once; an unknown name is
     an error (with the closest names) before any work."""
     if given is None:
         return list(default)
-    names = list(dict.fromkeys(n.strip() for item in given for n in item.split(",") if n.strip()))
+    names = comma_names(given)
     if not names:
         raise InputError("--method needs a method name")
     for name in names:

@@ -149,7 +149,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "patches",
         help="maximally activating dataset patches per channel",
-        description="For each chosen channel of a layer, the -k dataset patches (each "
+        description="For each chosen channel of a layer, the k dataset patches (-k; each "
         "position's receptive field) where the channel is most active, in one pass over "
         "the data.",
         epilog="example:\n  cnnlens patches fashion-mnist:test --model fashion_cnn "

@@ -25,6 +25,7 @@ from ._common import (
     add_methods,
     add_model_args,
     add_output,
+    comma_names,
     method_names,
     open_image,
     open_model,
@@ -67,7 +68,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     methods = method_names(args.method, DEFAULT_METHODS)  # unknown names fail before any work
-    metrics = list(dict.fromkeys(n.strip() for n in args.metrics.split(",") if n.strip()))
+    metrics = comma_names([args.metrics])
     if not metrics:
         raise InputError("--metrics needs at least one name")
     unknown = [m for m in metrics if m not in METRICS]

@@ -7,8 +7,9 @@ needed), in the same run as the floor:
 
 * LRP, per composite: the model's forward pass without gradients, then for every
   convolution and dense layer the extra convolutions and transposed convolutions its rule
-  needs (:data:`_RULE_WORK`, counted as in ``cnnlens.attribution.lrp.rules``), on the
-  layer's real input and shapes, parts stacked as the rules stack them;
+  needs (:func:`_rule_work`, counted as in ``cnnlens.attribution.lrp.rules``), on the
+  layer's real input and shapes, parts stacked as the rules stack them (gamma needs one
+  transpose where a rectifier follows the layer and two elsewhere);
 * DeepLIFT: the baseline's forward pass (one item, without gradients) and F;
 * deconvnet and guided backpropagation (which intercept every call of the forward pass
   with one ``TorchFunctionMode``): F under a mode that passes every call through.
@@ -38,12 +39,15 @@ __all__ = ["deeplift_bound", "interception_bound", "lrp_bound"]
 @dataclass
 class _Layer:
     """One convolution or dense call of the forward pass: its module, its input, a
-    gradient shaped like its output, and whether the input has negative entries."""
+    gradient shaped like its output, whether the input has negative entries, and whether
+    its output (after a BatchNorm, if one follows) goes into a rectifier, so that only its
+    positive outputs can carry relevance."""
 
     module: nn.Conv2d | nn.Linear
     x: Tensor
     grad: Tensor
     signed: bool
+    rectified: bool = False
     stacked: dict[int, Tensor] = field(default_factory=dict)
 
     def _stacked(self, parts: int) -> Tensor:
@@ -98,7 +102,7 @@ class _Layer:
         )
 
 
-def _rule_work(rule: AffineRule, signed: bool) -> tuple[int, tuple[int, ...]]:
+def _rule_work(rule: AffineRule, signed: bool, rectified: bool) -> tuple[int, tuple[int, ...]]:
     """(convolutions beyond the model's own, transposes as parts stacked per call) of
     ``rule`` on one layer, as ``cnnlens.attribution.lrp.rules`` computes it."""
     if isinstance(rule, Epsilon):
@@ -107,8 +111,8 @@ def _rule_work(rule: AffineRule, signed: bool) -> tuple[int, tuple[int, ...]]:
         return (2, (2,)) if signed else (1, (1,))
     if isinstance(rule, AlphaBeta):  # its convolutions replace the model's
         return (3, (2, 2)) if signed else (1, (1, 1))
-    if isinstance(rule, Gamma):
-        return 1, (1, 1)
+    if isinstance(rule, Gamma):  # one transpose when relevance sits on z > 0 only
+        return (1, (1,)) if rectified and not signed else (1, (1, 1))
     if isinstance(rule, ZBox):
         return 2, (3,)
     if isinstance(rule, Spread):  # its convolution runs on one item of ones
@@ -124,16 +128,45 @@ def _layers(s: Setup) -> list[_Layer]:
     once per setup and kept: every layer's input, shared by the LRP lines)."""
     if id(s) not in _LAYERS:
         found: list[_Layer] = []
+        # The outputs of each layer (and of a BatchNorm on it), kept alive for the pass so
+        # that their ids stay theirs; one changed in place since (a residual ``+=``) is no
+        # longer the layer's output.
+        outputs: dict[int, tuple[Tensor, _Layer]] = {}
+
+        def source(t: Tensor) -> _Layer | None:
+            kept = outputs.get(id(t))
+            return kept[1] if kept is not None and kept[0]._version == 0 else None
 
         def hook(module: nn.Module, inputs: tuple[Any, ...], out: Tensor) -> None:
             assert isinstance(module, (nn.Conv2d, nn.Linear))
             x = inputs[0].detach()
             found.append(_Layer(module, x, torch.randn_like(out), bool((x < 0).any())))
+            outputs[id(out)] = (out, found[-1])
+
+        def norm_hook(module: nn.Module, inputs: tuple[Any, ...], out: Tensor) -> None:
+            layer = source(inputs[0])
+            if layer is not None:
+                outputs[id(out)] = (out, layer)
+
+        def rectifier_hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            layer = source(inputs[0])
+            if layer is not None:
+                layer.rectified = True
 
         handles = [
             m.register_forward_hook(hook)
             for m in s.module.modules()
             if isinstance(m, (nn.Conv2d, nn.Linear))
+        ]
+        handles += [
+            m.register_forward_hook(norm_hook)
+            for m in s.module.modules()
+            if isinstance(m, nn.BatchNorm2d)
+        ]
+        handles += [
+            m.register_forward_pre_hook(rectifier_hook)
+            for m in s.module.modules()
+            if isinstance(m, (nn.ReLU, nn.ReLU6))
         ]
         try:
             with torch.no_grad():
@@ -162,7 +195,7 @@ def _plan(s: Setup, composite: str) -> list[tuple[_Layer, int, tuple[int, ...], 
             first_open = False
         else:
             rule = rules.rule_for(kind)
-        convs, parts = _rule_work(rule, layer.signed)
+        convs, parts = _rule_work(rule, layer.signed, layer.rectified)
         plan.append((layer, convs, parts, isinstance(rule, Spread)))
     return plan
 

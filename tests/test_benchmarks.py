@@ -219,3 +219,36 @@ def test_the_interval_pairs_rounds_and_says_when_a_verdict_is_within_noise() -> 
     assert harness.summary([steady, short]).endswith(
         "; 1 of these verdicts have no interval (under 5 rounds)."
     )
+
+
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_the_lrp_bound_counts_the_transposes_the_rules_run(
+    monkeypatch: pytest.MonkeyPatch, composite: str
+) -> None:
+    # The bound plans each layer's transposed convolutions from the net's structure (gamma
+    # needs one where a rectifier follows the layer, two where a residual sum does); the
+    # rules decide from the values. On a ResNet both must count the same calls.
+    import torchvision
+
+    import bounds
+    from cnnlens.attribution.lrp._affine import Affine
+
+    module = torchvision.models.resnet18(num_classes=10).eval()
+    s = cases.setup("resnet18", 1, 32, module=module)
+    layers = bounds._layers(s)
+    names = {m: n for n, m in module.named_modules()}
+    rectified = {names[layer.module] for layer in layers if layer.rectified}
+    assert rectified == {"conv1"} | {f"layer{i}.{j}.conv1" for i in range(1, 5) for j in range(2)}
+    planned = sum(len(parts) for _, _, parts, _ in bounds._plan(s, composite))
+    calls: list[str] = []
+    original = Affine._transpose
+
+    def counted(
+        self: Affine, grad: torch.Tensor, weight: torch.Tensor, like: torch.Tensor
+    ) -> torch.Tensor:
+        calls.append(self.name)
+        return original(self, grad, weight, like)
+
+    monkeypatch.setattr(Affine, "_transpose", counted)
+    cases._explain(s, "lrp", composite=composite)()
+    assert len(calls) == planned

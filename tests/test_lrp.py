@@ -182,10 +182,13 @@ def _affine(layer: nn.Module, x: Tensor) -> Affine:
     return parsed[1]
 
 
+@pytest.mark.parametrize("relevant", ["every output", "positive outputs"])
 @pytest.mark.parametrize("sign", ["mixed", "nonnegative"])
 @pytest.mark.parametrize("rule_name", list(RULES))
 @pytest.mark.parametrize("layer_name", list(LAYERS))
-def test_rule_matches_matrix_reference(layer_name: str, rule_name: str, sign: str) -> None:
+def test_rule_matches_matrix_reference(
+    layer_name: str, rule_name: str, sign: str, relevant: str
+) -> None:
     layer, shape = LAYERS[layer_name]()
     layer = layer.to(D)
     with torch.no_grad():  # biases of both signs, large enough to matter
@@ -196,6 +199,8 @@ def test_rule_matches_matrix_reference(layer_name: str, rule_name: str, sign: st
     with torch.no_grad():
         z = layer(x)
     r = torch.randn_like(z)
+    if relevant == "positive outputs":  # as below a rectifier: gamma's one-transpose path
+        r = r * (z > 0)
     got = layer_relevance(RULES[rule_name](), _affine(layer, x), x, r).flatten(1)
 
     a, m, bias = _matrices(layer, shape)
@@ -206,6 +211,45 @@ def test_rule_matches_matrix_reference(layer_name: str, rule_name: str, sign: st
         low = x.amin(dim=dims, keepdim=True).expand_as(x).flatten(1)
         high = x.amax(dim=dims, keepdim=True).expand_as(x).flatten(1)
     want = _reference(rule_name, a, m, bias, flat_x, flat_r, low, high)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("sign", "relevant", "transposes"),
+    [
+        ("nonnegative", "positive outputs", 1),
+        ("nonnegative", "every output", 2),
+        ("mixed", "positive outputs", 2),
+    ],
+)
+def test_gamma_needs_one_transpose_only_for_a_rectified_layer(
+    monkeypatch: pytest.MonkeyPatch, sign: str, relevant: str, transposes: int
+) -> None:
+    # The one-transpose path is exact only when x >= 0 and no relevance sits on an
+    # output with z <= 0; it must be taken then (it is what makes gamma cheap on ReLU
+    # nets) and never otherwise.
+    layer, shape = LAYERS["conv"]()
+    layer = layer.to(D)
+    x = torch.randn(2, *shape, dtype=D)
+    if sign == "nonnegative":
+        x = x.clamp(min=0)
+    with torch.no_grad():
+        z = layer(x)
+    r = torch.randn_like(z)
+    if relevant == "positive outputs":
+        r = r * (z > 0)
+    calls: list[Tensor] = []
+    original = Affine._transpose
+
+    def counted(self: Affine, grad: Tensor, weight: Tensor, like: Tensor) -> Tensor:
+        calls.append(weight)
+        return original(self, grad, weight, like)
+
+    monkeypatch.setattr(Affine, "_transpose", counted)
+    got = layer_relevance(gamma(0.25), _affine(layer, x), x, r).flatten(1)
+    assert len(calls) == transposes
+    a, m, bias = _matrices(layer, shape)
+    want = _reference("gamma", a, m, bias, x.flatten(1), r.flatten(1))
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 

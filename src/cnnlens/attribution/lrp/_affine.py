@@ -73,9 +73,9 @@ class Affine:
 
     Rules see the folded layer through :meth:`conv` and :meth:`transpose`, which run a
     *part* of its weight — ``"w"`` itself, ``"+"``/``"-"`` its positive/negative part,
-    ``"abs"``, ``"square"``, ``"ones"`` — with a part of its bias. The folded parameters and
-    their parts are made on first use and kept in ``derived`` (per version of the tensors
-    they come from) when given, else made for this call only."""
+    ``"abs"``, ``"square"``, ``"ones"``, ``"boosted"`` — with a part of its bias. The folded
+    parameters and their parts are made on first use and kept in ``derived`` (per version
+    of the tensors they come from) when given, else made for this call only."""
 
     weight: Tensor
     bias: Tensor | None
@@ -136,7 +136,14 @@ class Affine:
         return self if self.norm is None else replace(self, norm=None)
 
     def weight_part(self, which: str = "w", factor: float = 1.0) -> Tensor:
-        """``which`` part of the (folded) weight, times ``factor``."""
+        """``which`` part of the (folded) weight, times ``factor``; for ``"boosted"`` the
+        weight plus ``factor`` times its positive part (the gamma rule's ``W + g W+``)."""
+        if which == "boosted":
+            boosted: Tensor = self._get(
+                f"boosted:{factor!r}",
+                lambda: torch.add(self.weight_part().detach(), self.weight_part("+"), alpha=factor),
+            )
+            return boosted
         if factor != 1.0:
             part: Tensor = self._get(
                 f"{which}*{factor!r}", lambda: self.weight_part(which) * factor

@@ -37,7 +37,9 @@ counted in passes of the layer (``conv`` forward, ``T`` the transposed layer):
   ``R = (1 + g/2) x T(q sign(z), W) + g/2 |x| T(q, |W|)`` with ``q = R / |stab(d)|``: one
   ``conv`` and two ``T`` besides the model's forward, for any sign of ``x``. Here the
   ``|x|`` form is safe: ``|d|`` is small only where every product ``|x_i w_ij|`` is zero,
-  so the large quotient multiplies exact zeros.
+  so the large quotient multiplies exact zeros. Where ``x >= 0`` and only outputs with
+  ``z > 0`` carry relevance (a rectifier follows the layer: checked on the values, not
+  assumed), ``sign(z) q = q`` and the two ``T`` are one, ``x T(q, W + g W+)``.
 * z^B: three of each (first layer only); flat and w^2: one ``conv`` of a single item of
   ones and one ``T``.
 
@@ -309,7 +311,15 @@ class Gamma(AffineRule):
         q = layer.conv(magnitude, "abs", layer.bias_vector("abs", half, self.stabilizer), half)
         sign = z.sign()
         q.addcmul_(z, sign, value=1 + half)  # |z| = z sign(z)
-        g = torch.div(relevance, q, out=q).mul_(sign)  # R / stab(d): zero where z = 0
+        g = torch.div(relevance, q, out=q)
+        signed = g * sign  # R / stab(d): zero where z = 0
+        if nonneg and torch.equal(signed, g):
+            # Relevance only on positive outputs (a rectifier follows: the next layer's
+            # rule multiplies by its input, zero where z <= 0), so both transposes below
+            # are one, with the weight (1 + g/2) W + g/2 |W| = W + g W+: the gamma rule
+            # of Montavon et al. 2019 for positive outputs.
+            return layer.transpose(signed, "boosted", x, self.gamma).mul_(x)
+        g = signed
         main = layer.transpose(g, "w", x, 1 + half)
         boost = layer.transpose(g.mul_(sign), "abs", x, half)
         if nonneg:

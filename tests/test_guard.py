@@ -119,6 +119,41 @@ def test_threads_mixing_other_calls_get_sequential_answers() -> None:
     before.assert_same(net)
 
 
+def test_threads_on_a_model_and_on_one_of_its_parts_take_turns() -> None:
+    """A guard on ``model`` and one on ``model.features`` share modules: each snapshots,
+    freezes and restores the flags of the other's, so they must not overlap (before, the
+    part could keep the eval mode it saw while the whole model was guarded)."""
+    torch.manual_seed(0)
+    features = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3)
+    )
+    model = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    _randomize_batchnorm(model).train()
+    x = _inputs()
+
+    def whole() -> Tensor:
+        return explain(model, x, "saliency").attribution
+
+    def part() -> Tensor:
+        return explain(
+            features, x, "saliency", target=lambda out: out.sum(dim=(1, 2, 3))
+        ).attribution
+
+    before = ModelSnapshot.take(model)
+    expected = {"whole": whole(), "part": part()}
+    before.assert_same(model)
+
+    def run(thread: int) -> list[tuple[str, Tensor]]:
+        name, call = ("whole", whole) if thread % 2 == 0 else ("part", part)
+        return [(name, call()) for _ in range(60)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for rs in pool.map(run, range(4)) for r in rs]
+    wrong = sorted({name for name, value in results if not torch.equal(value, expected[name])})
+    assert not wrong, f"threaded results differ: {wrong}"
+    before.assert_same(model)
+
+
 # --------------------------------------------------------------------------- flags
 
 

@@ -11,11 +11,13 @@ Every public call that runs a model enters :class:`guard`. It
   intercept operations or hook layers (TorchScript runs its graph outside Python, where
   neither happens: the answer would silently be a plain gradient); gradient-only and
   forward-only work runs on TorchScript unchanged and gives the eager answer;
-* serializes calls on one model with a per-model re-entrant lock, weakly keyed by the eager
-  module: module hooks are process-wide and train flags are shared state, so two threads
-  explaining one model at once would see each other's hooks and undo each other's flags.
-  Re-entrant, so a guarded call may make guarded calls (``randomization_test`` ->
-  ``explain``);
+* serializes calls whose models share a module: the guard claims every module of the
+  tree it runs, and a guard on a tree that shares one with another thread's waits for it
+  (:class:`_Claims`). Module hooks are process-wide and train flags are shared state, so
+  two threads explaining one model at once — or a model and one of its parts, such as
+  ``model.features`` or a CamModel's backbone — would see each other's hooks and undo
+  each other's flags. A thread may claim again what it holds, so a guarded call may make
+  guarded calls (``randomization_test`` -> ``explain``);
 * snapshots every submodule's train flag and every parameter's ``requires_grad`` once, at
   the outermost entry, runs in eval mode with parameters frozen (no parameter gradient is
   computed or accumulated), and restores both at the outermost exit, also after an error.
@@ -126,15 +128,58 @@ def _parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
     return [p for m in modules for p in m._parameters.values() if p is not None]
 
 
+class _Claims:
+    """Which thread holds each module while a guard is open on a tree that contains it.
+
+    A guard claims all the modules of its tree at once, waiting while another thread holds
+    any of them, so two guards whose trees overlap run one after the other. One lock per
+    guarded module would not see the overlap of a model and its parts: each guard would
+    snapshot, freeze and restore flags the other one had changed. A thread may claim again
+    what it holds (nested guarded calls); a module is free when its last claim is released.
+    Only ids are kept: a claim holds no reference to a model."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._owner: dict[int, int] = {}  # module id -> thread id
+        self._count: dict[int, int] = {}  # module id -> open claims
+
+    def claim(self, modules: list[nn.Module]) -> list[int]:
+        """Wait until no other thread holds any of ``modules``, then hold them all."""
+        me = threading.get_ident()
+        ids = [id(m) for m in modules]
+        owner, count = self._owner, self._count
+        with self._changed:
+            while any(owner.get(i, me) != me for i in ids):
+                self._changed.wait()
+            for i in ids:
+                owner[i] = me
+                count[i] = count.get(i, 0) + 1
+        return ids
+
+    def release(self, ids: list[int]) -> None:
+        """Undo one :meth:`claim` (its return value)."""
+        owner, count = self._owner, self._count
+        with self._changed:
+            for i in ids:
+                left = count[i] - 1
+                if left:
+                    count[i] = left
+                else:
+                    del count[i], owner[i]
+            self._changed.notify_all()
+
+
+_CLAIMS = _Claims()
+
+
 class _ModelState:
-    """Per eager module: its lock, the nesting depth of guarded calls (read and written only
-    by the thread holding the lock), whether the model held TorchScript at the outermost
-    entry, and the flags to restore at the outermost exit."""
+    """Per eager module: the nesting depth of guarded calls (read and written only by the
+    thread that holds the module's claim), whether the model held TorchScript at the
+    outermost entry, and the flags to restore at the outermost exit."""
 
     __slots__ = (
         "compiled",
         "depth",
-        "lock",
         "modules",
         "parameters",
         "requires_grad",
@@ -143,7 +188,6 @@ class _ModelState:
     )
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
         self.depth = 0
         self.torchscript = False
         self.modules: list[nn.Module] = []
@@ -152,9 +196,8 @@ class _ModelState:
         self.requires_grad: list[bool] = []
         self.compiled: list[tuple[nn.Module, str, object]] = []
 
-    def snapshot(self, module: nn.Module) -> None:
-        """Walk ``module`` and read its flags; changes nothing."""
-        modules = submodules(module)
+    def snapshot(self, modules: list[nn.Module]) -> None:
+        """Read the flags of ``modules`` (a model's :func:`submodules`); changes nothing."""
         parameters = _parameters(modules)
         training = [m.training for m in modules]
         requires_grad = [p.requires_grad for p in parameters]
@@ -239,13 +282,15 @@ class guard:  # noqa: N801 (used like a function: ``with guard(model) as module`
         self.module = unwrap(model)
         self.needs = needs
         self._state: _ModelState | None = None
+        self._claimed: list[int] = []
 
     def __enter__(self) -> nn.Module:
+        modules = submodules(self.module)
+        claimed = _CLAIMS.claim(modules)
         state = _state(self.module)
-        state.lock.acquire()
         try:
             if state.depth == 0:
-                state.snapshot(self.module)
+                state.snapshot(modules)
             if self.needs is not None and state.torchscript:
                 raise _torchscript_refused(self.needs)
             if state.depth == 0:
@@ -254,9 +299,9 @@ class guard:  # noqa: N801 (used like a function: ``with guard(model) as module`
         except BaseException:
             if state.depth == 0:
                 state.restore()
-            state.lock.release()
+            _CLAIMS.release(claimed)
             raise
-        self._state = state
+        self._state, self._claimed = state, claimed
         return self.module
 
     def __exit__(
@@ -273,4 +318,5 @@ class guard:  # noqa: N801 (used like a function: ``with guard(model) as module`
             if state.depth == 0:
                 state.restore()
         finally:
-            state.lock.release()
+            _CLAIMS.release(self._claimed)
+            self._claimed = []

@@ -244,7 +244,8 @@ def explain(
     ``DataParallel``/``DistributedDataParallel`` wrapper (the eager module inside is used);
     a TorchScript model runs the methods made of forward and input-gradient passes and
     refuses the others with :class:`InputError`. The model is run in eval mode with
-    parameter gradients off, under a lock that serializes calls on it from several threads;
+    parameter gradients off, under a lock that serializes calls on it (and on any model
+    that shares a module with it, such as one of its parts) from several threads;
     flags are restored afterwards, and no hook is left behind, also when an error is raised.
     A result that is identically zero for some item comes with a
     :class:`~cnnlens.ZeroAttributionWarning` saying why and what to try.

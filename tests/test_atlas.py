@@ -215,3 +215,16 @@ def test_atlas_progress_counts_steps_when_done(
     running = [s for s in lines if s.endswith("feature visualization]")]
     assert running and all(f" 1/{total}" in s for s in running)
     assert any(f" 2/{total}" in s for s in lines if s.endswith("feature visualization: done]"))
+
+
+def test_a_layer_given_twice_is_refused_before_any_work() -> None:
+    # By its name twice, or by two names of one module (a Sequential's index and the
+    # name under which it is also held): it would be computed and drawn twice.
+    model = cnnlens.load_model("fashion_cnn")
+    model.module.features.add_module("same", model.module.features.relu1)
+    for layers, message in (
+        (["features.relu1", "features.relu1"], "'features.relu1' is given twice"),
+        (["features.relu1", "features.same"], "are the same layer"),
+    ):
+        with pytest.raises(cnnlens.InputError, match=message):
+            build_atlas(model, torch.zeros(4, 1, 28, 28), layers, progress=False)

@@ -147,8 +147,17 @@ def build_atlas(
     (``ray_options`` as in :func:`cnnlens.extract_features`)."""
     if not layers:
         raise InputError("the atlas needs at least one layer")
-    for name in layers:  # an unknown name fails before any work
-        resolve_layer(model.module, name)
+    named: dict[int, str] = {}
+    for name in layers:  # an unknown or repeated layer fails before any work
+        key = id(resolve_layer(model.module, name))
+        if key in named:
+            first = named[key]
+            raise InputError(
+                f"layer {name!r} is given twice"
+                if first == name
+                else f"layers {first!r} and {name!r} are the same layer; give it once"
+            )
+        named[key] = name
     passes = {"engine": engine, **ray_options} if engine != "local" or ray_options else {}
     with _progress(atlas_steps(len(layers)), "atlas", enabled=progress) as bar:
         return _build(

@@ -10,7 +10,15 @@ from .._atlas import build_atlas
 from ..dataset._sources import open_dataset
 from ..errors import InputError
 from ..render._atlas import atlas_pages
-from ._common import add_count, add_dataset, add_model_args, add_output, open_model, wrote
+from ._common import (
+    add_count,
+    add_dataset,
+    add_model_args,
+    add_output,
+    comma_names,
+    open_model,
+    wrote,
+)
 from ._dataset import add_engine_args, engine_options
 
 
@@ -37,7 +45,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    layers = comma_names([args.layers])
     if not layers:
         raise InputError("--layers names no layer")
     model = open_model(args)

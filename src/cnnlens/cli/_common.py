@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ..attribution.api import method_spec, registry
+from ..dataset._sources import require_spec
 from ..errors import InputError
 from ..images import load_image, sample_image, sample_images
 from ..models import LoadedModel, available_models, load_model
@@ -222,11 +223,12 @@ def add_image(parser: argparse.ArgumentParser, *, nargs: str | None = None, help
 
 
 def _dataset_spec(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError(
-            "the dataset is empty: name a folder of pictures or fashion-mnist"
-        )
-    return text
+    """The dataset argument, refused while the arguments are parsed (before the model
+    loads) when :func:`~cnnlens.dataset._sources.require_spec` refuses it."""
+    try:
+        return require_spec(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_dataset(

@@ -35,6 +35,7 @@ __all__ = [
     "fashion_mnist_root",
     "open_dataset",
     "open_item",
+    "require_spec",
 ]
 
 FASHION_MNIST_CLASSES = [
@@ -264,12 +265,18 @@ class Head(Dataset[Any]):
         return self.dataset[index]
 
 
+def require_spec(text: str) -> str:
+    """``text`` if it can name a dataset; an empty one is an :class:`InputError`
+    (``Path("")`` is the current folder, which nobody means)."""
+    if not text.strip():
+        raise InputError("the dataset is empty: name a folder of pictures or fashion-mnist")
+    return text
+
+
 def open_dataset(spec: str | os.PathLike[str]) -> FashionMNIST | ImageFolder:
     """A source from its spec: ``fashion-mnist`` / ``fashion-mnist:train`` /
     ``fashion-mnist:test``, or a folder path."""
-    text = os.fspath(spec)
-    if not text.strip():  # Path("") is the current folder, which nobody means
-        raise InputError("the dataset is empty: name a folder of pictures or fashion-mnist")
+    text = require_spec(os.fspath(spec))
     lowered = text.lower()
     if lowered in ("fashion-mnist", "fashion_mnist", "fashionmnist") or lowered.startswith(
         ("fashion-mnist:", "fashion_mnist:")

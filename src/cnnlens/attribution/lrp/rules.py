@@ -319,9 +319,8 @@ class Gamma(AffineRule):
             # are one, with the weight (1 + g/2) W + g/2 |W| = W + g W+: the gamma rule
             # of Montavon et al. 2019 for positive outputs.
             return layer.transpose(signed, "boosted", x, self.gamma).mul_(x)
-        g = signed
-        main = layer.transpose(g, "w", x, 1 + half)
-        boost = layer.transpose(g.mul_(sign), "abs", x, half)
+        main = layer.transpose(signed, "w", x, 1 + half)
+        boost = layer.transpose(signed.mul_(sign), "abs", x, half)
         if nonneg:
             return main.add_(boost).mul_(x)
         return main.mul_(x).add_(boost.mul_(magnitude))

@@ -227,14 +227,14 @@ class Explorer:
         """The layer "Look inside" opens on: the one the report and ``cnnlens activations``
         show by default (:func:`cnnlens.behaviour._inspect.mid_feature_layer`, one dry pass
         at the model's input size); None when the explorer does not list it."""
-        if self._default_layer is None:
+        if self._default_layer is None:  # found once; "" when there is none
             height, width = self.model.input_size
             inputs = self.model.preprocess(Image.new("RGB", (width, height), "grey"))
             module = self.model.module
             try:  # (the dry pass locks the model itself before its hooks go on)
                 self._default_layer = layer_name(module, mid_feature_layer(module, inputs))
             except InputError:  # no (B, C, H, W) output at all: nothing to look inside
-                return None
+                self._default_layer = ""
         known = {info.name for info in self.layer_infos()}
         return self._default_layer if self._default_layer in known else None
 

@@ -73,10 +73,6 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 TRUST_METRICS: tuple[str, ...] = ("deletion", "insertion", "road", "infidelity")
 ROAD_FRACTIONS: tuple[float, ...] = (0.2, 0.5, 0.8)
 
-# The report's curves use the same steps as every other view (CURVE_STEPS, 32): 32 instead
-# of 24 cost the demo report 2-3 s of its 30 (build and page on a quiet 2-core machine:
-# 29.4-29.6 s with 24 steps, 31.2-33.1 s with 32).
-
 # Two maps this close (Pearson r of the heatmaps) are called the same picture.
 SAME_MAP = 0.99
 
@@ -157,6 +153,8 @@ class Report:
     behaviour: ModelBehaviour | None
     layers: dict[str, LayerNote] = field(default_factory=dict)
     zero_colour: tuple[int, ...] = ()  # the input tensor 0 as a pixel colour (0-255)
+    # The same steps as every other view, so its AUCs are theirs: 32 instead of 24 cost
+    # the demo report 2-3 s of its 30 (29.4-29.6 s with 24 steps, 31.2-33.1 s with 32).
     curve_steps: int = CURVE_STEPS
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -61,6 +61,55 @@ def test_rescale_uses_the_gradient_where_the_difference_vanishes() -> None:
     torch.testing.assert_close(a.flatten(), torch.zeros(2, dtype=torch.float64))
 
 
+_PAIRS = [  # (h, h0): a rectifier's input for the input and for the baseline
+    (-2.0, -1.0),  # both below 0
+    (-1.0, -1.0),  # a tie below 0: the gradient, 0
+    (0.0, 0.0),  # a tie at the kink: 0 (the gradient of clamp at 0, as autograd's)
+    (0.5, 0.5),  # a tie in the linear part: 1
+    (3.0, 1.0),  # both linear: 1
+    (7.0, 8.0),  # both above 6: 0 for ReLU6
+    (7.0, 7.0),  # a tie above 6: 0 for ReLU6, 1 for ReLU
+    (6.0, 6.0),  # a tie at the upper kink: 0 for ReLU6
+    (-1.0, 2.0),  # crossing 0
+    (8.0, -2.0),  # crossing both kinks
+    (5.0, 9.0),  # crossing 6
+]
+
+
+@pytest.mark.parametrize("upper", [None, 6.0], ids=["relu", "relu6"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rectifier_multipliers_in_every_region_and_at_ties(
+    upper: float | None, dtype: torch.dtype
+) -> None:
+    # f = sum_j c_j clip(x_2j - x_2j+1): the second input of each pair has Δx = 1, so its
+    # attribution is -c_j m_j, which shows the multiplier m_j also at a tie (Δh = 0).
+    def rectify(h: Tensor) -> Tensor:
+        return F.relu(h) if upper is None else F.relu6(h)
+
+    weights = torch.arange(1, len(_PAIRS) + 1, dtype=dtype)
+    model = Pixels(lambda v: (rectify(v[:, 0::2] - v[:, 1::2]) * weights).sum(1))
+    h = torch.tensor([p[0] for p in _PAIRS], dtype=dtype)
+    h0 = torch.tensor([p[1] for p in _PAIRS], dtype=dtype)
+    x = torch.stack([h + 1, torch.ones_like(h)], dim=1).view(1, 1, 1, -1)
+    baseline = torch.stack([h0, torch.zeros_like(h0)], dim=1).view(1, 1, 1, -1)
+    a = _deeplift(model, x, target=0, baseline=baseline).view(-1, 2)
+    m = -a[:, 1] / weights
+
+    top = float("inf") if upper is None else upper
+    linear = ((h > 0) & (h < top)).to(dtype)
+    ratio = (h.clamp(0, top) - h0.clamp(0, top)) / torch.where(h == h0, 1.0, h - h0)
+    expected = torch.where(h == h0, linear, ratio)
+    torch.testing.assert_close(m, expected, rtol=0, atol=0)
+    torch.testing.assert_close(a[:, 0], weights * m * (x - baseline).view(-1, 2)[:, 0])
+
+
+def test_rectifier_multipliers_keep_a_nan_of_the_input() -> None:
+    # A NaN in the input is not taken for a tie: it reaches the attribution.
+    model = Pixels(lambda v: F.relu6(v[:, :1] - v[:, 1:]))
+    a = _deeplift(model, _pixels(float("nan"), 1), target=0, baseline=_pixels(1, 0))
+    assert bool(a.isnan().all())
+
+
 @pytest.mark.parametrize(
     "relu6",
     [

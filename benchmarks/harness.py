@@ -33,7 +33,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from torch import Tensor
 
 __all__ = [
     "AGREES",
+    "ALLOCATOR_SETTINGS",
     "Case",
     "Entry",
     "Goal",
@@ -52,6 +53,7 @@ __all__ = [
     "environment",
     "load_average",
     "markdown",
+    "memory_allocator",
     "peak_memory",
     "run_case",
     "set_threads",
@@ -425,8 +427,31 @@ def environment() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "device": device,
+        "memory allocator": memory_allocator(),
         "load average at the start (1 / 5 / 15 min)": load_average(),
     }
+
+
+ALLOCATOR_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_")
+"""Prefixes of the environment variables that tune glibc's malloc."""
+
+
+def memory_allocator(env: Mapping[str, str] | None = None) -> str:
+    """The ``malloc`` CPU tensors come from: a preloaded allocator, else the C library's,
+    with the environment variables that tune it (they move every line's time; see
+    "How to read it")."""
+    env = os.environ if env is None else env
+    preloaded = [
+        os.path.basename(path)
+        for path in env.get("LD_PRELOAD", "").replace(":", " ").split()
+        if "malloc" in os.path.basename(path)
+    ]
+    libc, version = platform.libc_ver()
+    name = ", ".join(preloaded) or f"{libc or 'the C library'} {version}".strip() + " malloc"
+    settings = sorted(k for k in env if k.startswith(ALLOCATOR_SETTINGS))
+    if not settings:
+        return f"{name}, default settings"
+    return f"{name}, " + ", ".join(f"{k}={env[k]}" for k in settings)
 
 
 def _mb(value: int | None) -> str:
@@ -545,6 +570,13 @@ HOW_TO_READ = (
     "DeepLIFT the baseline's forward pass and F; for deconvnet and guided backpropagation F "
     "with every call of the forward pass intercepted (the interception engine's own cost). "
     "A goal below its line's bound cannot be met by this design on this machine.",
+    "**The memory allocator.** Times depend on the `malloc` that CPU tensors come from "
+    "(the header names it). With glibc's default settings, a method that keeps more memory "
+    "alive than F can make glibc give memory back to the system after each call and fault "
+    "it in again during the next: on resnet50 at batch 8, LRP α2β1 took about 105 000 page "
+    "faults a call and measured 2.17–2.36 × F so, 1.99–2.10 with glibc's thresholds raised. "
+    'The table is measured as a user runs by default; `docs/performance.md` ("The memory '
+    'allocator") has the figures and the settings.',
     "**Goals.** The goals and where each stands are summarized at the top of "
     "`docs/performance.md`; goals marked * are cnnlens' own, for methods and tools the "
     "performance plan set no goal for.",

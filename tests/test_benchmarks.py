@@ -88,7 +88,24 @@ def test_every_case_runs_one_round_and_makes_a_table_line() -> None:
     assert len(lines) == 2 + len(results)
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     text = harness.markdown(results, harness.environment())
-    assert "How to read it" in text and "load average" in text
+    assert "How to read it" in text and "load average" in text and "memory allocator" in text
+
+
+def test_the_header_names_the_memory_allocator_and_its_settings() -> None:
+    """Preloading tcmalloc or raising glibc's thresholds moves every line: the header
+    says which allocator and which settings the figures were measured with."""
+    glibc = harness.memory_allocator({"PATH": "/usr/bin"})
+    assert glibc.endswith("malloc, default settings")
+    tuned = harness.memory_allocator(
+        {"MALLOC_TRIM_THRESHOLD_": "1073741824", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    )
+    assert tuned.endswith(
+        "malloc, GLIBC_TUNABLES=glibc.malloc.hugetlb=1, MALLOC_TRIM_THRESHOLD_=1073741824"
+    )
+    preloaded = harness.memory_allocator(
+        {"LD_PRELOAD": "/usr/lib/libfoo.so /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}
+    )
+    assert preloaded == "libtcmalloc_minimal.so.4, default settings"
 
 
 def test_a_peer_with_another_result_is_marked() -> None:
@@ -252,3 +269,4 @@ def test_the_lrp_bound_counts_the_transposes_the_rules_run(
     monkeypatch.setattr(Affine, "_transpose", counted)
     cases._explain(s, "lrp", composite=composite)()
     assert len(calls) == planned
+

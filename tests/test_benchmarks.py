@@ -270,3 +270,32 @@ def test_the_lrp_bound_counts_the_transposes_the_rules_run(
     cases._explain(s, "lrp", composite=composite)()
     assert len(calls) == planned
 
+
+def test_the_allocator_benchmark_selects_measures_and_tabulates() -> None:
+    """``bench_allocator.py``: each child gets exactly its allocator's settings, a child's
+    measurement has every entry, and the table gives ranges over processes and × F of the
+    same process."""
+    import bench_allocator
+
+    found = bench_allocator.allocators()
+    assert found["glibc, defaults"] == {}
+    assert found["glibc, thresholds raised"]["MALLOC_TRIM_THRESHOLD_"] == "1073741824"
+    env = bench_allocator._child_env(found["glibc, thresholds raised"])
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "1073741824" and "LD_PRELOAD" not in env
+    outer = {"LD_PRELOAD": "libtcmalloc_minimal.so.4", "MALLOC_ARENA_MAX": "2", "HOME": "/h"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in outer.items():
+            patch.setenv(key, value)
+        clean = bench_allocator._child_env({})
+    assert clean["HOME"] == "/h" and "LD_PRELOAD" not in clean and "MALLOC_ARENA_MAX" not in clean
+
+    measured = bench_allocator.measure("resnet18", 1, 32, 1, ["saliency", "lrp:epsilon_plus"])
+    assert set(measured) == {"F", "saliency", "lrp:epsilon_plus"}
+
+    def run(f: float, lrp: float, faults: int) -> dict[str, dict[str, float]]:
+        return {"F": {"ms": f, "faults": 0}, "lrp": {"ms": lrp, "faults": faults}}
+
+    lines = bench_allocator.table({"a": [run(10, 20, 5), run(12, 30, 7)], "b": [run(8, 16, 1)]})
+    assert lines[0] == "| allocator | F | lrp | page faults a call |"
+    assert lines[2] == "| a | 10–12 | 20–30 (2.00–2.50) | F 0, lrp 5–7 |"
+    assert lines[3] == "| b | 8 | 16 (2.00) | F 0, lrp 1 |"

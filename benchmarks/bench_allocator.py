@@ -129,14 +129,20 @@ def table(runs: Mapping[str, Sequence[Mapping[str, Mapping[str, float]]]]) -> li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="efficientnet_lite0")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--size", type=int, default=224, help="image size in pixels")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--processes", type=int, default=2)
+    parser = harness.script_parser(__doc__)
     parser.add_argument(
-        "--methods", default="deeplift,lrp:epsilon_plus,lrp:epsilon_alpha2_beta1,guided_backprop"
+        "--model", default="efficientnet_lite0", help="a torchvision name or efficientnet_lite0"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="images a call")
+    parser.add_argument("--size", type=int, default=224, help="image size in pixels")
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds in each process")
+    parser.add_argument(
+        "--processes", type=int, default=2, help="processes per allocator, run alternately"
+    )
+    parser.add_argument(
+        "--methods",
+        default="deeplift,lrp:epsilon_plus,lrp:epsilon_alpha2_beta1,guided_backprop",
+        help="methods of cnnlens.METHODS, comma-separated; lrp:<composite> for LRP",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -15,7 +15,6 @@ Usage: python benchmarks/bench_occlusion_drill_down.py [--fractions 0.1,0.25,0.5
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from skimage.metrics import structural_similarity
 from torch import Tensor
 
 import cnnlens
+import harness
 from cnnlens.attribution.occlusion import window_starts
 from cnnlens.evaluate._similarity import ssim
 
@@ -36,10 +36,16 @@ def _timed(fn: Callable[[], cnnlens.Explanation]) -> tuple[float, cnnlens.Explan
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fractions", default="0.1,0.25,0.5")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--coarse", type=int, default=16)
+    parser = harness.script_parser(__doc__)
+    parser.add_argument(
+        "--fractions", default="0.1,0.25,0.5", help="drill-down fractions, comma-separated"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds; the fastest is reported"
+    )
+    parser.add_argument(
+        "--coarse", type=int, default=16, help="the drill-down's coarse stride in pixels"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = cnnlens.load_model("efficientnet_lite0")

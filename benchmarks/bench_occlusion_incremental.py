@@ -18,7 +18,6 @@ Usage: python benchmarks/bench_occlusion_incremental.py [--models vgg16,resnet50
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 
@@ -29,6 +28,7 @@ from skimage.metrics import structural_similarity
 from torch import Tensor, nn
 
 import cnnlens
+import harness
 from cnnlens.attribution import _incremental as inc
 from cnnlens.attribution.occlusion import occlusion, window_starts
 from cnnlens.targets import resolve_target
@@ -100,13 +100,21 @@ def quality(taus: list[float]) -> list[tuple[float, float, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vgg16,resnet50,densenet121,efficientnet_lite0")
-    parser.add_argument("--windows", default="16,32,64")
-    parser.add_argument("--copies", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--taus", default="1.0,0.75,0.5,0.35,0.25")
+    parser = harness.script_parser(__doc__)
+    parser.add_argument(
+        "--models",
+        default="vgg16,resnet50,densenet121,efficientnet_lite0",
+        help="torchvision names or efficientnet_lite0, comma-separated",
+    )
+    parser.add_argument("--windows", default="16,32,64", help="window sizes in pixels")
+    parser.add_argument("--copies", type=int, default=32, help="occluded copies a case times")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds; the fastest is reported"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--taus", default="1.0,0.75,0.5,0.35,0.25", help="the approximate mode's thresholds τ"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(

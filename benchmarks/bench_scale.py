@@ -10,7 +10,6 @@ machine (``nice -n 19`` on a shared one: the figures then are lower bounds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import harness
 
 
 def _rss_mb() -> float:
@@ -165,17 +166,21 @@ def faiss_figures(rows: int, dim: int, clusters: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = harness.script_parser(__doc__)
     sub = parser.add_subparsers(dest="part", required=True)
-    p = sub.add_parser("engines")
-    p.add_argument("--items", type=int, default=8192)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--json")
-    p = sub.add_parser("faiss")
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--clusters", type=int, default=1000)
-    p.add_argument("--json")
+    p = sub.add_parser("engines", help="extraction throughput: local, Ray with 1 and 2 workers")
+    p.add_argument("--items", type=int, default=8192, help="Fashion-MNIST items to extract")
+    p.add_argument("--batch-size", type=int, default=64, help="items a batch")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p = sub.add_parser(
+        "faiss",
+        help="FAISS index build and search at scale",
+        formatter_class=parser.formatter_class,
+    )
+    p.add_argument("--rows", type=int, default=1_000_000, help="vectors in the index")
+    p.add_argument("--dim", type=int, default=256, help="dimensions a vector")
+    p.add_argument("--clusters", type=int, default=1000, help="IVF lists")
+    p.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.part == "engines":

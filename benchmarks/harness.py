@@ -20,6 +20,7 @@ and a check on the :class:`Result`); ``benchmarks/method_cases.py`` builds all o
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import gc
@@ -56,6 +57,7 @@ __all__ = [
     "memory_allocator",
     "peak_memory",
     "run_case",
+    "script_parser",
     "set_threads",
     "summary",
 ]
@@ -452,6 +454,22 @@ def memory_allocator(env: Mapping[str, str] | None = None) -> str:
     if not settings:
         return f"{name}, default settings"
     return f"{name}, " + ", ".join(f"{k}={env[k]}" for k in settings)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The script's docstring as written, and each option's default after its help
+    (where it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.nargs == 0:  # nothing to show, or a flag
+            return action.help
+        return super()._get_help_string(action)
+
+
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser of a benchmark script: its whole docstring as the description
+    (usage lines and all) and the defaults in ``--help``."""
+    return argparse.ArgumentParser(description=doc, formatter_class=_HelpFormatter)
 
 
 def _mb(value: int | None) -> str:

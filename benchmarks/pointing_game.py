@@ -6,13 +6,13 @@ Usage: python benchmarks/pointing_game.py [--out docs/pointing_game.md] [--image
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
 import cnnlens
+import harness
 from cnnlens.evaluate import pointing_game
 from cnnlens.evaluate.synthetic import make_shapes, small_cnn, train_classifier
 
@@ -24,9 +24,9 @@ OPTIONS: dict[str, dict[str, object]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="docs/pointing_game.md")
-    parser.add_argument("--images", type=int, default=300)
+    parser = harness.script_parser(__doc__)
+    parser.add_argument("--out", default="docs/pointing_game.md", help="markdown file to write")
+    parser.add_argument("--images", type=int, default=300, help="synthetic test images")
     parser.add_argument("--tolerance", type=int, default=2, help="pixels (images are 48x48)")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -7,12 +7,12 @@ Usage: python benchmarks/randomization.py [--out docs/sanity.md] [--stages 6]
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
 import cnnlens
+import harness
 from cnnlens.evaluate import randomization_test
 from cnnlens.render import grid, save_picture
 from cnnlens.render._plots import line_plot
@@ -21,9 +21,11 @@ METHODS = ("saliency", "smoothgrad", "gradcam", "guided_backprop", "deconvnet")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="docs/sanity.md")
-    parser.add_argument("--stages", type=int, default=6)
+    parser = harness.script_parser(__doc__)
+    parser.add_argument("--out", default="docs/sanity.md", help="markdown file to write")
+    parser.add_argument(
+        "--stages", type=int, default=6, help="randomization stages, from the top layer down"
+    )
     args = parser.parse_args()
     model = cnnlens.load_model("efficientnet_lite0")
     inputs = model.preprocess([cnnlens.sample_image(n) for n in ("cat", "coffee")])

@@ -17,7 +17,6 @@ no dataset tools.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -39,6 +38,7 @@ from harness import (  # noqa: E402
     load_average,
     markdown,
     run_case,
+    script_parser,
     set_threads,
 )
 from method_cases import dataset_cases, heavy_setup, method_cases, setup, smoke_cases  # noqa: E402
@@ -103,9 +103,7 @@ def _selected(case: Case, only: str | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
     parser.add_argument("--quick", action="store_true", help="the quick profile (Quick, above)")
     parser.add_argument(

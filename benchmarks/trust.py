@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 import cnnlens
+import harness
 from cnnlens.evaluate import pointing_game, randomization_test, trust_table
 from cnnlens.evaluate._trust import BETTER, LABELS
 from cnnlens.evaluate.synthetic import make_shapes, small_cnn, train_classifier
@@ -136,23 +137,40 @@ def adebayo_figure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="docs/trust.md")
+    parser = harness.script_parser(__doc__)
+    parser.add_argument("--out", default="docs/trust.md", help="markdown file to write")
     parser.add_argument("--images", default="cat,coffee", help="bundled photos, comma-separated")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75])
-    parser.add_argument("--stages", type=int, default=4)
-    parser.add_argument("--shapes-train", type=int, default=3000)
-    parser.add_argument("--shapes-epochs", type=int, default=8)
-    parser.add_argument("--shapes-test", type=int, default=150)
+    parser.add_argument(
+        "--steps", type=int, default=10, help="steps of the deletion and insertion curves"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=2,
+        help="perturbations for infidelity and max-sensitivity",
+    )
+    parser.add_argument(
+        "--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="ROAD's fractions"
+    )
+    parser.add_argument(
+        "--stages", type=int, default=4, help="randomization stages, from the top layer down"
+    )
+    parser.add_argument(
+        "--shapes-train", type=int, default=3000, help="training images of the shapes model"
+    )
+    parser.add_argument(
+        "--shapes-epochs", type=int, default=8, help="training epochs of the shapes model"
+    )
+    parser.add_argument("--shapes-test", type=int, default=150, help="pointing-game test images")
     parser.add_argument(
         "--rows",
         type=Path,
         help="JSON of the EfficientNet table rows from an earlier run: reused, not recomputed "
         "(written after computing them when the file does not exist)",
     )
-    parser.add_argument("--tolerance", type=int, default=2)
+    parser.add_argument(
+        "--tolerance", type=int, default=2, help="pointing-game tolerance in pixels"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     names = [n.strip() for n in args.images.split(",") if n.strip()]

@@ -3,7 +3,9 @@ floor and its peers) runs one round on a tiny model and makes one table line."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -299,3 +301,52 @@ def test_the_allocator_benchmark_selects_measures_and_tabulates() -> None:
     assert lines[0] == "| allocator | F | lrp | page faults a call |"
     assert lines[2] == "| a | 10–12 | 20–30 (2.00–2.50) | F 0, lrp 5–7 |"
     assert lines[3] == "| b | 8 | 16 (2.00) | F 0, lrp 1 |"
+
+
+_SCRIPTS = [
+    "run",
+    "bench_allocator",
+    "bench_occlusion_incremental",
+    "bench_occlusion_drill_down",
+    "bench_scale",
+    "pointing_game",
+    "randomization",
+    "trust",
+]
+
+
+@pytest.mark.parametrize("script", _SCRIPTS)
+def test_every_benchmark_script_explains_itself_and_each_option(
+    script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--help`` shows the script's whole docstring and a line of help for every option
+    (of every subcommand)."""
+    module = importlib.import_module(script)
+    made: list[argparse.ArgumentParser] = []
+    real = harness.script_parser
+
+    def capture(doc: str | None) -> argparse.ArgumentParser:
+        made.append(real(doc))
+        return made[-1]
+
+    monkeypatch.setattr(harness, "script_parser", capture)
+    if script == "run":
+        monkeypatch.setattr(module, "script_parser", capture)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert stopped.value.code in (0, None)
+    shown = " ".join(capsys.readouterr().out.split())
+    assert module.__doc__ is not None
+    assert " ".join(module.__doc__.split()[-12:]) in shown  # the docstring's end, not cut
+    (parser,) = made
+    parsers = [parser] + [
+        sub
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for sub in action.choices.values()
+    ]
+    for each in parsers:
+        for action in each._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (script, action.option_strings)

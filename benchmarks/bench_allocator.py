@@ -168,10 +168,10 @@ def main() -> None:
             if out.returncode != 0:
                 sys.exit(f"{name}: the measuring process failed:\n{out.stderr[-2000:]}")
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    processes = f"{args.processes} process" + ("es" if args.processes != 1 else "")
     print(
-        f"{args.model}, batch {args.batch}, {args.size} px: ms of CPU a call, median of {args.rounds} rounds "
-        f"(× F of the same process); {args.processes} process{'es' if args.processes != 1 else ''} "
-        "per allocator, as a range"
+        f"{args.model}, batch {args.batch}, {args.size} px: ms of CPU a call, median of "
+        f"{args.rounds} rounds (× F of the same process); {processes} per allocator, as a range"
     )
     print()
     print("\n".join(table(runs)))

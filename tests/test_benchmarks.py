@@ -1,5 +1,6 @@
 """The benchmark harness keeps working: every case (each method of ``cnnlens.METHODS``, its
-floor and its peers) runs one round on a tiny model and makes one table line."""
+floor and its peers) runs one round on a tiny model and makes one table line; the header
+names the allocator; the other scripts run their parts and explain every option."""
 
 from __future__ import annotations
 

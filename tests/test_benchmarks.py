@@ -10,6 +10,7 @@ import importlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -324,15 +325,13 @@ def test_every_benchmark_script_explains_itself_and_each_option(
     (of every subcommand)."""
     module = importlib.import_module(script)
     made: list[argparse.ArgumentParser] = []
-    real = harness.script_parser
+    parse = argparse.ArgumentParser.parse_args
 
-    def capture(doc: str | None) -> argparse.ArgumentParser:
-        made.append(real(doc))
-        return made[-1]
+    def recorded(parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        made.append(parser)
+        return parse(parser, *args, **kwargs)
 
-    monkeypatch.setattr(harness, "script_parser", capture)
-    if script == "run":
-        monkeypatch.setattr(module, "script_parser", capture)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", recorded)
     monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
     with pytest.raises(SystemExit) as stopped:
         module.main()
